@@ -1,0 +1,16 @@
+//! Wire formats and pure ("sans-IO") state machines.
+//!
+//! Nothing here opens a socket or a file, reads a clock or a global RNG:
+//! cores take events and `now` in and hand actions out, encoders and decoders
+//! work on byte slices or on the `Read`/`Write` handed to them. That is what
+//! lets `sim` run them deterministically. The actors in `actors` wrap them
+//! with real I/O.
+
+#![warn(missing_docs)]
+
+pub mod bytes;
+pub mod crypto;
+pub mod ids;
+pub mod paths;
+pub mod time;
+pub mod wire;
