@@ -45,11 +45,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        problem: problem.into(),
-        fix: fix.into(),
-    }
+    ConfigError::Invalid { key: key.into(), problem: problem.into(), fix: fix.into() }
 }
 
 /// The whole configuration.
@@ -87,10 +83,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Json,
-            level: "info".into(),
-        }
+        LogConfig { format: LogFormat::Json, level: "info".into() }
     }
 }
 
@@ -113,10 +106,7 @@ impl Default for ContentConfig {
         ContentConfig {
             include: Vec::new(),
             exclude: Vec::new(),
-            incompressible: DEFAULT_INCOMPRESSIBLE
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            incompressible: DEFAULT_INCOMPRESSIBLE.iter().map(|s| s.to_string()).collect(),
             min_compression_gain: 0.05,
         }
     }
@@ -124,9 +114,9 @@ impl Default for ContentConfig {
 
 /// Extensions of formats that are already compressed.
 pub const DEFAULT_INCOMPRESSIBLE: &[&str] = &[
-    "jpg", "jpeg", "png", "gif", "webp", "avif", "heic", "ico", "mp4", "m4v", "webm", "mkv", "mov",
-    "avi", "mp3", "m4a", "ogg", "opus", "flac", "zip", "gz", "tgz", "bz2", "xz", "zst", "lz4",
-    "7z", "rar", "br", "woff", "woff2", "pdf", "jar",
+    "jpg", "jpeg", "png", "gif", "webp", "avif", "heic", "ico", "mp4", "m4v", "webm", "mkv", "mov", "avi",
+    "mp3", "m4a", "ogg", "opus", "flac", "zip", "gz", "tgz", "bz2", "xz", "zst", "lz4", "7z", "rar", "br",
+    "woff", "woff2", "pdf", "jar",
 ];
 
 /// `[releases]`.
@@ -141,30 +131,23 @@ pub struct ReleasesConfig {
 
 impl Default for ReleasesConfig {
     fn default() -> Self {
-        ReleasesConfig {
-            keep_releases: 3,
-            min_free_disk: ByteSize::mib(64),
-        }
+        ReleasesConfig { keep_releases: 3, min_free_disk: ByteSize::mib(64) }
     }
 }
 
 impl Config {
     /// Parses TOML text; `origin` names the source in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.into(),
-            message: e.to_string(),
-        })?;
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: origin.into(), message: e.to_string() })?;
         config.validate()?;
         Ok(config)
     }
 
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Config::from_toml(&text, &path.display().to_string())
     }
 
@@ -177,10 +160,9 @@ impl Config {
                 "use error, warn, info, debug or trace, optionally with per-module directives like \"info,cmover=debug\"",
             ));
         }
-        for (key, patterns) in [
-            ("content.include", &self.content.include),
-            ("content.exclude", &self.content.exclude),
-        ] {
+        for (key, patterns) in
+            [("content.include", &self.content.include), ("content.exclude", &self.content.exclude)]
+        {
             for p in patterns.iter() {
                 if let Err(e) = globset::Glob::new(p) {
                     return Err(invalid(
@@ -211,10 +193,7 @@ impl Config {
         if self.releases.keep_releases < 2 {
             return Err(invalid(
                 "releases.keep_releases",
-                format!(
-                    "{} leaves nothing to roll back to",
-                    self.releases.keep_releases
-                ),
+                format!("{} leaves nothing to roll back to", self.releases.keep_releases),
                 "keep at least 2 releases (the default is 3)",
             ));
         }
@@ -240,19 +219,14 @@ mod tests {
             let ex = example.get(section).and_then(|t| t.as_table());
             let ex = ex.unwrap_or_else(|| panic!("[{section}] missing from config.example.toml"));
             for key in table.keys() {
-                assert!(
-                    ex.contains_key(key),
-                    "{section}.{key} missing from config.example.toml"
-                );
+                assert!(ex.contains_key(key), "{section}.{key} missing from config.example.toml");
             }
         }
     }
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = Config::from_toml("[releases]\nkep_releases = 3\n", "f.toml")
-            .unwrap_err()
-            .to_string();
+        let err = Config::from_toml("[releases]\nkep_releases = 3\n", "f.toml").unwrap_err().to_string();
         assert!(err.contains("kep_releases"), "{err}");
         assert!(err.contains("f.toml"), "{err}");
         assert!(err.contains("fix:"), "{err}");
@@ -262,27 +236,18 @@ mod tests {
     fn bad_values_name_key_problem_and_fix() {
         let cases = [
             ("[releases]\nkeep_releases = 1\n", "releases.keep_releases"),
-            (
-                "[content]\nmin_compression_gain = 1.5\n",
-                "content.min_compression_gain",
-            ),
+            ("[content]\nmin_compression_gain = 1.5\n", "content.min_compression_gain"),
             ("[content]\nexclude = [\"a[\"]\n", "content.exclude"),
-            (
-                "[content]\nincompressible = [\".jpg\"]\n",
-                "content.incompressible",
-            ),
+            ("[content]\nincompressible = [\".jpg\"]\n", "content.incompressible"),
             ("[log]\nlevel = \"info,cmover=loudest\"\n", "log.level"),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(text, "f.toml").unwrap_err();
-            let ConfigError::Invalid { key: k, .. } = &err else {
-                panic!("{err}")
-            };
+            let ConfigError::Invalid { key: k, .. } = &err else { panic!("{err}") };
             assert_eq!(k, key);
             assert!(err.to_string().contains("fix: "), "{err}");
         }
-        let err =
-            Config::from_toml("[releases]\nmin_free_disk = \"lots\"\n", "f.toml").unwrap_err();
+        let err = Config::from_toml("[releases]\nmin_free_disk = \"lots\"\n", "f.toml").unwrap_err();
         assert!(err.to_string().contains("min_free_disk"), "{err}");
     }
 }

@@ -11,16 +11,29 @@
 //!
 //! - [`config`]: typed TOML configuration, defaults and validation.
 //! - [`logging`]: `tracing` set-up (JSON lines or pretty).
+//! - [`offline`]: the offline commands (`diff`, `apply`, `inspect`…).
+//! - [`demo`]: `cmover demo`, the whole pipeline on a bundled sample site.
+//! - [`corpus`]: seeded generated site trees for tests and benchmarks.
 //! - [`protocol`]: wire formats and sans-IO cores: no sockets, files, clocks.
 //!   - [`protocol::ids`], [`protocol::time`], [`protocol::bytes`] (bounded
 //!     decoding), [`protocol::paths`] (paths confined to a site),
 //!     [`protocol::crypto`] (key derivation, AEAD, HMAC),
-//!     [`protocol::wire`] (authenticated datagrams).
+//!     [`protocol::wire`] (authenticated datagrams),
+//!     [`protocol::assignment`] (the assignment file format),
+//!     [`protocol::delta`] (tree comparison and byte deltas).
+//! - [`storage`]: the file system: [`storage::tree`] (scanning trees),
+//!   [`storage::pack`] (building assignments), [`storage::assignment_file`]
+//!   (verified reading), [`storage::releases`] (a BES site: apply, commit,
+//!   rollback).
 //! - [`sim`]: the seeded virtual-time network that drives the cores.
 //! - [`udp`]: multicast and unicast UDP sockets for the channels.
 
 pub mod config;
+pub mod corpus;
+pub mod demo;
 pub mod logging;
+pub mod offline;
 pub mod protocol;
 pub mod sim;
+pub mod storage;
 pub mod udp;

@@ -27,23 +27,16 @@ pub fn init(
     target: LogTarget,
 ) -> Result<(), String> {
     let filter = match (flag_level, std::env::var("RUST_LOG").ok()) {
-        (Some(level), _) => {
-            EnvFilter::try_new(level).map_err(|e| format!("--log-level {level:?}: {e}"))?
+        (Some(level), _) => EnvFilter::try_new(level).map_err(|e| format!("--log-level {level:?}: {e}"))?,
+        (None, Some(env)) => EnvFilter::try_new(&env).map_err(|e| format!("RUST_LOG={env:?}: {e}"))?,
+        (None, None) => {
+            EnvFilter::try_new(config_level).map_err(|e| format!("log.level {config_level:?}: {e}"))?
         }
-        (None, Some(env)) => {
-            EnvFilter::try_new(&env).map_err(|e| format!("RUST_LOG={env:?}: {e}"))?
-        }
-        (None, None) => EnvFilter::try_new(config_level)
-            .map_err(|e| format!("log.level {config_level:?}: {e}"))?,
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let result = match (format, target) {
-        (LogFormat::Json, LogTarget::Stdout) => {
-            builder.json().with_writer(std::io::stdout).try_init()
-        }
-        (LogFormat::Json, LogTarget::Stderr) => {
-            builder.json().with_writer(std::io::stderr).try_init()
-        }
+        (LogFormat::Json, LogTarget::Stdout) => builder.json().with_writer(std::io::stdout).try_init(),
+        (LogFormat::Json, LogTarget::Stderr) => builder.json().with_writer(std::io::stderr).try_init(),
         (LogFormat::Pretty, LogTarget::Stdout) => builder.with_writer(std::io::stdout).try_init(),
         (LogFormat::Pretty, LogTarget::Stderr) => builder.with_writer(std::io::stderr).try_init(),
     };

@@ -7,14 +7,15 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use cmover::config::{Config, LogFormat};
+use cmover::demo;
 use cmover::logging::{self, LogTarget};
+use cmover::offline::{self, DiffArgs};
+use cmover::protocol::ids::AssignmentSerial;
+use cmover::storage::assignment_file::AssignmentFile;
+use cmover::storage::releases::{Outcome, SiteRoot};
 
 #[derive(Parser)]
-#[command(
-    name = "cmover",
-    version,
-    about = "Content Mover: publish web content to many servers, atomically"
-)]
+#[command(name = "cmover", version, about = "Content Mover: publish web content to many servers, atomically")]
 struct Cli {
     /// Configuration file (TOML); defaults apply without one.
     #[arg(long, global = true, env = "CMOVER_CONFIG")]
@@ -31,6 +32,86 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole pipeline on a bundled sample site: publish, update, verify, roll back.
+    Demo {
+        /// Directory for everything the demo writes (default: a new temporary directory, kept).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build an assignment that turns OLD into NEW (a missing or empty OLD: everything is new).
+    Diff {
+        /// The old tree (what is live: the shadow copy).
+        old: PathBuf,
+        /// The new tree (staging).
+        new: PathBuf,
+        /// Where to write the assignment.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Serial of the release it builds (default: 1 for an empty OLD, else 2).
+        #[arg(long)]
+        serial: Option<u64>,
+        /// Serial of the release OLD is, for a delta (default: serial - 1).
+        #[arg(long)]
+        base_serial: Option<u64>,
+        /// Job id recorded in the header.
+        #[arg(long, default_value_t = 0)]
+        job_id: u64,
+        /// Encrypt the data with this key file (see `cmover keygen`).
+        #[arg(long)]
+        encrypt_key: Option<PathBuf>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply an assignment to a site root (created if missing); content goes live unless --no-commit.
+    Apply {
+        /// The assignment.
+        file: PathBuf,
+        /// The site root (holding live, releases/, incoming/).
+        #[arg(long)]
+        site_root: PathBuf,
+        /// Build the release in incoming/ but leave live as it is (then `cmover commit`).
+        #[arg(long)]
+        no_commit: bool,
+        /// Key file to decrypt an encrypted assignment.
+        #[arg(long)]
+        decrypt_key: Option<PathBuf>,
+    },
+    /// Make a release applied with --no-commit live.
+    Commit {
+        /// The site root.
+        #[arg(long)]
+        site_root: PathBuf,
+        /// The release.
+        #[arg(long)]
+        serial: u64,
+    },
+    /// Discard a release applied with --no-commit.
+    Abort {
+        /// The site root.
+        #[arg(long)]
+        site_root: PathBuf,
+        /// The release.
+        #[arg(long)]
+        serial: u64,
+    },
+    /// Switch live back to the previous release.
+    Rollback {
+        /// The site root.
+        #[arg(long)]
+        site_root: PathBuf,
+    },
+    /// Verify an assignment and print its header and commands.
+    Inspect {
+        /// The assignment.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Key file, to check that it is the right key.
+        #[arg(long)]
+        decrypt_key: Option<PathBuf>,
+    },
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -77,16 +158,66 @@ fn run(cli: Cli) -> Result<()> {
     }
     let config = load_config(cli.config.as_ref())?;
     let format = cli.log_format.unwrap_or(config.log.format);
-    logging::init(
-        format,
-        cli.log_level.as_deref(),
-        &config.log.level,
-        LogTarget::Stderr,
-    )
-    .map_err(anyhow::Error::msg)?;
+    // One-shot tools print their own results; their logs default to warnings only.
+    logging::init(format, cli.log_level.as_deref(), "warn", LogTarget::Stderr).map_err(anyhow::Error::msg)?;
+    let key = |path: Option<PathBuf>| path.map(|p| offline::load_key(&p)).transpose();
+    let site = |root: PathBuf| SiteRoot::new(root, offline::site_options(&config));
     match cli.command {
         Command::Config(_) => unreachable!("handled above"),
         Command::Keygen { output } => keygen(&output),
+        Command::Demo { dir } => {
+            let dir = match dir {
+                Some(d) => d,
+                None => tempfile::Builder::new().prefix("cmover-demo-").tempdir()?.keep(),
+            };
+            demo::run(&dir, &config, &mut std::io::stdout().lock())?;
+            Ok(())
+        }
+        Command::Diff { old, new, output, serial, base_serial, job_id, encrypt_key, json } => {
+            let args = DiffArgs { serial, base_serial, job_id, key: key(encrypt_key)? };
+            let summary = offline::diff(&old, &new, &output, args, &config)?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!("{summary}");
+            }
+            Ok(())
+        }
+        Command::Apply { file, site_root, no_commit, decrypt_key } => {
+            let key = key(decrypt_key)?;
+            let outcomes =
+                offline::apply(&file, &site_root, !no_commit, key.as_ref(), offline::site_options(&config))?;
+            for o in &outcomes {
+                println!("{}", offline::describe(&site_root, o));
+            }
+            Ok(())
+        }
+        Command::Commit { site_root, serial } => {
+            let pruned = site(site_root.clone()).commit(AssignmentSerial(serial))?;
+            let outcome = Outcome::Committed { serial, pruned: pruned.into_iter().map(|s| s.0).collect() };
+            println!("{}", offline::describe(&site_root, &outcome));
+            Ok(())
+        }
+        Command::Abort { site_root, serial } => {
+            site(site_root.clone()).abort(AssignmentSerial(serial))?;
+            println!("{}", offline::describe(&site_root, &Outcome::Aborted { serial }));
+            Ok(())
+        }
+        Command::Rollback { site_root } => {
+            let (from, to) = site(site_root.clone()).rollback()?;
+            println!("{}", offline::describe(&site_root, &Outcome::RolledBack { from: from.0, to: to.0 }));
+            Ok(())
+        }
+        Command::Inspect { file, json, decrypt_key } => {
+            let key = key(decrypt_key)?;
+            let a = AssignmentFile::open(&file, key.as_ref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&offline::inspect_json(&a))?);
+            } else {
+                print!("{}", offline::inspect_text(&a));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -96,17 +227,10 @@ fn keygen(output: &PathBuf) -> Result<()> {
     let mut key = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
         .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(output)
-        .with_context(|| {
-            format!(
-                "cannot create key file {} (it must not exist yet)",
-                output.display()
-            )
-        })?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(output).with_context(
+            || format!("cannot create key file {} (it must not exist yet)", output.display()),
+        )?;
     writeln!(f, "{}", hex::encode(key))?;
     println!("wrote a new 256-bit key to {}", output.display());
     Ok(())

@@ -51,8 +51,7 @@ mod tests {
     fn unicast_binds_loopback_and_multicast_checks_the_group() {
         let s = bind_unicast("127.0.0.1:0".parse().unwrap()).unwrap();
         assert!(s.local_addr().unwrap().port() != 0);
-        let err =
-            bind_multicast(Ipv4Addr::new(10, 0, 0, 1), 5000, Ipv4Addr::LOCALHOST).unwrap_err();
+        let err = bind_multicast(Ipv4Addr::new(10, 0, 0, 1), 5000, Ipv4Addr::LOCALHOST).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 }

@@ -11,9 +11,7 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DecodeError {
     /// The input ended inside a field.
-    #[error(
-        "truncated input: {what} needs {needed} bytes at offset {offset}, only {available} left"
-    )]
+    #[error("truncated input: {what} needs {needed} bytes at offset {offset}, only {available} left")]
     Truncated {
         /// The field being read.
         what: &'static str,
@@ -122,11 +120,7 @@ impl<'a> Reader<'a> {
     pub fn bytes_u32(&mut self, what: &'static str, max: usize) -> Result<&'a [u8], DecodeError> {
         let len = self.u32(what)?;
         if u64::from(len) > max as u64 {
-            return Err(DecodeError::TooLong {
-                what,
-                len: u64::from(len),
-                max: max as u64,
-            });
+            return Err(DecodeError::TooLong { what, len: u64::from(len), max: max as u64 });
         }
         self.bytes(len as usize, what)
     }
@@ -135,11 +129,7 @@ impl<'a> Reader<'a> {
     pub fn bytes_u16(&mut self, what: &'static str, max: usize) -> Result<&'a [u8], DecodeError> {
         let len = self.u16(what)?;
         if usize::from(len) > max {
-            return Err(DecodeError::TooLong {
-                what,
-                len: u64::from(len),
-                max: max as u64,
-            });
+            return Err(DecodeError::TooLong { what, len: u64::from(len), max: max as u64 });
         }
         self.bytes(usize::from(len), what)
     }
@@ -182,25 +172,11 @@ mod tests {
     #[test]
     fn every_shortfall_is_an_error() {
         let mut r = Reader::new(&[1, 2, 3]);
-        assert!(matches!(
-            r.u32("x"),
-            Err(DecodeError::Truncated {
-                what: "x",
-                needed: 4,
-                available: 3,
-                ..
-            })
-        ));
+        assert!(matches!(r.u32("x"), Err(DecodeError::Truncated { what: "x", needed: 4, available: 3, .. })));
         let mut r = Reader::new(&[5, 0, b'a']);
-        assert!(matches!(
-            r.str_u16("s", 100),
-            Err(DecodeError::Truncated { .. })
-        ));
+        assert!(matches!(r.str_u16("s", 100), Err(DecodeError::Truncated { .. })));
         let mut r = Reader::new(&[5, 0, b'a']);
-        assert!(matches!(
-            r.str_u16("s", 2),
-            Err(DecodeError::TooLong { len: 5, max: 2, .. })
-        ));
+        assert!(matches!(r.str_u16("s", 2), Err(DecodeError::TooLong { len: 5, max: 2, .. })));
         let mut r = Reader::new(&[1, 0, 0xff]);
         assert_eq!(r.str_u16("s", 2), Err(DecodeError::NotUtf8 { what: "s" }));
     }

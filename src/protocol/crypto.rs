@@ -41,8 +41,7 @@ pub enum CryptoError {
 /// Parses a key file: hex digits (surrounding white space ignored), at least
 /// [`MIN_SECRET_LEN`] bytes once decoded.
 pub fn parse_key_file(contents: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    let text =
-        std::str::from_utf8(contents).map_err(|_| CryptoError::BadKeyFile("not text".into()))?;
+    let text = std::str::from_utf8(contents).map_err(|_| CryptoError::BadKeyFile("not text".into()))?;
     let secret = hex::decode(text.trim()).map_err(|e| CryptoError::BadKeyFile(e.to_string()))?;
     if secret.len() < MIN_SECRET_LEN {
         return Err(CryptoError::ShortSecret { len: secret.len() });
@@ -81,10 +80,7 @@ pub struct MacKey(hmac::Key);
 impl MacKey {
     /// Derives the key for `label` from the cluster secret.
     pub fn derive(secret: &[u8], label: &str) -> Self {
-        MacKey(hmac::Key::new(
-            hmac::HMAC_SHA256,
-            &derive_key(secret, label),
-        ))
+        MacKey(hmac::Key::new(hmac::HMAC_SHA256, &derive_key(secret, label)))
     }
 
     /// The full 32-byte tag of `parts`, concatenated.
@@ -155,14 +151,19 @@ impl ContentKey {
         info.extend_from_slice(salt);
         let key = expand(&self.prk, &info);
         // AES-256 takes any 32-byte key.
-        let unbound =
-            UnboundKey::new(&AES_256_GCM, &key).unwrap_or_else(|_| unreachable!("32-byte key"));
+        let unbound = UnboundKey::new(&AES_256_GCM, &key).unwrap_or_else(|_| unreachable!("32-byte key"));
         ChunkCipher(LessSafeKey::new(unbound))
     }
 }
 
 /// Seals and opens the chunks of one assignment.
 pub struct ChunkCipher(LessSafeKey);
+
+impl std::fmt::Debug for ChunkCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChunkCipher(..)")
+    }
+}
 
 fn nonce(offset: u64) -> Nonce {
     let mut n = [0u8; 12];
@@ -175,21 +176,46 @@ impl ChunkCipher {
     /// position in the data part) is the nonce; `aad` binds it to its header.
     pub fn seal(&self, offset: u64, aad: &[u8], buf: &mut Vec<u8>) {
         // Sealing only fails for inputs over 64 GiB; chunks are bounded far below.
-        let _ = self
-            .0
-            .seal_in_place_append_tag(nonce(offset), Aad::from(aad), buf);
+        let _ = self.0.seal_in_place_append_tag(nonce(offset), Aad::from(aad), buf);
     }
 
     /// Decrypts `buf` in place (ciphertext + tag) and returns the plaintext.
-    pub fn open<'b>(
-        &self,
-        offset: u64,
-        aad: &[u8],
-        buf: &'b mut [u8],
-    ) -> Result<&'b mut [u8], CryptoError> {
-        self.0
-            .open_in_place(nonce(offset), Aad::from(aad), buf)
-            .map_err(|_| CryptoError::Decrypt { offset })
+    pub fn open<'b>(&self, offset: u64, aad: &[u8], buf: &'b mut [u8]) -> Result<&'b mut [u8], CryptoError> {
+        self.0.open_in_place(nonce(offset), Aad::from(aad), buf).map_err(|_| CryptoError::Decrypt { offset })
+    }
+}
+
+/// A SHA-256 digest. Shown and serialised as hex.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// SHA-256 of `data`.
+    pub fn of(data: &[u8]) -> Digest {
+        Digest(sha256(data))
+    }
+
+    /// The first 8 bytes in hex, for logs.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..8])
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Digest({})", self.short())
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
     }
 }
 
@@ -222,6 +248,11 @@ impl Sha256 {
         out.copy_from_slice(self.0.finish().as_ref());
         out
     }
+
+    /// The digest as a [`Digest`].
+    pub fn digest(self) -> Digest {
+        Digest(self.finish())
+    }
 }
 
 impl std::io::Write for Sha256 {
@@ -246,40 +277,20 @@ mod tests {
         k.cipher(&salt).seal(42, b"aad", &mut buf);
         assert_eq!(buf.len(), 11 + AEAD_TAG_LEN);
         let mut copy = buf.clone();
-        assert_eq!(
-            k.cipher(&salt).open(42, b"aad", &mut copy).unwrap(),
-            b"hello world"
-        );
+        assert_eq!(k.cipher(&salt).open(42, b"aad", &mut copy).unwrap(), b"hello world");
         let other = ContentKey::from_secret(&[8u8; 32]).unwrap();
         assert_ne!(other.id(), k.id());
-        assert!(other
-            .cipher(&salt)
-            .open(42, b"aad", &mut buf.clone())
-            .is_err());
+        assert!(other.cipher(&salt).open(42, b"aad", &mut buf.clone()).is_err());
         assert!(k.cipher(&salt).open(43, b"aad", &mut buf.clone()).is_err());
-        assert!(k
-            .cipher(&[2u8; 32])
-            .open(42, b"aad", &mut buf.clone())
-            .is_err());
+        assert!(k.cipher(&[2u8; 32]).open(42, b"aad", &mut buf.clone()).is_err());
         assert!(k.cipher(&salt).open(42, b"aae", &mut buf).is_err());
     }
 
     #[test]
     fn key_files_are_hex_and_long_enough() {
-        assert_eq!(
-            parse_key_file(b"  00112233445566778899aabbccddeeff\n")
-                .unwrap()
-                .len(),
-            16
-        );
-        assert!(matches!(
-            parse_key_file(b"0011"),
-            Err(CryptoError::ShortSecret { len: 2 })
-        ));
-        assert!(matches!(
-            parse_key_file(b"zz"),
-            Err(CryptoError::BadKeyFile(_))
-        ));
+        assert_eq!(parse_key_file(b"  00112233445566778899aabbccddeeff\n").unwrap().len(), 16);
+        assert!(matches!(parse_key_file(b"0011"), Err(CryptoError::ShortSecret { len: 2 })));
+        assert!(matches!(parse_key_file(b"zz"), Err(CryptoError::BadKeyFile(_))));
     }
 
     #[test]

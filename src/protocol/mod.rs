@@ -8,8 +8,10 @@
 
 #![warn(missing_docs)]
 
+pub mod assignment;
 pub mod bytes;
 pub mod crypto;
+pub mod delta;
 pub mod ids;
 pub mod paths;
 pub mod time;

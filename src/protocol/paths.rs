@@ -88,9 +88,7 @@ impl SitePath {
             match c {
                 ".." => return Err(PathError::Escapes { path: path() }),
                 "" | "." => return Err(PathError::NotNormal { path: path() }),
-                c if c.len() > MAX_COMPONENT_LEN => {
-                    return Err(PathError::TooLong { path: path() })
-                }
+                c if c.len() > MAX_COMPONENT_LEN => return Err(PathError::TooLong { path: path() }),
                 _ => {}
             }
         }
@@ -99,9 +97,7 @@ impl SitePath {
 
     /// Converts a relative OS path (as found by walking a directory).
     pub fn from_relative(p: &Path) -> Result<Self, PathError> {
-        let s = p.to_str().ok_or_else(|| PathError::NotUtf8 {
-            path: p.to_string_lossy().into_owned(),
-        })?;
+        let s = p.to_str().ok_or_else(|| PathError::NotUtf8 { path: p.to_string_lossy().into_owned() })?;
         SitePath::new(s)
     }
 
@@ -138,9 +134,7 @@ impl SitePath {
     /// The lowercase extension of the file name, if it has one.
     pub fn extension(&self) -> Option<String> {
         let name = self.file_name();
-        name.rfind('.')
-            .filter(|&i| i > 0)
-            .map(|i| name[i + 1..].to_ascii_lowercase())
+        name.rfind('.').filter(|&i| i > 0).map(|i| name[i + 1..].to_ascii_lowercase())
     }
 
     /// `root` joined with this path.
@@ -189,11 +183,7 @@ pub fn check_symlink_target(link: &SitePath, target: &str) -> Result<(), PathErr
     for c in target.split('/') {
         match c {
             "" | "." => {}
-            ".." => {
-                depth = depth
-                    .checked_sub(1)
-                    .ok_or_else(|| PathError::Escapes { path: path() })?
-            }
+            ".." => depth = depth.checked_sub(1).ok_or_else(|| PathError::Escapes { path: path() })?,
             _ => depth += 1,
         }
     }
@@ -206,50 +196,22 @@ mod tests {
 
     #[test]
     fn accepts_normal_relative_paths() {
-        for p in [
-            "a",
-            "a/b/c",
-            "dir with space/ü.html",
-            ".hidden/x",
-            "a..b",
-            "..a",
-        ] {
+        for p in ["a", "a/b/c", "dir with space/ü.html", ".hidden/x", "a..b", "..a"] {
             assert_eq!(SitePath::new(p).unwrap().as_str(), p);
         }
     }
 
     #[test]
     fn rejects_escapes_and_odd_forms() {
-        assert!(matches!(
-            SitePath::new("../x"),
-            Err(PathError::Escapes { .. })
-        ));
-        assert!(matches!(
-            SitePath::new("a/../../x"),
-            Err(PathError::Escapes { .. })
-        ));
-        assert!(matches!(
-            SitePath::new("/etc/x"),
-            Err(PathError::Absolute { .. })
-        ));
-        assert!(matches!(
-            SitePath::new("a//b"),
-            Err(PathError::NotNormal { .. })
-        ));
-        assert!(matches!(
-            SitePath::new("a/./b"),
-            Err(PathError::NotNormal { .. })
-        ));
-        assert!(matches!(
-            SitePath::new("a/"),
-            Err(PathError::NotNormal { .. })
-        ));
+        assert!(matches!(SitePath::new("../x"), Err(PathError::Escapes { .. })));
+        assert!(matches!(SitePath::new("a/../../x"), Err(PathError::Escapes { .. })));
+        assert!(matches!(SitePath::new("/etc/x"), Err(PathError::Absolute { .. })));
+        assert!(matches!(SitePath::new("a//b"), Err(PathError::NotNormal { .. })));
+        assert!(matches!(SitePath::new("a/./b"), Err(PathError::NotNormal { .. })));
+        assert!(matches!(SitePath::new("a/"), Err(PathError::NotNormal { .. })));
         assert!(matches!(SitePath::new("a\0b"), Err(PathError::Nul { .. })));
         assert!(matches!(SitePath::new(""), Err(PathError::Empty)));
-        assert!(matches!(
-            SitePath::new(&"x".repeat(256)),
-            Err(PathError::TooLong { .. })
-        ));
+        assert!(matches!(SitePath::new(&"x".repeat(256)), Err(PathError::TooLong { .. })));
     }
 
     #[test]

@@ -72,9 +72,6 @@ mod tests {
         assert_eq!(t + Duration::from_millis(1), Time::from_micros(6000));
         assert_eq!(Time::ZERO - t, Duration::ZERO);
         assert_eq!(t - Time::ZERO, Duration::from_millis(5));
-        assert_eq!(
-            Time::from_micros(u64::MAX) + Duration::from_secs(1),
-            Time::from_micros(u64::MAX)
-        );
+        assert_eq!(Time::from_micros(u64::MAX) + Duration::from_secs(1), Time::from_micros(u64::MAX));
     }
 }

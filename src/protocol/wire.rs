@@ -52,10 +52,7 @@ impl Channel {
         match v {
             1 => Ok(Channel::Control),
             2 => Ok(Channel::Data),
-            value => Err(DecodeError::Invalid {
-                what: "channel",
-                value: u64::from(value),
-            }),
+            value => Err(DecodeError::Invalid { what: "channel", value: u64::from(value) }),
         }
     }
 
@@ -126,12 +123,7 @@ pub enum WireError {
 }
 
 /// Seals `payload` into a datagram appended to `out`.
-pub fn seal(
-    key: &MacKey,
-    env: &Envelope,
-    payload: &[u8],
-    out: &mut BytesMut,
-) -> Result<(), WireError> {
+pub fn seal(key: &MacKey, env: &Envelope, payload: &[u8], out: &mut BytesMut) -> Result<(), WireError> {
     if payload.len() > MAX_PAYLOAD {
         return Err(WireError::TooLarge(payload.len()));
     }
@@ -173,15 +165,7 @@ pub fn open<'a>(key: &MacKey, datagram: &'a [u8]) -> Result<(Envelope, &'a [u8])
     if !key.verify(&[&datagram[..signed_len]], tag) {
         return Err(WireError::BadTag);
     }
-    Ok((
-        Envelope {
-            channel,
-            sender,
-            seq,
-            timestamp_ms,
-        },
-        payload,
-    ))
+    Ok((Envelope { channel, sender, seq, timestamp_ms }, payload))
 }
 
 /// Numbers the datagrams of one sender.
@@ -195,22 +179,14 @@ impl Sequencer {
     /// Starts at `start`; drivers pass their start-up time in microseconds
     /// since the Unix epoch so that a restart continues above old numbers.
     pub fn new(sender: NodeId, start: u64) -> Self {
-        Sequencer {
-            sender,
-            next: start,
-        }
+        Sequencer { sender, next: start }
     }
 
     /// The envelope for the next datagram.
     pub fn next(&mut self, channel: Channel, timestamp_ms: u64) -> Envelope {
         let seq = self.next;
         self.next = self.next.wrapping_add(1);
-        Envelope {
-            channel,
-            sender: self.sender,
-            seq,
-            timestamp_ms,
-        }
+        Envelope { channel, sender: self.sender, seq, timestamp_ms }
     }
 }
 
@@ -228,11 +204,7 @@ pub struct ReplayLimits {
 
 impl Default for ReplayLimits {
     fn default() -> Self {
-        ReplayLimits {
-            max_age_ms: 30_000,
-            max_future_ms: 5_000,
-            max_senders: 4096,
-        }
+        ReplayLimits { max_age_ms: 30_000, max_future_ms: 5_000, max_senders: 4096 }
     }
 }
 
@@ -254,10 +226,7 @@ pub struct ReplayGuard {
 impl ReplayGuard {
     /// A guard with these limits.
     pub fn new(limits: ReplayLimits) -> Self {
-        ReplayGuard {
-            limits,
-            windows: HashMap::new(),
-        }
+        ReplayGuard { limits, windows: HashMap::new() }
     }
 
     /// Accepts `env` (and remembers it) or says why not. `now_ms` is the
@@ -265,29 +234,16 @@ impl ReplayGuard {
     pub fn check(&mut self, now_ms: u64, env: &Envelope) -> Result<(), WireError> {
         let sender = env.sender;
         if env.timestamp_ms > now_ms.saturating_add(self.limits.max_future_ms) {
-            return Err(WireError::FromFuture {
-                sender,
-                ahead_ms: env.timestamp_ms - now_ms,
-            });
+            return Err(WireError::FromFuture { sender, ahead_ms: env.timestamp_ms - now_ms });
         }
         if env.timestamp_ms.saturating_add(self.limits.max_age_ms) < now_ms {
-            return Err(WireError::Stale {
-                sender,
-                age_ms: now_ms - env.timestamp_ms,
-            });
+            return Err(WireError::Stale { sender, age_ms: now_ms - env.timestamp_ms });
         }
-        let replayed = WireError::Replayed {
-            sender,
-            seq: env.seq,
-        };
+        let replayed = WireError::Replayed { sender, seq: env.seq };
         match self.windows.get_mut(&sender) {
             Some(w) if env.seq > w.highest => {
                 let shift = env.seq - w.highest;
-                w.seen = if shift >= 64 {
-                    1
-                } else {
-                    (w.seen << shift) | 1
-                };
+                w.seen = if shift >= 64 { 1 } else { (w.seen << shift) | 1 };
                 w.highest = env.seq;
                 w.last_ms = now_ms;
             }
@@ -301,23 +257,12 @@ impl ReplayGuard {
             }
             None => {
                 if self.windows.len() >= self.limits.max_senders {
-                    let oldest = self
-                        .windows
-                        .iter()
-                        .min_by_key(|(_, w)| w.last_ms)
-                        .map(|(id, _)| *id);
+                    let oldest = self.windows.iter().min_by_key(|(_, w)| w.last_ms).map(|(id, _)| *id);
                     if let Some(id) = oldest {
                         self.windows.remove(&id);
                     }
                 }
-                self.windows.insert(
-                    sender,
-                    Window {
-                        highest: env.seq,
-                        seen: 1,
-                        last_ms: now_ms,
-                    },
-                );
+                self.windows.insert(sender, Window { highest: env.seq, seen: 1, last_ms: now_ms });
             }
         }
         Ok(())
@@ -338,10 +283,7 @@ pub struct DatagramCodec {
 impl DatagramCodec {
     /// A codec for `channel` keyed from the cluster secret.
     pub fn new(secret: &[u8], channel: Channel) -> Self {
-        DatagramCodec {
-            key: MacKey::derive(secret, channel.key_label()),
-            channel,
-        }
+        DatagramCodec { key: MacKey::derive(secret, channel.key_label()), channel }
     }
 }
 
@@ -387,12 +329,7 @@ mod tests {
     const SECRET: &[u8] = b"cluster secret for tests";
 
     fn env(seq: u64, ts: u64) -> Envelope {
-        Envelope {
-            channel: Channel::Control,
-            sender: NodeId(9),
-            seq,
-            timestamp_ms: ts,
-        }
+        Envelope { channel: Channel::Control, sender: NodeId(9), seq, timestamp_ms: ts }
     }
 
     fn sealed(seq: u64, ts: u64, payload: &[u8]) -> BytesMut {
@@ -406,9 +343,7 @@ mod tests {
     fn codec_round_trip() {
         let mut codec = DatagramCodec::new(SECRET, Channel::Control);
         let mut buf = BytesMut::new();
-        codec
-            .encode((env(1, 1000), Bytes::from_static(b"hello")), &mut buf)
-            .unwrap();
+        codec.encode((env(1, 1000), Bytes::from_static(b"hello")), &mut buf).unwrap();
         let (e, p) = codec.decode(&mut buf).unwrap().unwrap().unwrap();
         assert_eq!(e, env(1, 1000));
         assert_eq!(&p[..], b"hello");
@@ -420,28 +355,19 @@ mod tests {
     fn wrong_secret_wrong_channel_and_every_flipped_bit_are_rejected() {
         let good = sealed(1, 1000, b"payload");
         let mut other = DatagramCodec::new(b"another cluster secret!!", Channel::Control);
-        assert_eq!(
-            other.decode(&mut good.clone()).unwrap().unwrap(),
-            Err(WireError::BadTag)
-        );
+        assert_eq!(other.decode(&mut good.clone()).unwrap().unwrap(), Err(WireError::BadTag));
         let mut data = DatagramCodec::new(SECRET, Channel::Data);
         assert!(data.decode(&mut good.clone()).unwrap().unwrap().is_err());
         let mut codec = DatagramCodec::new(SECRET, Channel::Control);
         for i in 0..good.len() * 8 {
             let mut bad = good.clone();
             bad[i / 8] ^= 1 << (i % 8);
-            assert!(
-                codec.decode(&mut bad).unwrap().unwrap().is_err(),
-                "bit {i} flip accepted"
-            );
+            assert!(codec.decode(&mut bad).unwrap().unwrap().is_err(), "bit {i} flip accepted");
         }
         for cut in 0..good.len() {
             let mut short = BytesMut::from(&good[..cut]);
             if cut > 0 {
-                assert!(
-                    codec.decode(&mut short).unwrap().unwrap().is_err(),
-                    "cut at {cut} accepted"
-                );
+                assert!(codec.decode(&mut short).unwrap().unwrap().is_err(), "cut at {cut} accepted");
             }
         }
     }
@@ -451,30 +377,15 @@ mod tests {
         let mut g = ReplayGuard::new(ReplayLimits::default());
         let now = 100_000;
         g.check(now, &env(10, now)).unwrap();
-        assert_eq!(
-            g.check(now, &env(10, now)),
-            Err(WireError::Replayed {
-                sender: NodeId(9),
-                seq: 10
-            })
-        );
+        assert_eq!(g.check(now, &env(10, now)), Err(WireError::Replayed { sender: NodeId(9), seq: 10 }));
         g.check(now, &env(8, now)).unwrap();
         g.check(now, &env(12, now)).unwrap();
         assert!(g.check(now, &env(8, now)).is_err());
         g.check(now, &env(9, now)).unwrap();
         g.check(now, &env(200, now)).unwrap();
-        assert!(
-            g.check(now, &env(12, now)).is_err(),
-            "too far behind the window"
-        );
-        assert!(matches!(
-            g.check(now, &env(300, now - 31_000)),
-            Err(WireError::Stale { .. })
-        ));
-        assert!(matches!(
-            g.check(now, &env(301, now + 6_000)),
-            Err(WireError::FromFuture { .. })
-        ));
+        assert!(g.check(now, &env(12, now)).is_err(), "too far behind the window");
+        assert!(matches!(g.check(now, &env(300, now - 31_000)), Err(WireError::Stale { .. })));
+        assert!(matches!(g.check(now, &env(301, now + 6_000)), Err(WireError::FromFuture { .. })));
     }
 
     proptest! {

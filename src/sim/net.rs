@@ -208,11 +208,7 @@ impl<M: Clone> Network<M> {
             self.stats.lost += 1;
             return;
         }
-        let copies = if self.rng.random_bool(f.duplicate.clamp(0.0, 1.0)) {
-            2
-        } else {
-            1
-        };
+        let copies = if self.rng.random_bool(f.duplicate.clamp(0.0, 1.0)) { 2 } else { 1 };
         for _ in 0..copies {
             let jitter = self.rng.random_range(0..=f.jitter.as_micros() as u64);
             let at = now + f.delay + Duration::from_micros(jitter);
@@ -280,11 +276,7 @@ mod tests {
 
     #[test]
     fn same_seed_same_history() {
-        let faults = LinkFaults {
-            loss: 0.3,
-            duplicate: 0.1,
-            ..LinkFaults::default()
-        };
+        let faults = LinkFaults { loss: 0.3, duplicate: 0.1, ..LinkFaults::default() };
         let run = |seed| {
             let mut net = Network::new(4, seed, faults);
             for i in 0..200 {
@@ -298,14 +290,7 @@ mod tests {
 
     #[test]
     fn loss_rate_is_close_to_the_setting() {
-        let mut net = Network::new(
-            2,
-            1,
-            LinkFaults {
-                loss: 0.2,
-                ..LinkFaults::default()
-            },
-        );
+        let mut net = Network::new(2, 1, LinkFaults { loss: 0.2, ..LinkFaults::default() });
         for i in 0..10_000 {
             net.send(Time::from_millis(i), 0, 1, 0u32);
         }
@@ -319,28 +304,19 @@ mod tests {
         net.partition(&[&[0], &[1, 2]]);
         net.send(Time::ZERO, 0, 1, 1u32);
         net.send(Time::ZERO, 1, 2, 2u32);
-        assert_eq!(
-            drain(&mut net).iter().map(|d| d.msg).collect::<Vec<_>>(),
-            [2]
-        );
+        assert_eq!(drain(&mut net).iter().map(|d| d.msg).collect::<Vec<_>>(), [2]);
         net.heal();
         net.crash(2);
         net.send(Time::ZERO, 0, 1, 3u32);
         net.send(Time::ZERO, 0, 2, 4u32);
-        assert_eq!(
-            drain(&mut net).iter().map(|d| d.msg).collect::<Vec<_>>(),
-            [3]
-        );
+        assert_eq!(drain(&mut net).iter().map(|d| d.msg).collect::<Vec<_>>(), [3]);
         assert_eq!(net.stats().to_down_node, 1);
         assert_eq!(net.stats().partitioned, 1);
     }
 
     #[test]
     fn jitter_reorders_but_time_never_goes_back() {
-        let faults = LinkFaults {
-            jitter: Duration::from_millis(5),
-            ..LinkFaults::default()
-        };
+        let faults = LinkFaults { jitter: Duration::from_millis(5), ..LinkFaults::default() };
         let mut net = Network::new(2, 3, faults);
         for i in 0..100 {
             net.send(Time::from_micros(i * 10), 0, 1, i as u32);
@@ -352,19 +328,8 @@ mod tests {
 
     #[test]
     fn bursts_cluster_losses() {
-        let burst = Burst {
-            p_enter: 0.01,
-            p_leave: 0.1,
-            loss: 1.0,
-        };
-        let mut net = Network::new(
-            2,
-            5,
-            LinkFaults {
-                burst: Some(burst),
-                ..LinkFaults::default()
-            },
-        );
+        let burst = Burst { p_enter: 0.01, p_leave: 0.1, loss: 1.0 };
+        let mut net = Network::new(2, 5, LinkFaults { burst: Some(burst), ..LinkFaults::default() });
         for i in 0..20_000 {
             net.send(Time::from_micros(i * 1000), 0, 1, i as u32);
         }
@@ -372,9 +337,6 @@ mod tests {
         let gaps = got.windows(2).filter(|w| w[1] - w[0] > 1).count();
         let lost = 20_000 - got.len();
         assert!(lost > 500, "{lost} lost");
-        assert!(
-            lost > gaps * 5,
-            "losses are not bursty: {lost} lost in {gaps} gaps"
-        );
+        assert!(lost > gaps * 5, "losses are not bursty: {lost} lost in {gaps} gaps");
     }
 }

@@ -1,0 +1,812 @@
+//! A site on a back-end server: releases, the `live` symlink, and the
+//! content interpreter's work of applying, committing and rolling back.
+//!
+//! ```text
+//! <site root>/
+//!     live -> releases/<serial>     the release the web server serves
+//!     releases/<serial>/            complete releases, newest kept
+//!     incoming/<serial>/            a release being built, or built and awaiting commit
+//! ```
+//!
+//! Applying never touches `live` or a release: it builds `incoming/<serial>`
+//! as a copy of the base release made of hard links, and every command that
+//! writes a file writes a *new* file beside its target and renames it over
+//! the link, so no inode shared with a live release is ever modified. Before
+//! anything is written the assignment is verified (hashes, paths, key), its
+//! base is checked against `live`, and the free disk space is checked. While
+//! building, no path is resolved through a symlink. On any failure the
+//! half-built release is deleted and `live` is as it was.
+//!
+//! Committing renames `incoming/<serial>` to `releases/<serial>` and swaps
+//! `live` atomically: a new symlink is renamed over the old one, so a reader
+//! sees the old release or the new one, never a mix. Rolling back swaps
+//! `live` to the newest older release.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::{symlink, DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use filetime::FileTime;
+use serde::Serialize;
+use thiserror::Error;
+
+use super::assignment_file::{AssignmentError, AssignmentFile};
+use super::tree::hash_file;
+use crate::protocol::assignment::{Command, FileMeta, Kind};
+use crate::protocol::crypto::{Digest, Sha256};
+use crate::protocol::delta::{self, DeltaError};
+use crate::protocol::ids::AssignmentSerial;
+use crate::protocol::paths::SitePath;
+
+/// Name of the live symlink.
+pub const LIVE: &str = "live";
+/// Directory of complete releases.
+pub const RELEASES: &str = "releases";
+/// Directory of releases being built or awaiting commit.
+pub const INCOMING: &str = "incoming";
+
+/// Why an assignment could not be carried out. In every case `live` is unchanged.
+#[derive(Debug, Error)]
+pub enum ReleaseError {
+    /// A file system call failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The assignment file is invalid or cannot be decrypted.
+    #[error(transparent)]
+    Assignment(#[from] AssignmentError),
+    /// A delta for another base than the live release.
+    #[error(
+        "assignment {serial} is a delta against release {base}, but the live release under {root} is {live}: \
+         apply the assignments in between first, or use a full assignment"
+    )]
+    BaseMismatch {
+        /// The assignment.
+        serial: AssignmentSerial,
+        /// Its base.
+        base: AssignmentSerial,
+        /// What is live ("none" if nothing).
+        live: String,
+        /// The site root.
+        root: PathBuf,
+    },
+    /// Not enough free space.
+    #[error(
+        "not enough disk space under {path}: the assignment needs {needed} bytes and {reserve} must stay free, \
+         but only {available} are available; free some space or lower releases.min_free_disk"
+    )]
+    NoSpace {
+        /// Where space was checked.
+        path: PathBuf,
+        /// Bytes the assignment needs.
+        needed: u64,
+        /// Bytes that must stay free.
+        reserve: u64,
+        /// Bytes available.
+        available: u64,
+    },
+    /// A path would be resolved through a symlink or a non-directory.
+    #[error("unsafe path {path}: {reason}; the assignment is rejected")]
+    Unsafe {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Content does not have the hash the assignment says.
+    #[error("{what} {path} has SHA-256 {actual}, the assignment expects {expected}")]
+    HashMismatch {
+        /// "base file" or "result".
+        what: &'static str,
+        /// The path.
+        path: String,
+        /// Expected hash.
+        expected: Digest,
+        /// Actual hash.
+        actual: Digest,
+    },
+    /// A patch could not be applied.
+    #[error("patching {path}: {source}")]
+    Delta {
+        /// The file.
+        path: String,
+        /// Why.
+        source: DeltaError,
+    },
+    /// Commit of a release that was never applied.
+    #[error("release {serial} was not applied under {root}: apply its content assignment first")]
+    NotApplied {
+        /// The serial.
+        serial: AssignmentSerial,
+        /// The site root.
+        root: PathBuf,
+    },
+    /// The release already exists.
+    #[error("release {serial} already exists under {root}: a serial is never applied twice")]
+    Exists {
+        /// The serial.
+        serial: AssignmentSerial,
+        /// The site root.
+        root: PathBuf,
+    },
+    /// Rollback with no older release.
+    #[error("no release older than {live} is kept under {root}: nothing to roll back to")]
+    NoPrevious {
+        /// What is live.
+        live: AssignmentSerial,
+        /// The site root.
+        root: PathBuf,
+    },
+    /// Nothing is live.
+    #[error("nothing is live under {root}")]
+    NothingLive {
+        /// The site root.
+        root: PathBuf,
+    },
+    /// The site root is not laid out as expected.
+    #[error("{0}")]
+    Layout(String),
+    /// A test asked for a failure here.
+    #[error("injected failure before command {0}")]
+    Injected(usize),
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ReleaseError + 'a {
+    move |source| ReleaseError::Io { op, path: path.to_owned(), source }
+}
+
+/// Settings of a site root.
+#[derive(Debug, Clone)]
+pub struct SiteOptions {
+    /// Releases kept, the live one included.
+    pub keep_releases: u32,
+    /// Bytes that must stay free after an apply.
+    pub min_free_disk: u64,
+    /// Fault injection for tests: fail just before this command.
+    #[doc(hidden)]
+    pub fail_before_command: Option<usize>,
+}
+
+impl Default for SiteOptions {
+    fn default() -> Self {
+        SiteOptions { keep_releases: 3, min_free_disk: 64 << 20, fail_before_command: None }
+    }
+}
+
+/// What applying built.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ApplyReport {
+    /// The release built.
+    pub serial: u64,
+    /// Commands executed.
+    pub commands: u64,
+    /// Entries carried over from the base release by hard link or copy.
+    pub carried_over: u64,
+    /// Files written (new, patched, copied for a mode change).
+    pub files_written: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+}
+
+/// What an assignment did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// A release was built in `incoming/`.
+    Applied(ApplyReport),
+    /// A release went live.
+    Committed {
+        /// It.
+        serial: u64,
+        /// Releases deleted to keep `keep_releases`.
+        pruned: Vec<u64>,
+    },
+    /// An incoming release was discarded.
+    Aborted {
+        /// It.
+        serial: u64,
+    },
+    /// Live went back one release.
+    RolledBack {
+        /// Was live.
+        from: u64,
+        /// Is live.
+        to: u64,
+    },
+}
+
+/// One site's directory on a back-end server. See the module docs.
+#[derive(Debug, Clone)]
+pub struct SiteRoot {
+    root: PathBuf,
+    opts: SiteOptions,
+}
+
+impl SiteRoot {
+    /// A site rooted at `root` (created on first apply).
+    pub fn new(root: impl Into<PathBuf>, opts: SiteOptions) -> Self {
+        SiteRoot { root: root.into(), opts }
+    }
+
+    /// The site root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Directory of release `serial`.
+    pub fn release_dir(&self, serial: AssignmentSerial) -> PathBuf {
+        self.root.join(RELEASES).join(serial.to_string())
+    }
+
+    /// Directory where release `serial` is built.
+    pub fn incoming_dir(&self, serial: AssignmentSerial) -> PathBuf {
+        self.root.join(INCOMING).join(serial.to_string())
+    }
+
+    /// The live release, if any.
+    pub fn live(&self) -> Result<Option<AssignmentSerial>, ReleaseError> {
+        let link = self.root.join(LIVE);
+        match fs::symlink_metadata(&link) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("inspect", &link)(e)),
+            Ok(md) if !md.file_type().is_symlink() => {
+                return Err(ReleaseError::Layout(format!(
+                    "{} is not a symlink; move it away so that Content Mover can manage it",
+                    link.display()
+                )))
+            }
+            Ok(_) => {}
+        }
+        let target = fs::read_link(&link).map_err(io_err("read", &link))?;
+        let serial = target
+            .strip_prefix(RELEASES)
+            .ok()
+            .and_then(|p| p.to_str())
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| {
+                ReleaseError::Layout(format!(
+                    "{} points to {}, not to {RELEASES}/<serial>",
+                    link.display(),
+                    target.display()
+                ))
+            })?;
+        Ok(Some(AssignmentSerial(serial)))
+    }
+
+    fn serials_in(&self, dir: &str) -> Result<Vec<AssignmentSerial>, ReleaseError> {
+        let path = self.root.join(dir);
+        let entries = match fs::read_dir(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            r => r.map_err(io_err("list", &path))?,
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            let e = e.map_err(io_err("list", &path))?;
+            if let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<u64>().ok()) {
+                out.push(AssignmentSerial(n));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Releases kept, oldest first.
+    pub fn releases(&self) -> Result<Vec<AssignmentSerial>, ReleaseError> {
+        self.serials_in(RELEASES)
+    }
+
+    /// Releases built and awaiting commit.
+    pub fn incoming(&self) -> Result<Vec<AssignmentSerial>, ReleaseError> {
+        self.serials_in(INCOMING)
+    }
+
+    /// Carries out any assignment: builds a content release, or commits,
+    /// aborts or rolls back.
+    pub fn execute(&self, a: &AssignmentFile) -> Result<Outcome, ReleaseError> {
+        let serial = a.header.serial;
+        match a.header.kind {
+            Kind::Content => self.apply(a).map(Outcome::Applied),
+            Kind::Commit => self.commit(serial).map(|pruned| Outcome::Committed {
+                serial: serial.0,
+                pruned: pruned.into_iter().map(|s| s.0).collect(),
+            }),
+            Kind::Abort => self.abort(serial).map(|()| Outcome::Aborted { serial: serial.0 }),
+            Kind::Rollback => {
+                self.rollback().map(|(from, to)| Outcome::RolledBack { from: from.0, to: to.0 })
+            }
+        }
+    }
+
+    /// Builds release `serial` in `incoming/` from a content assignment.
+    pub fn apply(&self, a: &AssignmentFile) -> Result<ApplyReport, ReleaseError> {
+        a.ensure_readable()?;
+        let h = &a.header;
+        if h.kind != Kind::Content {
+            return Err(ReleaseError::Layout(format!("assignment {} is not a content assignment", h.serial)));
+        }
+        let live = self.live()?;
+        let base = if h.is_delta() {
+            if live != Some(h.base_serial) {
+                return Err(ReleaseError::BaseMismatch {
+                    serial: h.serial,
+                    base: h.base_serial,
+                    live: live.map_or("none".into(), |s| s.to_string()),
+                    root: self.root.clone(),
+                });
+            }
+            Some(self.release_dir(h.base_serial))
+        } else {
+            None
+        };
+        let target = self.release_dir(h.serial);
+        if fs::symlink_metadata(&target).is_ok() {
+            return Err(ReleaseError::Exists { serial: h.serial, root: self.root.clone() });
+        }
+        self.check_space(a, base.as_deref())?;
+
+        for dir in [RELEASES, INCOMING] {
+            let p = self.root.join(dir);
+            fs::create_dir_all(&p).map_err(io_err("create", &p))?;
+        }
+        let staging = self.incoming_dir(h.serial);
+        remove_any(&staging)?;
+        let builder = Builder {
+            a,
+            base: base.as_deref(),
+            dst: &staging,
+            dir_modes: BTreeMap::new(),
+            tmp_seq: 0,
+            report: ApplyReport { serial: h.serial.0, ..ApplyReport::default() },
+            fail_before: self.opts.fail_before_command,
+        };
+        match builder.run() {
+            Ok(report) => {
+                tracing::info!(
+                    event = "release_built",
+                    site = %self.root.display(),
+                    serial = h.serial.0,
+                    files_written = report.files_written,
+                    bytes_written = report.bytes_written,
+                    "built release"
+                );
+                Ok(report)
+            }
+            Err(e) => {
+                if let Err(clean) = remove_any(&staging) {
+                    tracing::error!(path = %staging.display(), error = %clean, "could not clean up a failed apply");
+                }
+                tracing::warn!(event = "apply_failed", site = %self.root.display(), serial = h.serial.0, error = %e);
+                Err(e)
+            }
+        }
+    }
+
+    fn check_space(&self, a: &AssignmentFile, base: Option<&Path>) -> Result<(), ReleaseError> {
+        let mut needed = 4096 * (a.commands.len() as u64 + 1);
+        for c in &a.commands {
+            needed += match c {
+                Command::PutFile { size, .. } | Command::PatchFile { size, .. } => *size,
+                // A mode change of a file shared with the base release copies it.
+                Command::SetMode { path, .. } => base
+                    .and_then(|b| fs::symlink_metadata(path.under(b)).ok())
+                    .filter(|m| m.is_file())
+                    .map_or(0, |m| m.len()),
+                _ => 0,
+            };
+        }
+        let mut probe = self.root.as_path();
+        while fs::symlink_metadata(probe).is_err() {
+            probe = match probe.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            if probe == Path::new(".") {
+                break;
+            }
+        }
+        let st = nix::sys::statvfs::statvfs(probe)
+            .map_err(|e| io_err("check free space of", probe)(io::Error::from_raw_os_error(e as i32)))?;
+        let available = st.blocks_available().saturating_mul(st.fragment_size());
+        if available < needed.saturating_add(self.opts.min_free_disk) {
+            return Err(ReleaseError::NoSpace {
+                path: probe.to_owned(),
+                needed,
+                reserve: self.opts.min_free_disk,
+                available,
+            });
+        }
+        Ok(())
+    }
+
+    /// Makes the applied release `serial` live, then deletes releases beyond
+    /// `keep_releases`. Committing the release that is already live is a no-op.
+    pub fn commit(&self, serial: AssignmentSerial) -> Result<Vec<AssignmentSerial>, ReleaseError> {
+        let staging = self.incoming_dir(serial);
+        if !staging.is_dir() {
+            if self.live()? == Some(serial) {
+                return Ok(Vec::new());
+            }
+            return Err(ReleaseError::NotApplied { serial, root: self.root.clone() });
+        }
+        let target = self.release_dir(serial);
+        if fs::symlink_metadata(&target).is_ok() {
+            return Err(ReleaseError::Exists { serial, root: self.root.clone() });
+        }
+        fs::rename(&staging, &target).map_err(io_err("move into place", &staging))?;
+        self.switch_live(serial)?;
+        tracing::info!(event = "release_live", site = %self.root.display(), serial = serial.0, "release is live");
+        self.prune(serial)
+    }
+
+    /// Discards the applied, uncommitted release `serial` (if any).
+    pub fn abort(&self, serial: AssignmentSerial) -> Result<(), ReleaseError> {
+        remove_any(&self.incoming_dir(serial))
+    }
+
+    /// Switches `live` to the newest release older than the live one.
+    /// Returns (was live, is live).
+    pub fn rollback(&self) -> Result<(AssignmentSerial, AssignmentSerial), ReleaseError> {
+        let live = self.live()?.ok_or_else(|| ReleaseError::NothingLive { root: self.root.clone() })?;
+        let previous = self
+            .releases()?
+            .into_iter()
+            .filter(|s| *s < live)
+            .max()
+            .ok_or_else(|| ReleaseError::NoPrevious { live, root: self.root.clone() })?;
+        self.switch_live(previous)?;
+        tracing::info!(event = "rolled_back", site = %self.root.display(), from = live.0, to = previous.0);
+        Ok((live, previous))
+    }
+
+    /// Points `live` at release `serial` atomically (new symlink renamed over the old).
+    fn switch_live(&self, serial: AssignmentSerial) -> Result<(), ReleaseError> {
+        let tmp = self.root.join(format!(".{LIVE}.{serial}.tmp"));
+        remove_any(&tmp)?;
+        symlink(format!("{RELEASES}/{serial}"), &tmp).map_err(io_err("create symlink", &tmp))?;
+        let live = self.root.join(LIVE);
+        fs::rename(&tmp, &live).map_err(io_err("swap", &live))?;
+        File::open(&self.root).and_then(|d| d.sync_all()).map_err(io_err("sync", &self.root))
+    }
+
+    /// Deletes releases beyond `keep_releases` (never the live one), and
+    /// incoming releases not newer than the one just committed.
+    fn prune(&self, committed: AssignmentSerial) -> Result<Vec<AssignmentSerial>, ReleaseError> {
+        let live = self.live()?;
+        let releases = self.releases()?;
+        let keep = self.opts.keep_releases as usize;
+        let mut pruned = Vec::new();
+        for (i, s) in releases.iter().rev().enumerate() {
+            if i >= keep && Some(*s) != live {
+                remove_any(&self.release_dir(*s))?;
+                pruned.push(*s);
+            }
+        }
+        for s in self.incoming()? {
+            if s <= committed {
+                remove_any(&self.incoming_dir(s))?;
+            }
+        }
+        Ok(pruned)
+    }
+}
+
+/// Deletes a file, symlink or directory tree; absent is fine. Never follows symlinks.
+fn remove_any(path: &Path) -> Result<(), ReleaseError> {
+    let result = match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => Err(e),
+        Ok(md) if md.is_dir() => {
+            // A read-only directory must be made writable to delete what is in it.
+            make_tree_writable(path);
+            fs::remove_dir_all(path)
+        }
+        Ok(_) => fs::remove_file(path),
+    };
+    result.map_err(io_err("delete", path))
+}
+
+fn make_tree_writable(path: &Path) {
+    for e in walkdir::WalkDir::new(path).follow_links(false).into_iter().flatten() {
+        if e.file_type().is_dir() {
+            let _ = fs::set_permissions(e.path(), fs::Permissions::from_mode(0o700));
+        }
+    }
+}
+
+struct HashingWriter {
+    out: BufWriter<File>,
+    hash: Sha256,
+    len: u64,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Builds one release directory.
+struct Builder<'a> {
+    a: &'a AssignmentFile,
+    base: Option<&'a Path>,
+    dst: &'a Path,
+    /// Directory modes, set last (deepest first) so read-only directories can be filled.
+    dir_modes: BTreeMap<PathBuf, u32>,
+    tmp_seq: u64,
+    report: ApplyReport,
+    fail_before: Option<usize>,
+}
+
+fn unsafe_path(path: &str, reason: impl Into<String>) -> ReleaseError {
+    ReleaseError::Unsafe { path: path.to_owned(), reason: reason.into() }
+}
+
+impl Builder<'_> {
+    fn run(mut self) -> Result<ApplyReport, ReleaseError> {
+        fs::DirBuilder::new().mode(0o700).create(self.dst).map_err(io_err("create", self.dst))?;
+        self.dir_modes.insert(self.dst.to_owned(), 0o755);
+        if let Some(base) = self.base {
+            self.carry_over(base)?;
+        }
+        for (i, cmd) in self.a.commands.iter().enumerate() {
+            if self.fail_before == Some(i) {
+                return Err(ReleaseError::Injected(i));
+            }
+            self.exec(cmd)?;
+            self.report.commands += 1;
+        }
+        for (dir, mode) in self.dir_modes.iter().rev() {
+            fs::set_permissions(dir, fs::Permissions::from_mode(*mode))
+                .map_err(io_err("set mode of", dir))?;
+        }
+        let root = File::open(self.dst).map_err(io_err("open", self.dst))?;
+        nix::unistd::syncfs(&root)
+            .map_err(|e| io_err("sync", self.dst)(io::Error::from_raw_os_error(e as i32)))?;
+        Ok(self.report)
+    }
+
+    /// Recreates the base release: directories anew, files as hard links, symlinks anew.
+    fn carry_over(&mut self, base: &Path) -> Result<(), ReleaseError> {
+        for entry in walkdir::WalkDir::new(base).min_depth(1).follow_links(false) {
+            let entry = entry.map_err(|e| io_err("read", base)(e.into()))?;
+            let rel = entry.path().strip_prefix(base).unwrap_or(entry.path());
+            let to = self.dst.join(rel);
+            let ft = entry.file_type();
+            if ft.is_dir() {
+                let mode = entry.metadata().map_err(|e| io_err("read", entry.path())(e.into()))?.mode();
+                fs::DirBuilder::new().mode(0o700).create(&to).map_err(io_err("create", &to))?;
+                self.dir_modes.insert(to, mode & 0o777);
+            } else if ft.is_file() {
+                fs::hard_link(entry.path(), &to).map_err(io_err("link", &to))?;
+            } else if ft.is_symlink() {
+                let target = fs::read_link(entry.path()).map_err(io_err("read", entry.path()))?;
+                symlink(target, &to).map_err(io_err("create symlink", &to))?;
+            } else {
+                continue;
+            }
+            self.report.carried_over += 1;
+        }
+        Ok(())
+    }
+
+    /// The path of `p` in the new release, after checking that every parent
+    /// is a real directory (not a symlink, not a file).
+    fn target(&self, p: &SitePath) -> Result<PathBuf, ReleaseError> {
+        checked(self.dst, p)?;
+        Ok(p.under(self.dst))
+    }
+
+    /// The regular file `p` in the base release, with the hash it must have.
+    fn base_file(&self, p: &SitePath, expected: &Digest) -> Result<(PathBuf, File, u64), ReleaseError> {
+        let base =
+            self.base.ok_or_else(|| unsafe_path(p.as_str(), "a full assignment has no base release"))?;
+        checked(base, p)?;
+        let path = p.under(base);
+        let md = fs::symlink_metadata(&path).map_err(io_err("read base file", &path))?;
+        if !md.is_file() {
+            return Err(unsafe_path(p.as_str(), "the base entry is not a regular file"));
+        }
+        let actual = hash_file(&path).map_err(io_err("read base file", &path))?;
+        if actual != *expected {
+            return Err(ReleaseError::HashMismatch {
+                what: "base file",
+                path: p.to_string(),
+                expected: *expected,
+                actual,
+            });
+        }
+        let f = File::open(&path).map_err(io_err("open base file", &path))?;
+        Ok((path, f, md.len()))
+    }
+
+    /// A fresh temporary name in `dir`.
+    fn tmp_in(&mut self, dir: &Path) -> PathBuf {
+        self.tmp_seq += 1;
+        dir.join(format!(".cmover-{}.tmp", self.tmp_seq))
+    }
+
+    /// Writes a new file through `fill`, checks its length and hash, sets
+    /// mode and mtime, and renames it over `target`.
+    fn write_new(
+        &mut self,
+        p: &SitePath,
+        target: &Path,
+        meta: Option<&FileMeta>,
+        size: u64,
+        sha256: &Digest,
+        fill: impl FnOnce(&mut HashingWriter) -> Result<(), ReleaseError>,
+    ) -> Result<(), ReleaseError> {
+        let dir = target.parent().unwrap_or(self.dst).to_owned();
+        let tmp = loop {
+            let tmp = self.tmp_in(&dir);
+            if fs::symlink_metadata(&tmp).is_err() {
+                break tmp;
+            }
+        };
+        let result = (|| {
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io_err("create", &tmp))?;
+            let mut w = HashingWriter {
+                out: BufWriter::with_capacity(256 << 10, file),
+                hash: Sha256::default(),
+                len: 0,
+            };
+            fill(&mut w)?;
+            w.flush().map_err(io_err("write", &tmp))?;
+            let actual = w.hash.digest();
+            if w.len != size || actual != *sha256 {
+                return Err(ReleaseError::HashMismatch {
+                    what: "result",
+                    path: p.to_string(),
+                    expected: *sha256,
+                    actual,
+                });
+            }
+            let file = w.out.into_inner().map_err(|e| io_err("write", &tmp)(e.into_error()))?;
+            if let Some(m) = meta {
+                file.set_permissions(fs::Permissions::from_mode(m.mode))
+                    .map_err(io_err("set mode of", &tmp))?;
+                let t = FileTime::from_unix_time(m.mtime.secs, m.mtime.nanos);
+                filetime::set_file_handle_times(&file, None, Some(t))
+                    .map_err(io_err("set mtime of", &tmp))?;
+            }
+            fs::rename(&tmp, target).map_err(io_err("move into place", target))?;
+            self.report.files_written += 1;
+            self.report.bytes_written += size;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn exec(&mut self, cmd: &Command) -> Result<(), ReleaseError> {
+        match cmd {
+            Command::MakeDir { path, mode } => {
+                let t = self.target(path)?;
+                match fs::symlink_metadata(&t) {
+                    Ok(md) if md.is_dir() => {}
+                    Ok(_) => {
+                        remove_any(&t)?;
+                        fs::DirBuilder::new().mode(0o700).create(&t).map_err(io_err("create", &t))?;
+                    }
+                    Err(_) => fs::DirBuilder::new().mode(0o700).create(&t).map_err(io_err("create", &t))?,
+                }
+                self.dir_modes.insert(t, *mode);
+            }
+            Command::PutFile { path, meta, size, sha256, data } => {
+                let t = self.target(path)?;
+                let a = self.a;
+                self.write_new(path, &t, Some(meta), *size, sha256, |w| {
+                    let mut src = a.section(data);
+                    io::copy(&mut src, w).map_err(io_err("write", &t))?;
+                    Ok(())
+                })?;
+            }
+            Command::PatchFile { path, base, base_sha256, meta, size, sha256, data } => {
+                let t = self.target(path)?;
+                let (_, mut base_file, base_len) = self.base_file(base, base_sha256)?;
+                let a = self.a;
+                self.write_new(path, &t, Some(meta), *size, sha256, |w| {
+                    let mut ops = a.section(data);
+                    delta::apply(&mut ops, &mut base_file, base_len, w, *size)
+                        .map_err(|source| ReleaseError::Delta { path: path.to_string(), source })
+                })?;
+            }
+            Command::Remove { path } => {
+                let t = self.target(path)?;
+                remove_any(&t)?;
+                self.dir_modes.retain(|dir, _| !dir.starts_with(&t));
+            }
+            Command::Rename { from, to, sha256 } => {
+                let (src, _, _) = self.base_file(from, sha256)?;
+                let t = self.target(to)?;
+                let tmp = self.tmp_in(t.parent().unwrap_or(self.dst));
+                fs::hard_link(&src, &tmp).map_err(io_err("link", &tmp))?;
+                if let Err(e) = fs::rename(&tmp, &t) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(io_err("move into place", &t)(e));
+                }
+            }
+            Command::SetMode { path, mode, mtime } => {
+                let t = self.target(path)?;
+                let md = fs::symlink_metadata(&t).map_err(io_err("read", &t))?;
+                if md.is_dir() {
+                    self.dir_modes.insert(t, *mode);
+                } else if md.is_file() {
+                    let meta = FileMeta {
+                        mode: *mode,
+                        mtime: mtime.unwrap_or(crate::protocol::assignment::Mtime {
+                            secs: md.mtime(),
+                            nanos: md.mtime_nsec().clamp(0, 999_999_999) as u32,
+                        }),
+                    };
+                    if md.nlink() == 1 {
+                        // Written by this apply: nobody else sees this inode.
+                        fs::set_permissions(&t, fs::Permissions::from_mode(*mode))
+                            .map_err(io_err("set mode of", &t))?;
+                        let when = FileTime::from_unix_time(meta.mtime.secs, meta.mtime.nanos);
+                        filetime::set_file_mtime(&t, when).map_err(io_err("set mtime of", &t))?;
+                        return Ok(());
+                    }
+                    // Shared with the base release: copy it rather than change a live inode.
+                    let sha = hash_file(&t).map_err(io_err("read", &t))?;
+                    let src = t.clone();
+                    self.write_new(path, &t, Some(&meta), md.len(), &sha, |w| {
+                        let mut f = File::open(&src).map_err(io_err("read", &src))?;
+                        io::copy(&mut f, w).map_err(io_err("copy", &src))?;
+                        Ok(())
+                    })?;
+                } else {
+                    return Err(unsafe_path(path.as_str(), "cannot set the mode of a symlink"));
+                }
+            }
+            Command::Symlink { path, target } => {
+                let t = self.target(path)?;
+                let tmp = self.tmp_in(t.parent().unwrap_or(self.dst));
+                symlink(target, &tmp).map_err(io_err("create symlink", &tmp))?;
+                if let Err(e) = fs::rename(&tmp, &t) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(io_err("move into place", &t)(e));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that every proper ancestor of `p` under `root` is a real directory.
+fn checked(root: &Path, p: &SitePath) -> Result<(), ReleaseError> {
+    for a in p.ancestors() {
+        match fs::symlink_metadata(root.join(a)) {
+            Ok(md) if md.file_type().is_symlink() => {
+                return Err(unsafe_path(p.as_str(), format!("its parent {a} is a symlink")));
+            }
+            Ok(md) if !md.is_dir() => {
+                return Err(unsafe_path(p.as_str(), format!("its parent {a} is not a directory")));
+            }
+            Ok(_) => {}
+            Err(_) => return Err(unsafe_path(p.as_str(), format!("its parent {a} does not exist"))),
+        }
+    }
+    Ok(())
+}
