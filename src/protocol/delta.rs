@@ -223,9 +223,8 @@ pub const MAX_LITERAL: usize = 1 << 20;
 const OP_COPY: u8 = 1;
 const OP_LITERAL: u8 = 2;
 
-/// Block size for indexing a base of `len` bytes: small enough to find
-/// matches between nearby edits, large enough that matches are meaningful
-/// and the index small.
+/// Block size of the whole-file index: small enough to find matches between
+/// nearby edits, large enough that matches are meaningful and the index small.
 fn block_size(len: usize) -> usize {
     match len {
         0..=0xFFFF => 16,
@@ -233,6 +232,14 @@ fn block_size(len: usize) -> usize {
         _ => 32,
     }
 }
+
+/// A match at the expected place is taken when it is at least this long.
+const MIN_HINT_MATCH: usize = 8;
+/// After an edit, the old file is searched this far on either side of the
+/// expected place before the whole-file index is built.
+const LOCAL_WINDOW: usize = 2048;
+/// Length of the keys of the local search.
+const LOCAL_KEY: usize = 12;
 
 const fn byte_table() -> [u64; 256] {
     // splitmix64 from a fixed seed: a well-spread value per byte.
@@ -257,34 +264,55 @@ fn hash_block(b: &[u8]) -> u64 {
     b.iter().fold(0u64, |h, &x| h.wrapping_mul(PRIME).wrapping_add(TABLE[x as usize]))
 }
 
-/// Open-addressing map from block hash to the first block with that hash.
-struct BlockIndex {
+/// A Rabin–Karp hash of a `len`-byte window that slides one byte at a time.
+struct Rolling {
+    hash: u64,
+    /// PRIME^(len-1), to take the outgoing byte out.
+    top: u64,
+}
+
+impl Rolling {
+    fn new(window: &[u8]) -> Self {
+        let top = (1..window.len()).fold(1u64, |p, _| p.wrapping_mul(PRIME));
+        Rolling { hash: hash_block(window), top }
+    }
+
+    fn roll(&mut self, out: u8, inp: u8) {
+        self.hash = self
+            .hash
+            .wrapping_sub(TABLE[out as usize].wrapping_mul(self.top))
+            .wrapping_mul(PRIME)
+            .wrapping_add(TABLE[inp as usize]);
+    }
+}
+
+/// Open-addressing map from a window hash to the first position with that hash.
+struct PosIndex {
     slots: Vec<(u64, u32)>,
     shift: u32,
 }
 
-impl BlockIndex {
-    fn build(old: &[u8], block: usize) -> Self {
-        let blocks = old.len() / block;
-        let bits = (blocks.max(1) * 2).next_power_of_two().trailing_zeros().max(4);
-        let mut idx = BlockIndex { slots: vec![(0, 0); 1 << bits], shift: 64 - bits };
-        for (k, chunk) in old.chunks_exact(block).enumerate().take(u32::MAX as usize - 1) {
-            idx.insert(hash_block(chunk), k as u32 + 1);
-        }
-        idx
+impl PosIndex {
+    fn with_capacity(entries: usize) -> Self {
+        let bits = (entries.max(1) * 2).next_power_of_two().trailing_zeros().max(4);
+        PosIndex { slots: vec![(0, 0); 1 << bits], shift: 64 - bits }
+    }
+
+    fn clear(&mut self) {
+        self.slots.iter_mut().for_each(|s| *s = (0, 0));
     }
 
     fn slot(&self, h: u64) -> usize {
         (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
     }
 
-    fn insert(&mut self, h: u64, block_plus_one: u32) {
+    fn insert(&mut self, h: u64, pos: usize) {
         let mask = self.slots.len() - 1;
         let mut i = self.slot(h);
         loop {
             match self.slots[i] {
                 (_, 0) => {
-                    self.slots[i] = (h, block_plus_one);
+                    self.slots[i] = (h, pos as u32 + 1);
                     return;
                 }
                 (existing, _) if existing == h => return,
@@ -299,67 +327,156 @@ impl BlockIndex {
         loop {
             match self.slots[i] {
                 (_, 0) => return None,
-                (existing, b) if existing == h => return Some(b as usize - 1),
+                (existing, p) if existing == h => return Some(p as usize - 1),
                 _ => i = (i + 1) & mask,
             }
         }
     }
 }
 
-/// The delta that turns `old` into `new`. Literal ops borrow from `new`.
-pub fn compute<'a>(old: &[u8], new: &'a [u8]) -> Vec<DeltaOp<'a>> {
-    let block = block_size(old.len());
-    let mut ops = Vec::new();
-    if old.len() < block || new.len() < block {
-        if !new.is_empty() {
-            ops.push(DeltaOp::Literal(new));
+/// Length of the common prefix of `a` and `b`, eight bytes at a time.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        let x = u64::from_le_bytes(a[i..i + 8].try_into().unwrap_or_default())
+            ^ u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+        if x != 0 {
+            return i + (x.trailing_zeros() / 8) as usize;
         }
-        return ops;
+        i += 8;
     }
-    let index = BlockIndex::build(old, block);
-    // PRIME^(block-1), to take the outgoing byte out of the rolling hash.
-    let top = (1..block).fold(1u64, |p, _| p.wrapping_mul(PRIME));
-    let mut lit_start = 0usize;
-    let mut i = 0usize;
-    let mut h = hash_block(&new[..block]);
-    while i + block <= new.len() {
-        if let Some(b) = index.get(h) {
-            let o = b * block;
-            if old[o..o + block] == new[i..i + block] {
-                let (mut s, mut os) = (i, o);
-                while s > lit_start && os > 0 && new[s - 1] == old[os - 1] {
-                    s -= 1;
-                    os -= 1;
-                }
-                let (mut e, mut oe) = (i + block, o + block);
-                let run = new.len().min(e + (old.len() - oe)) - e;
-                e += new[e..e + run].iter().zip(&old[oe..oe + run]).take_while(|(a, b)| a == b).count();
-                oe = os + (e - s);
-                debug_assert!(oe <= old.len());
-                if s > lit_start {
-                    ops.push(DeltaOp::Literal(&new[lit_start..s]));
-                }
-                ops.push(DeltaOp::Copy { offset: os as u64, len: (e - s) as u64 });
-                i = e;
-                lit_start = e;
-                if i + block <= new.len() {
-                    h = hash_block(&new[i..i + block]);
-                }
-                continue;
-            }
-        }
-        if i + block < new.len() {
-            h = h
-                .wrapping_sub(TABLE[new[i] as usize].wrapping_mul(top))
-                .wrapping_mul(PRIME)
-                .wrapping_add(TABLE[new[i + block] as usize]);
-        }
+    while i < n && a[i] == b[i] {
         i += 1;
     }
-    if lit_start < new.len() {
-        ops.push(DeltaOp::Literal(&new[lit_start..]));
+    i
+}
+
+/// Finds the delta of `new` against `old`, walking `new` once. At every
+/// point it first tries the place in `old` where the last match would
+/// continue; after an edit it searches a window around that place; only when
+/// that fails (content moved far, or a long insertion) does it build an
+/// index of the whole old file, once.
+struct Matcher<'o, 'n> {
+    old: &'o [u8],
+    new: &'n [u8],
+    ops: Vec<DeltaOp<'n>>,
+    lit_start: usize,
+    local: PosIndex,
+    global: Option<(PosIndex, usize)>,
+}
+
+impl<'n> Matcher<'_, 'n> {
+    /// Extends the match at (`j` in new, `x` in old) both ways, emits it, and
+    /// returns where it ends in new and old.
+    fn take(&mut self, j: usize, x: usize) -> (usize, usize) {
+        let mut back = 0;
+        while j - back > self.lit_start && x > back && self.new[j - back - 1] == self.old[x - back - 1] {
+            back += 1;
+        }
+        let fwd = common_prefix(&self.new[j..], &self.old[x..]);
+        let (s, os) = (j - back, x - back);
+        if s > self.lit_start {
+            self.ops.push(DeltaOp::Literal(&self.new[self.lit_start..s]));
+        }
+        self.ops.push(DeltaOp::Copy { offset: os as u64, len: (back + fwd) as u64 });
+        self.lit_start = j + fwd;
+        (j + fwd, x + fwd)
     }
-    ops
+
+    /// The first position from `i` on (within the window) whose key occurs
+    /// near `hint` in old.
+    fn local_search(&mut self, i: usize, hint: usize) -> Option<(usize, usize)> {
+        let (old, new) = (self.old, self.new);
+        let lo = hint.saturating_sub(LOCAL_WINDOW);
+        let hi = (hint + LOCAL_WINDOW).min(old.len());
+        if hi < lo + LOCAL_KEY || new.len() < i + LOCAL_KEY {
+            return None;
+        }
+        self.local.clear();
+        let mut r = Rolling::new(&old[lo..lo + LOCAL_KEY]);
+        for x in lo..=hi - LOCAL_KEY {
+            if x > lo {
+                r.roll(old[x - 1], old[x + LOCAL_KEY - 1]);
+            }
+            self.local.insert(r.hash, x);
+        }
+        let end = (i + LOCAL_WINDOW).min(new.len() - LOCAL_KEY);
+        let mut r = Rolling::new(&new[i..i + LOCAL_KEY]);
+        for j in i..=end {
+            if j > i {
+                r.roll(new[j - 1], new[j + LOCAL_KEY - 1]);
+            }
+            if let Some(x) = self.local.get(r.hash) {
+                if old[x..x + LOCAL_KEY] == new[j..j + LOCAL_KEY] {
+                    return Some((j, x));
+                }
+            }
+        }
+        None
+    }
+
+    /// The first position from `i` on whose block occurs anywhere in old.
+    fn global_search(&mut self, i: usize) -> Option<(usize, usize)> {
+        let (old, new) = (self.old, self.new);
+        let (index, block) = self.global.get_or_insert_with(|| {
+            let block = block_size(old.len());
+            let mut index = PosIndex::with_capacity(old.len() / block);
+            for (k, chunk) in old.chunks_exact(block).enumerate() {
+                index.insert(hash_block(chunk), k * block);
+            }
+            (index, block)
+        });
+        let block = *block;
+        if new.len() < i + block || old.len() < block {
+            return None;
+        }
+        let mut r = Rolling::new(&new[i..i + block]);
+        for j in i..=new.len() - block {
+            if j > i {
+                r.roll(new[j - 1], new[j + block - 1]);
+            }
+            if let Some(x) = index.get(r.hash) {
+                if old[x..x + block] == new[j..j + block] {
+                    return Some((j, x));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The delta that turns `old` into `new`. Literal ops borrow from `new`.
+pub fn compute<'a>(old: &[u8], new: &'a [u8]) -> Vec<DeltaOp<'a>> {
+    let mut m = Matcher {
+        old,
+        new,
+        ops: Vec::new(),
+        lit_start: 0,
+        local: PosIndex::with_capacity(2 * LOCAL_WINDOW),
+        global: None,
+    };
+    let (mut i, mut hint) = (0usize, 0usize);
+    // Offsets are stored as u32 in the indexes.
+    let searchable = old.len() >= LOCAL_KEY && old.len() < u32::MAX as usize;
+    while i < new.len() && searchable {
+        let run = common_prefix(&new[i..], old.get(hint..).unwrap_or_default());
+        let found = if run >= MIN_HINT_MATCH || (run > 0 && i + run == new.len()) {
+            Some((i, hint))
+        } else if let Some(at) = m.local_search(i, hint) {
+            Some(at)
+        } else {
+            m.global_search(i)
+        };
+        match found {
+            Some((j, x)) => (i, hint) = m.take(j, x),
+            None => break,
+        }
+    }
+    if m.lit_start < new.len() {
+        m.ops.push(DeltaOp::Literal(&new[m.lit_start..]));
+    }
+    m.ops
 }
 
 /// Serialises ops: `1, offset u64, len u64` for a copy; `2, len u32, bytes`
