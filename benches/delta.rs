@@ -113,8 +113,10 @@ fn main() {
     let mut phases: Vec<[f64; 4]> = Vec::new();
     for run in 0..runs {
         // rsync: destination starts as a copy of the old tree.
-        let dest = work.path().join("dest");
-        let _ = std::fs::remove_dir_all(&dest);
+        // Fresh directories per run, deleted only at the end: deleting a tree
+        // just before a timed step would make the file system's inode
+        // allocator slow for both tools.
+        let dest = work.path().join(format!("dest-{run}"));
         copy_tree(&old, &dest).expect("copy for rsync");
         sync();
         let t = Instant::now();
@@ -140,16 +142,15 @@ fn main() {
         check(&dest, &new, "rsync");
 
         // Content Mover: a site whose live release is the old tree.
-        let site_root = work.path().join("site");
-        let _ = std::fs::remove_dir_all(&site_root);
+        let site_root = work.path().join(format!("site-{run}"));
         let site = SiteRoot::new(&site_root, SiteOptions { min_free_disk: 0, ..SiteOptions::default() });
-        let full = work.path().join("full.cma");
+        let full = work.path().join(format!("full-{run}.cma"));
         pack(&work.path().join("nothing"), &old, &full, &opts(1, 0)).expect("pack full");
         let a = AssignmentFile::open(&full, None).expect("open full");
         site.apply(&a).expect("apply full");
         site.commit(a.header.serial).expect("commit full");
 
-        let delta = work.path().join("delta.cma");
+        let delta = work.path().join(format!("delta-{run}.cma"));
         sync();
         let t = Instant::now();
         let summary = pack(&old, &new, &delta, &opts(2, 1)).expect("pack delta");

@@ -236,8 +236,9 @@ fn block_size(len: usize) -> usize {
 /// A match at the expected place is taken when it is at least this long.
 const MIN_HINT_MATCH: usize = 8;
 /// After an edit, the old file is searched this far on either side of the
-/// expected place before the whole-file index is built.
-const LOCAL_WINDOW: usize = 2048;
+/// expected place (a small window first, most edits being small) before the
+/// whole-file index is built.
+const LOCAL_WINDOWS: [usize; 2] = [256, 2048];
 /// Length of the keys of the local search.
 const LOCAL_KEY: usize = 12;
 
@@ -286,20 +287,27 @@ impl Rolling {
     }
 }
 
-/// Open-addressing map from a window hash to the first position with that hash.
+/// Open-addressing map from a window hash to the first position with that
+/// hash. Entries carry the generation they were written in, so clearing is
+/// a counter increment, not a sweep of the table.
 struct PosIndex {
-    slots: Vec<(u64, u32)>,
+    slots: Vec<(u64, u32, u32)>,
     shift: u32,
+    generation: u32,
 }
 
 impl PosIndex {
     fn with_capacity(entries: usize) -> Self {
         let bits = (entries.max(1) * 2).next_power_of_two().trailing_zeros().max(4);
-        PosIndex { slots: vec![(0, 0); 1 << bits], shift: 64 - bits }
+        PosIndex { slots: vec![(0, 0, 0); 1 << bits], shift: 64 - bits, generation: 1 }
     }
 
     fn clear(&mut self) {
-        self.slots.iter_mut().for_each(|s| *s = (0, 0));
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.slots.iter_mut().for_each(|s| *s = (0, 0, 0));
+            self.generation = 1;
+        }
     }
 
     fn slot(&self, h: u64) -> usize {
@@ -311,11 +319,11 @@ impl PosIndex {
         let mut i = self.slot(h);
         loop {
             match self.slots[i] {
-                (_, 0) => {
-                    self.slots[i] = (h, pos as u32 + 1);
+                (_, _, g) if g != self.generation => {
+                    self.slots[i] = (h, pos as u32, self.generation);
                     return;
                 }
-                (existing, _) if existing == h => return,
+                (existing, _, _) if existing == h => return,
                 _ => i = (i + 1) & mask,
             }
         }
@@ -326,8 +334,8 @@ impl PosIndex {
         let mut i = self.slot(h);
         loop {
             match self.slots[i] {
-                (_, 0) => return None,
-                (existing, p) if existing == h => return Some(p as usize - 1),
+                (_, _, g) if g != self.generation => return None,
+                (existing, p, _) if existing == h => return Some(p as usize),
                 _ => i = (i + 1) & mask,
             }
         }
@@ -384,12 +392,16 @@ impl<'n> Matcher<'_, 'n> {
         (j + fwd, x + fwd)
     }
 
-    /// The first position from `i` on (within the window) whose key occurs
+    /// The first position from `i` on (within a window) whose key occurs
     /// near `hint` in old.
     fn local_search(&mut self, i: usize, hint: usize) -> Option<(usize, usize)> {
+        LOCAL_WINDOWS.iter().find_map(|&w| self.search_window(i, hint, w))
+    }
+
+    fn search_window(&mut self, i: usize, hint: usize, window: usize) -> Option<(usize, usize)> {
         let (old, new) = (self.old, self.new);
-        let lo = hint.saturating_sub(LOCAL_WINDOW);
-        let hi = (hint + LOCAL_WINDOW).min(old.len());
+        let lo = hint.saturating_sub(window).min(old.len());
+        let hi = (hint + window).min(old.len());
         if hi < lo + LOCAL_KEY || new.len() < i + LOCAL_KEY {
             return None;
         }
@@ -401,7 +413,7 @@ impl<'n> Matcher<'_, 'n> {
             }
             self.local.insert(r.hash, x);
         }
-        let end = (i + LOCAL_WINDOW).min(new.len() - LOCAL_KEY);
+        let end = (i + window).min(new.len() - LOCAL_KEY);
         let mut r = Rolling::new(&new[i..i + LOCAL_KEY]);
         for j in i..=end {
             if j > i {
@@ -453,7 +465,7 @@ pub fn compute<'a>(old: &[u8], new: &'a [u8]) -> Vec<DeltaOp<'a>> {
         new,
         ops: Vec::new(),
         lit_start: 0,
-        local: PosIndex::with_capacity(2 * LOCAL_WINDOW),
+        local: PosIndex::with_capacity(2 * LOCAL_WINDOWS[1]),
         global: None,
     };
     let (mut i, mut hint) = (0usize, 0usize);

@@ -310,8 +310,6 @@ fn write(
     s.attr_changes = cs.attrs.len() as u64;
     let (header, out) = w.finish().map_err(io_at(tmp))?;
     s.commands = u64::from(header.command_count);
-    let file =
-        out.into_inner().map_err(|e| PackError::Io { path: tmp.to_owned(), source: e.into_error() })?;
-    file.sync_all().map_err(io_at(tmp))?;
+    out.into_inner().map_err(|e| PackError::Io { path: tmp.to_owned(), source: e.into_error() })?;
     Ok(s)
 }

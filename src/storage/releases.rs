@@ -366,6 +366,7 @@ impl SiteRoot {
             tmp_seq: 0,
             report: ApplyReport { serial: h.serial.0, ..ApplyReport::default() },
             fail_before: self.opts.fail_before_command,
+            written: Vec::new(),
         };
         match builder.run() {
             Ok(report) => {
@@ -549,6 +550,8 @@ struct Builder<'a> {
     tmp_seq: u64,
     report: ApplyReport,
     fail_before: Option<usize>,
+    /// Files written, to be flushed before the release counts as applied.
+    written: Vec<PathBuf>,
 }
 
 fn unsafe_path(path: &str, reason: impl Into<String>) -> ReleaseError {
@@ -573,13 +576,34 @@ impl Builder<'_> {
             fs::set_permissions(dir, fs::Permissions::from_mode(*mode))
                 .map_err(io_err("set mode of", dir))?;
         }
-        // One flush of the file system makes the whole release durable before
-        // it is reported as applied (and long before it can go live): cheaper
-        // than an fsync per file and per directory.
-        let root = File::open(self.dst).map_err(io_err("open", self.dst))?;
-        nix::unistd::syncfs(&root)
-            .map_err(|e| io_err("sync", self.dst)(io::Error::from_raw_os_error(e as i32)))?;
+        self.flush()?;
         Ok(self.report)
+    }
+
+    /// Makes the release durable before it is reported as applied: the data
+    /// of every file written (flushed from a few threads at once, so that the
+    /// file system can batch its journal commits), then the directory, whose
+    /// fsync commits the journal holding every link, directory and rename.
+    /// Only what this apply wrote is waited for, not the whole file system.
+    fn flush(&mut self) -> Result<(), ReleaseError> {
+        let written = std::mem::take(&mut self.written);
+        let threads = written.len().clamp(1, 8);
+        let per = written.len().div_ceil(threads).max(1);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = written
+                .chunks(per)
+                .map(|files| {
+                    s.spawn(move || {
+                        for f in files {
+                            File::open(f).and_then(|f| f.sync_data()).map_err(io_err("flush", f))?;
+                        }
+                        Ok::<(), ReleaseError>(())
+                    })
+                })
+                .collect();
+            workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        })?;
+        File::open(self.dst).and_then(|d| d.sync_all()).map_err(io_err("flush", self.dst))
     }
 
     /// Recreates the base release: directories anew, files as hard links, symlinks anew.
@@ -691,6 +715,7 @@ impl Builder<'_> {
                     .map_err(io_err("set mtime of", &tmp))?;
             }
             fs::rename(&tmp, target).map_err(io_err("move into place", target))?;
+            self.written.push(target.to_owned());
             self.report.files_written += 1;
             self.report.bytes_written += size;
             Ok(())
