@@ -378,3 +378,27 @@ fn a_delta_for_another_base_is_refused() {
     pack(&f.v1, &f.v2, &a3, &opts(3, 2, None)).unwrap();
     expect_rejected(&f, &a3, None, "delta against release 2");
 }
+
+#[test]
+fn old_releases_are_pruned_to_keep_releases_and_rollback_walks_back() {
+    let t = tempfile::tempdir().unwrap();
+    let site = site(&t.path().join("site"));
+    let mut prev = t.path().join("none");
+    for serial in 1..=5u64 {
+        let tree = t.path().join(format!("v{serial}"));
+        fs::create_dir_all(&tree).unwrap();
+        fs::write(tree.join("index.html"), format!("version {serial}")).unwrap();
+        let a = t.path().join(format!("{serial}.cma"));
+        pack(&prev, &tree, &a, &opts(serial, serial - 1, None)).unwrap();
+        publish(&site, &a, None).unwrap();
+        assert_identical(&t.path().join("site/live"), &tree);
+        prev = tree;
+    }
+    let kept: Vec<u64> = site.releases().unwrap().into_iter().map(|s| s.0).collect();
+    assert_eq!(kept, [3, 4, 5], "keep_releases is 3");
+    assert!(site.incoming().unwrap().is_empty());
+    assert_eq!(site.rollback().unwrap(), (AssignmentSerial(5), AssignmentSerial(4)));
+    assert_eq!(site.rollback().unwrap(), (AssignmentSerial(4), AssignmentSerial(3)));
+    assert_identical(&t.path().join("site/live"), &t.path().join("v3"));
+    assert!(matches!(site.rollback(), Err(ReleaseError::NoPrevious { .. })));
+}
