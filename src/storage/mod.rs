@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod assignment_file;
+pub mod db;
 pub mod pack;
 pub mod releases;
 pub mod tree;
