@@ -9,7 +9,9 @@
 #![warn(missing_docs)]
 
 pub mod bytes;
+pub mod control;
 pub mod crypto;
+pub mod election;
 pub mod ids;
 pub mod paths;
 pub mod time;
