@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use cmover::config::{Config, LogFormat};
 use cmover::logging::{self, LogTarget};
 
+mod sim_cli;
+
 #[derive(Parser)]
 #[command(
     name = "cmover",
@@ -40,6 +42,15 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Deterministic simulations of the protocols, for tests and for sizing timers.
+    #[command(subcommand)]
+    Sim(SimCommand),
+}
+
+#[derive(Subcommand)]
+enum SimCommand {
+    /// Group-leader election and membership under loss, partitions and crashes.
+    Election(sim_cli::ElectionArgs),
 }
 
 #[derive(Subcommand)]
@@ -87,6 +98,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Config(_) => unreachable!("handled above"),
         Command::Keygen { output } => keygen(&output),
+        Command::Sim(SimCommand::Election(args)) => sim_cli::election(&args),
     }
 }
 

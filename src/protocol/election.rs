@@ -18,7 +18,9 @@
 //!   → `VotingOpen`. An LC of *lower* priority is answered at once with our own
 //!   (claim 2: "no received voting priority is greater"). At start-up the claim
 //!   delay is preceded by one detection timeout, so a node that joins a segment
-//!   with a leader hears it before it claims.
+//!   with a leader hears it before it claims; in that time it answers a lower
+//!   claim only after a third of the voting window, unless the sitting
+//!   leader's LA (its answer to the claim) arrives first.
 //! - **`VotingOpen`**: no LC or LA for `voting_window` → `LeaderIsMe`, send LA.
 //!   An LC of higher priority → `Conceding`; of lower priority → answer with an
 //!   LC and stay. An LA → `LeaderKnown` (with `preempt`, only if the leader
@@ -53,7 +55,9 @@
 //! list of registered members `list_delay` after the last registration (at most
 //! `2 × list_delay` after the first one pending); a member missing from it
 //! registers again after a random delay of at most `register_jitter`, until the
-//! list is stable. Members prove liveness with a `MemberAlive` every
+//! list is stable. A registration from a member already registered, with no
+//! list pending, means it missed the last list: the leader sends it that list
+//! directly. Members prove liveness with a `MemberAlive` every
 //! `alive_interval`; the leader marks a member silent for `member_timeout`
 //! offline and reports [`Event::MemberLeft`] and [`Event::SegmentChanged`].
 //! Every LA carries the version of the last list sent, so a member that missed
@@ -424,6 +428,13 @@ pub struct Elector {
     best_claim: Option<(NodeId, Priority, Time)>,
     /// Until when we count as a recently deposed leader.
     deposed_until: Option<Time>,
+    /// The leader we lost by timeout, while we try to elect a successor: if
+    /// peers show it was alive after all, we go back to it.
+    lost: Option<(NodeId, Priority)>,
+    /// Until when a starting node only listens: it answers no lower claim.
+    listening_until: Time,
+    /// When we last answered a stray claim with hearsay.
+    answered_claim_at: Option<Time>,
     /// Leader: everyone who registered with us (kept a while after stepping
     /// down, for the members-known input).
     table: BTreeMap<NodeId, MemberRecord>,
@@ -467,6 +478,9 @@ impl Elector {
             leader_alive_at: Time::ZERO,
             best_claim: None,
             deposed_until: None,
+            lost: None,
+            listening_until: Time::ZERO,
+            answered_claim_at: None,
             table: BTreeMap::new(),
             list_version,
             list_sent: list_version,
@@ -592,6 +606,12 @@ impl Elector {
             return;
         }
         self.stats.received += 1;
+        if self.state == State::LeaderIsMe {
+            // Any datagram from a member proves it alive.
+            if let Some(r) = self.table.get_mut(&from).filter(|r| r.online) {
+                r.last_seen = now;
+            }
+        }
         match msg {
             ControlMsg::LeaderAlive {
                 priority,
@@ -670,9 +690,10 @@ impl Elector {
             return;
         }
         self.started = true;
+        self.listening_until = now + self.config.timers.leader_timeout();
         if self.config.gl_capable {
             // Listen one detection timeout for a sitting leader before claiming.
-            let at = now + self.config.timers.leader_timeout() + self.claim_delay(now);
+            let at = self.listening_until + self.claim_delay(now);
             self.timers.set(Timer::Claim, at);
         }
     }
@@ -766,11 +787,18 @@ impl Elector {
             Timer::LeaderTimeout,
             now + self.config.timers.leader_timeout(),
         );
-        if previous != Some(leader) {
-            // A new leader: register with it, and spread our MemberAlives over
-            // the interval rather than all at once.
+        self.lost = None;
+        let listed = self
+            .list
+            .as_ref()
+            .is_some_and(|l| l.leader == leader && l.members.contains(&self.me));
+        if previous != Some(leader) && !listed {
+            // A new leader: register with it.
             let reg = now + self.jitter();
             self.timers.set(Timer::Register, reg);
+        }
+        if previous != Some(leader) {
+            // Spread our MemberAlives over the interval rather than all at once.
             let alive = self.config.membership.alive_interval.as_micros() as u64;
             let first = Duration::from_micros(self.rng.random_range(0..=alive));
             self.timers.set(Timer::MemberAlive, now + first);
@@ -843,6 +871,7 @@ impl Elector {
 
     fn become_leader(&mut self, now: Time) {
         self.state = State::LeaderIsMe;
+        self.lost = None;
         self.stats.elections_won += 1;
         self.deposed_until = None;
         self.best_claim = None;
@@ -914,15 +943,20 @@ impl Elector {
                 };
                 self.timers.set(Timer::LeaderAlive, now + next);
             }
-            (Timer::LeaderTimeout, State::LeaderKnown(_)) => self.become_unknown(now),
+            (Timer::LeaderTimeout, State::LeaderKnown(l)) => {
+                let p = self.other_priority;
+                self.become_unknown(now);
+                self.lost = Some((l, p));
+            }
             (Timer::Claim, State::LeaderUnknown) if self.config.gl_capable => self.claim(now),
             (Timer::VotingWindow, State::VotingOpen) => self.become_leader(now),
             (Timer::Concede, State::Conceding(_)) => self.become_unknown(now),
             (Timer::Register, State::LeaderKnown(leader)) => {
                 let info = self.config.info.bounded();
                 self.send(Dest::Node(leader), ControlMsg::Register(info));
-                // Registered for sure only once a list names us; until then retry.
-                let retry = m.list_delay * 2 + self.jitter();
+                // Registered for sure only once a list names us; until then
+                // retry, after the time the leader takes to send its list.
+                let retry = m.list_delay + m.register_jitter + self.jitter();
                 self.timers.set(Timer::Register, now + retry);
             }
             (Timer::MemberAlive, State::LeaderKnown(leader)) => {
@@ -1014,6 +1048,8 @@ impl Elector {
                 && self.my_rank(now) > self.rank(self.other_priority, l)
             {
                 self.claim(now);
+                // Not a lost leader: peers' hearsay about it must not stop us.
+                self.lost = None;
             }
         }
     }
@@ -1038,12 +1074,41 @@ impl Elector {
                     self.send_leader_alive(now);
                 }
             }
-            State::LeaderKnown(_) => {}
+            State::LeaderKnown(l) => {
+                // A stray claim (its claimant missed our leader's LAs) while we
+                // hear the leader well: tell the claimant, so it goes back.
+                let t = self.config.timers;
+                let fresh = now - self.leader_heard_at <= t.la_interval * 3 / 2;
+                let preempting = self.config.preempt && theirs > self.rank(self.other_priority, l);
+                let recently = self
+                    .answered_claim_at
+                    .is_some_and(|a| now - a < t.voting_window);
+                if from != l && fresh && !preempting && !recently {
+                    self.answered_claim_at = Some(now);
+                    let heard = now - self.leader_heard_at;
+                    let heard_ago_ms = u32::try_from(heard.as_millis()).unwrap_or(u32::MAX);
+                    self.send(
+                        Dest::Node(from),
+                        ControlMsg::MemberAlive {
+                            leader: l,
+                            heard_ago_ms,
+                        },
+                    );
+                }
+            }
             State::LeaderUnknown => {
                 if !self.config.gl_capable || theirs > mine {
                     self.become_conceding(now, from, p);
-                } else {
+                } else if now >= self.listening_until {
                     self.claim(now);
+                } else {
+                    // Still listening after start-up: a sitting leader would
+                    // answer that claim with an LA within moments. Wait a
+                    // little for it, then claim before the claimant's window ends.
+                    let soon = now + self.config.timers.voting_window / 3;
+                    if self.timers.get(Timer::Claim).is_none_or(|t| t > soon) {
+                        self.timers.set(Timer::Claim, soon);
+                    }
                 }
             }
             State::VotingOpen => {
@@ -1086,22 +1151,25 @@ impl Elector {
             self.events.push_back(Event::SegmentChanged {
                 members: self.member_details(),
             });
-            self.schedule_list(now, true);
-        } else {
-            // Already registered: it missed the list; send it again, without
-            // postponing one already due.
-            self.schedule_list(now, false);
+            self.schedule_list(now);
+        } else if self.timers.get(Timer::MemberList).is_none() {
+            // Already registered and no list pending: it missed the last list;
+            // send that one to it alone, at once.
+            let members = self.online_members();
+            self.send(
+                Dest::Node(from),
+                ControlMsg::MemberList {
+                    version: self.list_sent,
+                    members,
+                },
+            );
         }
     }
 
-    /// Arms the member-list multicast `list_delay` after now (if `postpone`,
-    /// or if none is pending), but never later than `2 × list_delay` after the
-    /// first registration still unanswered.
-    fn schedule_list(&mut self, now: Time, postpone: bool) {
+    /// Arms the member-list multicast `list_delay` after now, but never later
+    /// than `2 × list_delay` after the first change still unsent.
+    fn schedule_list(&mut self, now: Time) {
         let delay = self.config.membership.list_delay;
-        if !postpone && self.timers.get(Timer::MemberList).is_some() {
-            return;
-        }
         let since = *self.list_pending_since.get_or_insert(now);
         let at = (now + delay).min(since + delay * 2);
         self.timers.set(Timer::MemberList, at);
@@ -1129,7 +1197,7 @@ impl Elector {
         self.events.push_back(Event::SegmentChanged {
             members: self.member_details(),
         });
-        self.schedule_list(now, true);
+        self.schedule_list(now);
     }
 
     fn on_member_list(&mut self, now: Time, from: NodeId, version: u64, members: Vec<NodeId>) {
@@ -1179,6 +1247,23 @@ impl Elector {
                 if let Some(r) = self.table.get_mut(&from).filter(|r| r.online) {
                     r.last_seen = now;
                 }
+            }
+            State::LeaderUnknown | State::VotingOpen => {
+                // We lost our leader by timeout, but a peer heard it recently
+                // enough that we would not have: it is alive, go back to it.
+                let Some((l, p)) = self.lost.filter(|(l, _)| *l == leader) else {
+                    return;
+                };
+                let ago = Duration::from_millis(u64::from(heard_ago_ms));
+                let timeout = self.config.timers.leader_timeout();
+                if ago >= timeout {
+                    return;
+                }
+                let heard_at = self.leader_heard_at;
+                self.become_known(now, l, p);
+                self.leader_heard_at = heard_at;
+                self.leader_alive_at = Time::from_micros(now.as_micros() - ago.as_micros() as u64);
+                self.timers.set(Timer::LeaderTimeout, now + (timeout - ago));
             }
             State::LeaderKnown(l) if l == leader => {
                 // Hearsay: a peer heard our leader `heard_ago_ms` ago.

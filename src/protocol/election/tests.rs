@@ -110,6 +110,17 @@ fn follower_with_id(id: NodeId, leader: NodeId) -> Elector {
     e
 }
 
+/// A node whose leader (priority 1000) timed out at t = 325 ms.
+fn lost_leader(config: ElectorConfig) -> Elector {
+    let mut e = Elector::new(config, ME, 7);
+    e.handle_datagram(Time::ZERO, NodeId(3), la(1000));
+    run_until(&mut e, at(325));
+    assert_eq!(e.state(), State::LeaderUnknown);
+    transmits(&mut e);
+    events(&mut e);
+    e
+}
+
 /// A node that has won an uncontested election.
 fn leader() -> (Elector, Time) {
     let mut e = started(config());
@@ -225,54 +236,121 @@ fn claim2_unknown_concedes_to_a_higher_claim_and_follows_the_winner() {
 
 #[test]
 fn claim2_unknown_answers_a_lower_claim_with_its_own_at_once() {
-    let mut e = started(config());
-    e.handle_datagram(at(50), LOW, lc(1));
+    let mut e = lost_leader(config());
+    e.handle_datagram(at(350), LOW, lc(1));
     assert_eq!(e.state(), State::VotingOpen);
     assert_eq!(kinds(&transmits(&mut e)), ["leader_claim"]);
 }
 
 #[test]
-fn claim2_voting_open_concedes_to_a_higher_claim() {
+fn design5_a_starting_node_does_not_answer_lower_claims_while_it_listens() {
     let mut e = started(config());
     e.handle_datagram(at(50), LOW, lc(1));
+    assert_eq!(e.state(), State::LeaderUnknown);
+    assert!(transmits(&mut e).is_empty());
+    // A sitting leader answers that claim with its LA, which we follow.
+    e.handle_datagram(at(51), NodeId(3), la(1));
+    assert_eq!(e.state(), State::LeaderKnown(NodeId(3)));
+    assert!(!kinds(&run_until(&mut e, at(100))).contains(&"leader_claim"));
+    // Without a sitting leader, we answer within a third of the window.
+    let mut e = started(config());
+    e.handle_datagram(at(50), LOW, lc(1));
+    assert_eq!(kinds(&run_until(&mut e, at(60))), ["leader_claim"]);
+}
+
+#[test]
+fn design5_a_follower_answers_a_stray_claim_with_hearsay_and_the_claimant_goes_back() {
+    // The follower hears its leader well and sees a claim from a peer.
+    let mut f = follower_with_id(NodeId(4), HIGH);
+    f.handle_datagram(at(300), HIGH, la(1000));
+    f.handle_datagram(at(360), ME, lc(900));
+    let sent = transmits(&mut f);
+    let hearsay = ControlMsg::MemberAlive {
+        leader: HIGH,
+        heard_ago_ms: 60,
+    };
+    assert_eq!(
+        sent,
+        [Transmit {
+            to: Dest::Node(ME),
+            msg: hearsay.clone()
+        }]
+    );
+    // Only once per voting window.
+    f.handle_datagram(at(361), ME, lc(900));
+    assert!(transmits(&mut f).is_empty());
+    // The claimant missed three LAs; the hearsay brings it back to HIGH.
+    let mut c = follower_of(HIGH);
+    run_until(&mut c, at(380));
+    assert_eq!(c.state(), State::VotingOpen);
+    c.handle_datagram(at(381), NodeId(4), hearsay);
+    assert_eq!(c.state(), State::LeaderKnown(HIGH));
+    // Its deadline is the one the LA it missed (at 381 - 60) would have set.
+    let deadline = at(321) + config().timers.leader_timeout();
+    run_until(&mut c, Time::from_micros(deadline.as_micros() - 1));
+    assert_eq!(c.state(), State::LeaderKnown(HIGH));
+    run_until(&mut c, deadline);
+    assert_eq!(c.state(), State::LeaderUnknown);
+}
+
+#[test]
+fn design5_stale_hearsay_does_not_bring_back_a_dead_leader() {
+    let mut c = follower_of(HIGH);
+    run_until(&mut c, at(380));
+    assert_eq!(c.state(), State::VotingOpen);
+    c.handle_datagram(
+        at(381),
+        NodeId(4),
+        ControlMsg::MemberAlive {
+            leader: HIGH,
+            heard_ago_ms: 340,
+        },
+    );
+    assert_eq!(c.state(), State::VotingOpen);
+}
+
+#[test]
+fn claim2_voting_open_concedes_to_a_higher_claim() {
+    let mut e = lost_leader(config());
+    e.handle_datagram(at(350), LOW, lc(1));
     transmits(&mut e);
-    e.handle_datagram(at(55), HIGH, lc(2400));
+    e.handle_datagram(at(355), HIGH, lc(2400));
     assert_eq!(e.state(), State::Conceding(HIGH));
     // The voting window passes without effect: we conceded.
-    run_until(&mut e, at(100));
+    run_until(&mut e, at(400));
     assert_eq!(e.state(), State::Conceding(HIGH));
 }
 
 #[test]
 fn claim2_voting_open_answers_a_lower_claim_and_keeps_its_window() {
-    let mut e = started(config());
-    e.handle_datagram(at(50), LOW, lc(1));
+    let mut e = lost_leader(config());
+    e.handle_datagram(at(350), LOW, lc(1));
     transmits(&mut e);
-    e.handle_datagram(at(60), NodeId(2), lc(2));
+    e.handle_datagram(at(360), NodeId(2), lc(2));
     assert_eq!(kinds(&transmits(&mut e)), ["leader_claim"]);
     assert_eq!(e.state(), State::VotingOpen);
-    run_until(&mut e, at(80));
+    run_until(&mut e, at(380));
     assert!(e.is_leader(), "window counted from our own claim");
 }
 
 #[test]
 fn claim2_voting_open_follows_an_la_without_preemption() {
-    let mut e = started(config());
-    e.handle_datagram(at(50), LOW, lc(1));
+    let mut e = lost_leader(config());
+    e.handle_datagram(at(350), LOW, lc(1));
     transmits(&mut e);
-    e.handle_datagram(at(60), LOW, la(1));
+    e.handle_datagram(at(360), LOW, la(1));
     assert_eq!(e.state(), State::LeaderKnown(LOW));
 }
 
 #[test]
 fn design5_voting_open_with_preemption_answers_a_lower_leaders_la_with_a_claim() {
-    let mut e = started(ElectorConfig {
+    let mut e = lost_leader(ElectorConfig {
         preempt: true,
         ..config()
     });
-    e.handle_datagram(at(50), LOW, lc(1));
+    e.handle_datagram(at(350), LOW, lc(1));
     transmits(&mut e);
-    e.handle_datagram(at(60), LOW, la(1));
+    e.handle_datagram(at(360), LOW, la(1));
     assert_eq!(e.state(), State::VotingOpen);
     assert_eq!(kinds(&transmits(&mut e)), ["leader_claim"]);
 }
