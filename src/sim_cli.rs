@@ -118,6 +118,7 @@ pub fn election(a: &ElectionArgs) -> Result<()> {
     println!("converged                 {}", s.converged);
     println!("split_brain               {}", s.split_brain);
     println!("highest_priority_won      {}", s.highest_priority_won);
+    println!("agreed_at_end             {}", s.agreed_at_end);
     println!("members_agree             {}", s.members_agree);
     println!("failover_ms_p50           {}", ms(s.failover_ms_p50));
     println!("failover_ms_p99           {}", ms(s.failover_ms_p99));

@@ -22,6 +22,8 @@
 //!   claim only after a third of the voting window, unless the sitting
 //!   leader's LA (its answer to the claim) arrives first.
 //! - **`VotingOpen`**: no LC or LA for `voting_window` → `LeaderIsMe`, send LA.
+//!   The claim is repeated at a third and two thirds of the window, so one
+//!   lost claim or lost answer does not make a leader.
 //!   An LC of higher priority → `Conceding`; of lower priority → answer with an
 //!   LC and stay. An LA → `LeaderKnown` (with `preempt`, only if the leader
 //!   outranks us; otherwise we answer with an LC and it concedes).
@@ -328,6 +330,8 @@ enum Timer {
     Claim,
     /// VotingOpen: we lead if nobody objected by then.
     VotingWindow,
+    /// VotingOpen: repeat our claim, in case it or its answer was lost.
+    ClaimRepeat,
     /// Conceding: give up waiting for the winner.
     Concede,
     /// Member: (re-)register.
@@ -340,11 +344,12 @@ enum Timer {
     MemberSweep,
 }
 
-const TIMERS: [Timer; 9] = [
+const TIMERS: [Timer; 10] = [
     Timer::LeaderAlive,
     Timer::LeaderTimeout,
     Timer::Claim,
     Timer::VotingWindow,
+    Timer::ClaimRepeat,
     Timer::Concede,
     Timer::Register,
     Timer::MemberAlive,
@@ -782,7 +787,12 @@ impl Elector {
         self.other_priority = priority;
         self.leader_heard_at = now;
         self.leader_alive_at = now;
-        self.stop_timers(&[Timer::Claim, Timer::VotingWindow, Timer::Concede]);
+        self.stop_timers(&[
+            Timer::Claim,
+            Timer::VotingWindow,
+            Timer::ClaimRepeat,
+            Timer::Concede,
+        ]);
         self.timers.set(
             Timer::LeaderTimeout,
             now + self.config.timers.leader_timeout(),
@@ -813,6 +823,7 @@ impl Elector {
             Timer::Register,
             Timer::MemberAlive,
             Timer::VotingWindow,
+            Timer::ClaimRepeat,
             Timer::Concede,
             Timer::Claim,
         ]);
@@ -844,6 +855,7 @@ impl Elector {
         self.stop_timers(&[
             Timer::Claim,
             Timer::VotingWindow,
+            Timer::ClaimRepeat,
             Timer::LeaderTimeout,
             Timer::Register,
             Timer::MemberAlive,
@@ -863,8 +875,9 @@ impl Elector {
             Timer::Register,
             Timer::MemberAlive,
         ]);
-        self.timers
-            .set(Timer::VotingWindow, now + self.config.timers.voting_window);
+        let window = self.config.timers.voting_window;
+        self.timers.set(Timer::VotingWindow, now + window);
+        self.timers.set(Timer::ClaimRepeat, now + window / 3);
         let priority = self.priority(now);
         self.send(Dest::All, ControlMsg::LeaderClaim { priority });
     }
@@ -891,6 +904,7 @@ impl Elector {
         self.stop_timers(&[
             Timer::Claim,
             Timer::VotingWindow,
+            Timer::ClaimRepeat,
             Timer::Concede,
             Timer::LeaderTimeout,
             Timer::Register,
@@ -950,6 +964,19 @@ impl Elector {
             }
             (Timer::Claim, State::LeaderUnknown) if self.config.gl_capable => self.claim(now),
             (Timer::VotingWindow, State::VotingOpen) => self.become_leader(now),
+            (Timer::ClaimRepeat, State::VotingOpen) => {
+                let priority = self.priority(now);
+                self.send(Dest::All, ControlMsg::LeaderClaim { priority });
+                // At a third and two thirds of the window.
+                let third = t.voting_window / 3;
+                let second = self
+                    .timers
+                    .get(Timer::VotingWindow)
+                    .is_some_and(|end| end - now > third + third / 2);
+                if second {
+                    self.timers.set(Timer::ClaimRepeat, now + third);
+                }
+            }
             (Timer::Concede, State::Conceding(_)) => self.become_unknown(now),
             (Timer::Register, State::LeaderKnown(leader)) => {
                 let info = self.config.info.bounded();

@@ -8,10 +8,14 @@
 //! stabilisation time ([`SimConfig::settle`]) and then an observation window
 //! ([`SimConfig::observe`]) in which it checks and measures:
 //!
-//! - **converged**: at the end of the run exactly one live node is in
-//!   `LeaderIsMe` and every live node knows it as its leader. (All faults have
-//!   healed by then, so the live nodes form one connected component; random
-//!   loss, duplication and reordering go on throughout.)
+//! - **converged**: in the observation window the live nodes reached exactly
+//!   one leader known by all (one live node in `LeaderIsMe`, every live node
+//!   knowing it as its leader), and they never agreed on a different leader
+//!   in that window. All faults have healed by then, so the live nodes form
+//!   one connected component; random loss, duplication and reordering go on
+//!   throughout, so a follower may still briefly lose its leader (and find it
+//!   again) — that does not count against convergence, a change of leader
+//!   does. Agreement at the very last instant is counted separately.
 //! - **split brain**: at some instant of the observation window two live
 //!   nodes were both in `LeaderIsMe` (checked after every event).
 //! - **highest priority won**: the final leader has the highest configured
@@ -117,8 +121,10 @@ impl SimConfig {
 pub struct RunOutcome {
     /// The run's seed.
     pub seed: u64,
-    /// One leader known by all live nodes at the end.
+    /// One leader known by all live nodes reached, and no other, in the window.
     pub converged: bool,
+    /// All live nodes agreed on one leader at the last instant of the run.
+    pub agreed_at_end: bool,
     /// Two live leaders at once during the observation window.
     pub split_brain: bool,
     /// The final leader has the highest configured priority.
@@ -159,6 +165,9 @@ pub struct Summary {
     /// Runs whose member lists agreed (not in the JSON).
     #[serde(skip)]
     pub members_agree: u64,
+    /// Runs agreeing on the leader at their last instant (not in the JSON).
+    #[serde(skip)]
+    pub agreed_at_end: u64,
     /// Seeds of runs that did not converge or split (not in the JSON).
     #[serde(skip)]
     pub failing_seeds: Vec<u64>,
@@ -237,6 +246,7 @@ pub fn summarise(outcomes: &[RunOutcome]) -> Summary {
         datagrams_per_node_per_s: (traffic * 1000.0).round() / 1000.0,
         failover_ms_max: failovers.last().copied(),
         members_agree: count(&|o| o.members_agree),
+        agreed_at_end: count(&|o| o.agreed_at_end),
         failing_seeds: outcomes
             .iter()
             .filter(|o| !o.converged || o.split_brain)
@@ -470,6 +480,8 @@ pub fn run_one(config: &SimConfig, seed: u64) -> RunOutcome {
     let mut failover_from: Option<Time> = None;
     let mut failover = None;
     let mut split_brain = false;
+    // Leaders all live nodes agreed on during the observation window.
+    let mut agreed_in_window: Vec<NodeId> = Vec::new();
 
     loop {
         let next_timer = sim.live().filter_map(|(_, c)| c.poll_timeout()).min();
@@ -546,6 +558,13 @@ pub fn run_one(config: &SimConfig, seed: u64) -> RunOutcome {
                 sim.log(|| format!("failover after {:?}", now - from));
             }
         }
+        if now >= window_start {
+            if let Some(l) = sim.agreed_leader() {
+                if !agreed_in_window.contains(&l) {
+                    agreed_in_window.push(l);
+                }
+            }
+        }
         if now >= window_start && sim.live_leaders() > 1 {
             if !split_brain {
                 sim.log(|| "split brain".to_string());
@@ -554,7 +573,13 @@ pub fn run_one(config: &SimConfig, seed: u64) -> RunOutcome {
         }
     }
 
-    let leader = sim.agreed_leader();
+    let at_end = sim.agreed_leader();
+    let converged = agreed_in_window.len() == 1;
+    let leader = if converged {
+        agreed_in_window.first().copied()
+    } else {
+        None
+    };
     let best = sim
         .live()
         .filter(|(i, _)| sim.nodes[*i].config.gl_capable)
@@ -568,7 +593,8 @@ pub fn run_one(config: &SimConfig, seed: u64) -> RunOutcome {
     let secs = config.observe.as_secs_f64().max(1e-9);
     RunOutcome {
         seed,
-        converged: leader.is_some(),
+        converged,
+        agreed_at_end: at_end.is_some(),
         split_brain,
         highest_priority_won: leader.is_some() && leader == best,
         members_agree,
@@ -600,6 +626,7 @@ mod tests {
         let o = |ms: u64| RunOutcome {
             seed: ms,
             converged: true,
+            agreed_at_end: true,
             split_brain: false,
             highest_priority_won: true,
             members_agree: true,
