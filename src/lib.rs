@@ -16,9 +16,17 @@
 //!     decoding), [`protocol::paths`] (paths confined to a site),
 //!     [`protocol::crypto`] (key derivation, AEAD, HMAC),
 //!     [`protocol::wire`] (authenticated datagrams).
-//! - [`sim`]: the seeded virtual-time network that drives the cores.
+//!   - [`protocol::control`] (control-channel messages, the authentication
+//!     gate), [`protocol::election`] (group-leader election and membership).
+//! - [`actors`]: actix actors that run the cores on real sockets
+//!   ([`actors::elector`]).
+//! - [`agent`]: the `cmover agent` process, wired from the configuration.
+//! - [`sim`]: the seeded virtual-time network that drives the cores, and the
+//!   simulations built on it ([`sim::election`]).
 //! - [`udp`]: multicast and unicast UDP sockets for the channels.
 
+pub mod actors;
+pub mod agent;
 pub mod config;
 pub mod logging;
 pub mod protocol;

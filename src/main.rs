@@ -42,6 +42,8 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Run this server's agent (the elector on the control channel) until Ctrl-C.
+    Agent,
     /// Deterministic simulations of the protocols, for tests and for sizing timers.
     #[command(subcommand)]
     Sim(SimCommand),
@@ -88,16 +90,23 @@ fn run(cli: Cli) -> Result<()> {
     }
     let config = load_config(cli.config.as_ref())?;
     let format = cli.log_format.unwrap_or(config.log.format);
-    logging::init(
-        format,
-        cli.log_level.as_deref(),
-        &config.log.level,
-        LogTarget::Stderr,
-    )
-    .map_err(anyhow::Error::msg)?;
+    let target = match cli.command {
+        Command::Agent => LogTarget::Stdout,
+        _ => LogTarget::Stderr,
+    };
+    logging::init(format, cli.log_level.as_deref(), &config.log.level, target)
+        .map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Config(_) => unreachable!("handled above"),
         Command::Keygen { output } => keygen(&output),
+        Command::Agent => {
+            if cli.config.is_none() {
+                anyhow::bail!(
+                    "cmover agent needs a configuration: --config FILE (see config.example.toml)"
+                );
+            }
+            cmover::agent::run(&config)
+        }
         Command::Sim(SimCommand::Election(args)) => sim_cli::election(&args),
     }
 }
