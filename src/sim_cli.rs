@@ -128,23 +128,17 @@ pub fn election(a: &ElectionArgs) -> Result<()> {
         "datagrams_per_node_per_s  {:.3} ({per_interval:.3} per la_interval)",
         s.datagrams_per_node_per_s
     );
-    if !s.failing_seeds.is_empty() {
-        let shown: Vec<String> = s
-            .failing_seeds
-            .iter()
-            .take(20)
-            .map(|s| s.to_string())
-            .collect();
-        println!("failing seeds             {}", shown.join(" "));
-    }
-    if !s.members_disagree_seeds.is_empty() {
-        let shown: Vec<String> = s
-            .members_disagree_seeds
-            .iter()
-            .take(10)
-            .map(|s| s.to_string())
-            .collect();
-        println!("member lists differ       {}", shown.join(" "));
-    }
+    print_seeds("failing seeds", &s.failing_seeds);
+    print_seeds("member lists differ", &s.members_disagree_seeds);
     Ok(())
+}
+
+fn print_seeds(label: &str, seeds: &[u64]) {
+    if !seeds.is_empty() {
+        let shown: Vec<String> = seeds.iter().take(20).map(|s| s.to_string()).collect();
+        println!(
+            "{label:<26}{} (replay one with --replay SEED)",
+            shown.join(" ")
+        );
+    }
 }

@@ -249,7 +249,13 @@ async fn fig5_five_agents_over_udp_elect_fail_over_and_respect_preempt() {
             all_follow(s, 4, 5) && all_list(s, &[1, 2, 3, 4, 5])
         })
         .await;
-    // And it keeps following: watch ten LA intervals.
+    // And it keeps following: watch ten LA intervals, counting what the
+    // cores send meanwhile (steady state: at most one message per node per
+    // LA interval; unicast mode turns each "to all" into one per peer).
+    let sent = |s: &HashMap<NodeId, ElectorStatus>| -> u64 {
+        s.values().map(|st| st.stats.transmits).sum()
+    };
+    let before = sent(&cluster.statuses().await);
     let watch = actix::clock::Instant::now();
     while watch.elapsed() < Duration::from_secs(2) {
         let s = cluster.statuses().await;
@@ -260,6 +266,13 @@ async fn fig5_five_agents_over_udp_elect_fail_over_and_respect_preempt() {
         );
         actix::clock::sleep(Duration::from_millis(50)).await;
     }
+    let intervals = watch.elapsed().as_secs_f64() / 0.2;
+    let per_node = (sent(&cluster.statuses().await) - before) as f64 / NODES as f64 / intervals;
+    println!("steady state: {per_node:.3} messages per node per la_interval");
+    assert!(
+        per_node <= 1.0,
+        "{per_node} messages per node per la_interval"
+    );
 
     // Preempt on: the higher-priority node 5 takes over.
     for (id, a) in &cluster.actors {

@@ -125,15 +125,21 @@ const TAG_LIST: u8 = 4;
 const TAG_ALIVE: u8 = 5;
 const TAG_CHANNEL: u8 = 6;
 
-fn put_text(out: &mut BytesMut, s: &str) {
-    // Callers bound their text ([`MemberInfo::bounded`]); cut at a char
-    // boundary rather than emit a length the decoder would refuse.
+/// `s` cut to at most [`MAX_TEXT`] bytes, at a char boundary.
+fn cut(s: &str) -> &str {
     let mut end = s.len().min(MAX_TEXT);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    out.put_u16_le(end as u16);
-    out.put_slice(&s.as_bytes()[..end]);
+    &s[..end]
+}
+
+fn put_text(out: &mut BytesMut, s: &str) {
+    // Callers bound their text ([`MemberInfo::bounded`]); cut rather than
+    // emit a length the decoder would refuse.
+    let s = cut(s);
+    out.put_u16_le(s.len() as u16);
+    out.put_slice(s.as_bytes());
 }
 
 fn put_priority(out: &mut BytesMut, p: Priority) {
@@ -164,22 +170,15 @@ impl MemberInfo {
     /// A copy cut to the wire's bounds (text to [`MAX_TEXT`] bytes, at most
     /// [`MAX_SITES`] sites), so that what is sent is what is received.
     pub fn bounded(&self) -> MemberInfo {
-        let cut = |s: &str| {
-            let mut end = s.len().min(MAX_TEXT);
-            while !s.is_char_boundary(end) {
-                end -= 1;
-            }
-            s[..end].to_string()
-        };
         MemberInfo {
-            http: cut(&self.http),
-            name: cut(&self.name),
+            http: cut(&self.http).to_string(),
+            name: cut(&self.name).to_string(),
             serials: self
                 .serials
                 .iter()
                 .take(MAX_SITES)
                 .map(|s| SiteSerial {
-                    site: cut(&s.site),
+                    site: cut(&s.site).to_string(),
                     serial: s.serial,
                 })
                 .collect(),
