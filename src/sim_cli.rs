@@ -120,6 +120,7 @@ pub fn election(a: &ElectionArgs) -> Result<()> {
     println!("highest_priority_won      {}", s.highest_priority_won);
     println!("agreed_at_end             {}", s.agreed_at_end);
     println!("members_agree             {}", s.members_agree);
+    println!("failovers measured        {}", s.failovers);
     println!("failover_ms_p50           {}", ms(s.failover_ms_p50));
     println!("failover_ms_p99           {}", ms(s.failover_ms_p99));
     println!("failover_ms_max           {}", ms(s.failover_ms_max));

@@ -2,4 +2,6 @@
 //! (sockets, timers, files). One actor per file; each is a thin driver that
 //! feeds its core and drains what the core polls out.
 
+#![warn(missing_docs)]
+
 pub mod elector;

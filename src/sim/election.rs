@@ -159,6 +159,9 @@ pub struct Summary {
     pub failover_ms_p99: Option<f64>,
     /// Mean steady-state datagrams per node per second.
     pub datagrams_per_node_per_s: f64,
+    /// Failovers measured (not in the JSON).
+    #[serde(skip)]
+    pub failovers: u64,
     /// Longest failover, ms (not in the JSON).
     #[serde(skip)]
     pub failover_ms_max: Option<f64>,
@@ -225,7 +228,7 @@ pub fn summarise(outcomes: &[RunOutcome]) -> Summary {
             return None;
         }
         let rank = ((p * failovers.len() as f64).ceil() as usize).max(1);
-        Some(failovers[rank - 1])
+        Some((failovers[rank - 1] * 1000.0).round() / 1000.0)
     };
     let traffic = if outcomes.is_empty() {
         0.0
@@ -244,6 +247,7 @@ pub fn summarise(outcomes: &[RunOutcome]) -> Summary {
         failover_ms_p50: pct(0.50),
         failover_ms_p99: pct(0.99),
         datagrams_per_node_per_s: (traffic * 1000.0).round() / 1000.0,
+        failovers: failovers.len() as u64,
         failover_ms_max: failovers.last().copied(),
         members_agree: count(&|o| o.members_agree),
         agreed_at_end: count(&|o| o.agreed_at_end),
