@@ -7,7 +7,9 @@
 //! the repository root lists every option with its default; a test checks
 //! that it parses to exactly [`Config::default`].
 
-use std::path::Path;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
@@ -58,6 +60,212 @@ pub struct Config {
     pub content: ContentConfig,
     /// Releases kept on a back-end server.
     pub releases: ReleasesConfig,
+    /// This agent's identity.
+    pub node: NodeConfig,
+    /// What the cluster's nodes share.
+    pub cluster: ClusterConfig,
+    /// The segment's control channel (elections and membership).
+    pub control: ControlConfig,
+    /// Group-leader election.
+    pub election: ElectionConfig,
+    /// Segment membership.
+    pub membership: MembershipConfig,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Unique id of this agent in the cluster (1 or more; 0 means unset).
+    pub id: u64,
+    /// A human name for logs and the UI; empty means `node-<id>`.
+    pub name: String,
+    /// The node HTTP address other nodes and the CCM reach this agent at
+    /// (`host:port`), announced at registration; empty announces none.
+    pub advertise_http: String,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// File holding the cluster secret in hex (`cmover keygen`); every
+    /// channel's key is derived from it. Required by the agent.
+    pub secret_file: PathBuf,
+}
+
+/// How the control channel reaches the other nodes of the segment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlMode {
+    /// A multicast group (TTL 1: the datagrams never leave the LAN).
+    #[default]
+    Multicast,
+    /// A static list of unicast peers, for networks without multicast.
+    Unicast,
+}
+
+/// `[control]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    /// `multicast` or `unicast`.
+    pub mode: ControlMode,
+    /// Multicast group of the control channel.
+    pub group: Ipv4Addr,
+    /// UDP port of the control channel (multicast mode).
+    pub port: u16,
+    /// Address of the interface that joins the group and sends to it;
+    /// 0.0.0.0 lets the system choose.
+    pub interface: Ipv4Addr,
+    /// Local address and port of the socket (unicast mode).
+    pub bind: SocketAddr,
+    /// Unicast mode: every node of the segment as `ID@HOST:PORT`. This
+    /// node's own entry may be listed too (it is skipped), so every node can
+    /// share one list.
+    pub peers: Vec<String>,
+    /// Datagrams older than this are dropped as replays.
+    #[serde(with = "humantime_serde")]
+    pub replay_window: Duration,
+    /// Datagrams stamped further ahead than this (clock skew) are dropped.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            mode: ControlMode::Multicast,
+            group: Ipv4Addr::new(239, 192, 70, 1),
+            port: 7400,
+            interface: Ipv4Addr::UNSPECIFIED,
+            bind: SocketAddr::from(([0, 0, 0, 0], 7400)),
+            peers: Vec::new(),
+            replay_window: Duration::from_secs(30),
+            max_clock_skew: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One entry of `control.peers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Its node id.
+    pub id: u64,
+    /// Its control socket.
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for Peer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Peer, String> {
+        let (id, addr) = s.split_once('@').ok_or_else(|| format!("{s:?} is not ID@HOST:PORT"))?;
+        let id: u64 = id.trim().parse().map_err(|_| format!("{s:?}: {id:?} is not a node id"))?;
+        let addr: SocketAddr =
+            addr.trim().parse().map_err(|_| format!("{s:?}: {addr:?} is not an IP address and port"))?;
+        if id == 0 {
+            return Err(format!("{s:?}: node ids start at 1"));
+        }
+        Ok(Peer { id, addr })
+    }
+}
+
+impl ControlConfig {
+    /// The parsed peer list (validated by [`Config::validate`]).
+    pub fn peer_list(&self) -> Result<Vec<Peer>, String> {
+        self.peers.iter().map(|p| p.parse()).collect()
+    }
+}
+
+/// `[election]`: timers and priority. See `config.example.toml` for the
+/// arithmetic behind the defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ElectionConfig {
+    /// Period of the leader's LeaderAlive.
+    #[serde(with = "humantime_serde")]
+    pub la_interval: Duration,
+    /// LeaderAlives missed in a row before the leader is lost.
+    pub la_miss: u32,
+    /// Claim delay of the highest possible priority.
+    #[serde(with = "humantime_serde")]
+    pub claim_delay_min: Duration,
+    /// Claim delay of the lowest possible priority.
+    #[serde(with = "humantime_serde")]
+    pub claim_delay_max: Duration,
+    /// How long a claimant listens for objections before it leads.
+    #[serde(with = "humantime_serde")]
+    pub voting_window: Duration,
+    /// How long a leader that stepped down keeps its "recently deposed" bonus.
+    #[serde(with = "humantime_serde")]
+    pub deposed_hold: Duration,
+    /// Whether a higher-priority node takes over from a stable leader. Must
+    /// be the same on every node of a segment.
+    pub preempt: bool,
+    /// Whether this node may be elected group leader.
+    pub gl_capable: bool,
+    /// Administrator's preference, 0–100 (weighs as much as all the rest).
+    pub preference: u8,
+    /// CPU power, 0–100.
+    pub cpu: u8,
+    /// Disk space and speed, 0–100.
+    pub disk: u8,
+    /// Network capacity, 0–100.
+    pub network: u8,
+    /// Reliability, 0–100.
+    pub reliability: u8,
+    /// Content freshness, 0–100.
+    pub freshness: u8,
+}
+
+impl Default for ElectionConfig {
+    fn default() -> Self {
+        ElectionConfig {
+            la_interval: Duration::from_millis(500),
+            la_miss: 3,
+            claim_delay_min: Duration::from_millis(50),
+            claim_delay_max: Duration::from_millis(300),
+            voting_window: Duration::from_millis(200),
+            deposed_hold: Duration::from_secs(10),
+            preempt: false,
+            gl_capable: true,
+            preference: 0,
+            cpu: 50,
+            disk: 50,
+            network: 50,
+            reliability: 50,
+            freshness: 50,
+        }
+    }
+}
+
+/// `[membership]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MembershipConfig {
+    /// Period of a member's MemberAlive.
+    #[serde(with = "humantime_serde")]
+    pub alive_interval: Duration,
+    /// Silence after which the leader marks a member offline.
+    #[serde(with = "humantime_serde")]
+    pub member_timeout: Duration,
+    /// Delay from the last registration to the member-list multicast.
+    #[serde(with = "humantime_serde")]
+    pub list_delay: Duration,
+    /// Largest random delay before a (re-)registration.
+    #[serde(with = "humantime_serde")]
+    pub register_jitter: Duration,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig {
+            alive_interval: Duration::from_secs(1),
+            member_timeout: Duration::from_secs(6),
+            list_delay: Duration::from_secs(3),
+            register_jitter: Duration::from_secs(1),
+        }
+    }
 }
 
 /// Log output format.
@@ -190,11 +398,138 @@ impl Config {
                 "give a fraction such as 0.05 (keep compressed chunks that save at least 5 %)",
             ));
         }
+        self.validate_control()?;
+        self.validate_election()?;
         if self.releases.keep_releases < 2 {
             return Err(invalid(
                 "releases.keep_releases",
                 format!("{} leaves nothing to roll back to", self.releases.keep_releases),
                 "keep at least 2 releases (the default is 3)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_control(&self) -> Result<(), ConfigError> {
+        let c = &self.control;
+        if !c.group.is_multicast() {
+            return Err(invalid(
+                "control.group",
+                format!("{} is not a multicast address", c.group),
+                "use an address in 239.0.0.0/8 (organisation-local), such as the default 239.192.70.1",
+            ));
+        }
+        if c.port == 0 {
+            return Err(invalid(
+                "control.port",
+                "port 0",
+                "give the UDP port every node of the segment uses, such as 7400",
+            ));
+        }
+        let peers = c.peer_list().map_err(|e| {
+            invalid("control.peers", e, "write each peer as \"ID@HOST:PORT\", e.g. \"2@10.0.0.2:7400\"")
+        })?;
+        let mut ids: Vec<u64> = peers.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(invalid(
+                "control.peers",
+                format!("node id {} is listed twice", w[0]),
+                "give every node of the segment one entry with its own id",
+            ));
+        }
+        if c.mode == ControlMode::Unicast && peers.iter().all(|p| p.id == self.node.id) {
+            return Err(invalid(
+                "control.peers",
+                "unicast mode needs the other nodes of the segment, and none is listed",
+                "list every node as \"ID@HOST:PORT\", or use mode = \"multicast\"",
+            ));
+        }
+        if c.replay_window < Duration::from_secs(1) {
+            return Err(invalid(
+                "control.replay_window",
+                format!("{:?} is too short to accept datagrams in flight", c.replay_window),
+                "give at least \"1s\" (the default is \"30s\")",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_election(&self) -> Result<(), ConfigError> {
+        let e = &self.election;
+        if e.la_interval < Duration::from_millis(10) {
+            return Err(invalid(
+                "election.la_interval",
+                format!("{:?} is below 10ms", e.la_interval),
+                "give an interval such as \"500ms\" (the default)",
+            ));
+        }
+        if e.la_miss == 0 {
+            return Err(invalid(
+                "election.la_miss",
+                "0 would declare every leader lost at once",
+                "give the LeaderAlives to miss in a row before an election, such as 3",
+            ));
+        }
+        if e.claim_delay_min > e.claim_delay_max {
+            return Err(invalid(
+                "election.claim_delay_min",
+                format!("{:?} is above claim_delay_max ({:?})", e.claim_delay_min, e.claim_delay_max),
+                "make claim_delay_min the smaller of the two",
+            ));
+        }
+        if e.voting_window.is_zero() {
+            return Err(invalid(
+                "election.voting_window",
+                "a zero window hears no objection",
+                "give a window longer than a round trip on the LAN, such as \"200ms\"",
+            ));
+        }
+        for (key, v) in [
+            ("election.preference", e.preference),
+            ("election.cpu", e.cpu),
+            ("election.disk", e.disk),
+            ("election.network", e.network),
+            ("election.reliability", e.reliability),
+            ("election.freshness", e.freshness),
+        ] {
+            if v > 100 {
+                return Err(invalid(
+                    key,
+                    format!("{v} is above 100"),
+                    "priority inputs are scores from 0 to 100",
+                ));
+            }
+        }
+        let m = &self.membership;
+        if m.alive_interval < e.la_interval {
+            return Err(invalid(
+                "membership.alive_interval",
+                format!(
+                    "{:?} is shorter than election.la_interval ({:?}): members would send more than the leader",
+                    m.alive_interval, e.la_interval
+                ),
+                "give at least la_interval; twice it (the default) keeps traffic near half a datagram per node per interval",
+            ));
+        }
+        if m.member_timeout < m.alive_interval * 3 {
+            return Err(invalid(
+                "membership.member_timeout",
+                format!(
+                    "{:?} is under three alive intervals ({:?}): members would be marked offline for a lost datagram or two",
+                    m.member_timeout,
+                    m.alive_interval * 3
+                ),
+                "give at least three times membership.alive_interval (the default is six)",
+            ));
+        }
+        if m.list_delay.is_zero() {
+            return Err(invalid(
+                "membership.list_delay",
+                "a zero delay sends a list for every registration",
+                "give a delay such as \"3s\" (the patent's 3–5 s)",
             ));
         }
         Ok(())
@@ -240,6 +575,19 @@ mod tests {
             ("[content]\nexclude = [\"a[\"]\n", "content.exclude"),
             ("[content]\nincompressible = [\".jpg\"]\n", "content.incompressible"),
             ("[log]\nlevel = \"info,cmover=loudest\"\n", "log.level"),
+            ("[control]\ngroup = \"10.0.0.1\"\n", "control.group"),
+            ("[control]\npeers = [\"x@1.2.3.4:5\"]\n", "control.peers"),
+            ("[control]\npeers = [\"2@1.2.3.4\"]\n", "control.peers"),
+            ("[control]\npeers = [\"2@1.2.3.4:5\", \"2@1.2.3.5:5\"]\n", "control.peers"),
+            ("[control]\nmode = \"unicast\"\n", "control.peers"),
+            ("[election]\nla_miss = 0\n", "election.la_miss"),
+            (
+                "[election]\nclaim_delay_min = \"1s\"\nclaim_delay_max = \"100ms\"\n",
+                "election.claim_delay_min",
+            ),
+            ("[election]\ncpu = 101\n", "election.cpu"),
+            ("[membership]\nalive_interval = \"100ms\"\n", "membership.alive_interval"),
+            ("[membership]\nmember_timeout = \"2s\"\n", "membership.member_timeout"),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(text, "f.toml").unwrap_err();

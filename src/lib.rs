@@ -21,13 +21,21 @@
 //!     [`protocol::wire`] (authenticated datagrams),
 //!     [`protocol::assignment`] (the assignment file format),
 //!     [`protocol::delta`] (tree comparison and byte deltas).
-//! - [`storage`]: the file system: [`storage::tree`] (scanning trees),
-//!   [`storage::pack`] (building assignments), [`storage::assignment_file`]
-//!   (verified reading), [`storage::releases`] (a BES site: apply, commit,
-//!   rollback).
-//! - [`sim`]: the seeded virtual-time network that drives the cores.
+//!   - [`protocol::control`] (control-channel messages, the authentication
+//!     gate), [`protocol::election`] (group-leader election and membership).
+//! - [`storage`]: the file system and the database: [`storage::tree`]
+//!   (scanning trees), [`storage::pack`] (building assignments),
+//!   [`storage::assignment_file`] (verified reading), [`storage::releases`]
+//!   (a BES site: apply, commit, rollback), [`storage::db`] (typed tables).
+//! - [`actors`]: actix actors that run the cores on real sockets
+//!   ([`actors::elector`]).
+//! - [`agent`]: the `cmover agent` process, wired from the configuration.
+//! - [`sim`]: the seeded virtual-time network that drives the cores, and the
+//!   simulations built on it ([`sim::election`]).
 //! - [`udp`]: multicast and unicast UDP sockets for the channels.
 
+pub mod actors;
+pub mod agent;
 pub mod config;
 pub mod corpus;
 pub mod demo;

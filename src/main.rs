@@ -14,6 +14,8 @@ use cmover::protocol::ids::AssignmentSerial;
 use cmover::storage::assignment_file::AssignmentFile;
 use cmover::storage::releases::{Outcome, SiteRoot};
 
+mod sim_cli;
+
 #[derive(Parser)]
 #[command(name = "cmover", version, about = "Content Mover: publish web content to many servers, atomically")]
 struct Cli {
@@ -121,6 +123,17 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Run this server's agent (the elector on the control channel) until Ctrl-C.
+    Agent,
+    /// Deterministic simulations of the protocols, for tests and for sizing timers.
+    #[command(subcommand)]
+    Sim(SimCommand),
+}
+
+#[derive(Subcommand)]
+enum SimCommand {
+    /// Group-leader election and membership under loss, partitions and crashes.
+    Election(sim_cli::ElectionArgs),
 }
 
 #[derive(Subcommand)]
@@ -158,13 +171,25 @@ fn run(cli: Cli) -> Result<()> {
     }
     let config = load_config(cli.config.as_ref())?;
     let format = cli.log_format.unwrap_or(config.log.format);
-    // One-shot tools print their own results; their logs default to warnings only.
-    logging::init(format, cli.log_level.as_deref(), "warn", LogTarget::Stderr).map_err(anyhow::Error::msg)?;
+    // Services log to stdout at the configured level; one-shot tools print
+    // their own results on stdout and log only warnings, to stderr.
+    let (target, level) = match cli.command {
+        Command::Agent => (LogTarget::Stdout, config.log.level.as_str()),
+        _ => (LogTarget::Stderr, "warn"),
+    };
+    logging::init(format, cli.log_level.as_deref(), level, target).map_err(anyhow::Error::msg)?;
     let key = |path: Option<PathBuf>| path.map(|p| offline::load_key(&p)).transpose();
     let site = |root: PathBuf| SiteRoot::new(root, offline::site_options(&config));
     match cli.command {
         Command::Config(_) => unreachable!("handled above"),
         Command::Keygen { output } => keygen(&output),
+        Command::Agent => {
+            if cli.config.is_none() {
+                anyhow::bail!("cmover agent needs a configuration: --config FILE (see config.example.toml)");
+            }
+            cmover::agent::run(&config)
+        }
+        Command::Sim(SimCommand::Election(args)) => sim_cli::election(&args),
         Command::Demo { dir } => {
             let dir = match dir {
                 Some(d) => d,

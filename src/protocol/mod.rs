@@ -10,8 +10,10 @@
 
 pub mod assignment;
 pub mod bytes;
+pub mod control;
 pub mod crypto;
 pub mod delta;
+pub mod election;
 pub mod ids;
 pub mod paths;
 pub mod time;

@@ -122,6 +122,44 @@ pub enum WireError {
     },
 }
 
+/// Datagrams dropped, by reason: what a driver exposes so that operators and
+/// tests can see forged, corrupted or replayed traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RejectCounts {
+    /// Framing, version, size or payload errors, and datagrams not ours at all.
+    pub malformed: u64,
+    /// Tag did not verify (wrong secret, wrong channel, tampering).
+    pub bad_tag: u64,
+    /// Timestamp older than the replay window.
+    pub stale: u64,
+    /// Timestamp too far in the future.
+    pub from_future: u64,
+    /// Sequence number already seen or behind the window.
+    pub replayed: u64,
+}
+
+impl RejectCounts {
+    /// Counts one rejection.
+    pub fn record(&mut self, e: &WireError) {
+        let counter = match e {
+            WireError::Malformed(_)
+            | WireError::BadMagic
+            | WireError::Version(_)
+            | WireError::TooLarge(_) => &mut self.malformed,
+            WireError::BadTag => &mut self.bad_tag,
+            WireError::Stale { .. } => &mut self.stale,
+            WireError::FromFuture { .. } => &mut self.from_future,
+            WireError::Replayed { .. } => &mut self.replayed,
+        };
+        *counter += 1;
+    }
+
+    /// All rejections.
+    pub fn total(&self) -> u64 {
+        self.malformed + self.bad_tag + self.stale + self.from_future + self.replayed
+    }
+}
+
 /// Seals `payload` into a datagram appended to `out`.
 pub fn seal(key: &MacKey, env: &Envelope, payload: &[u8], out: &mut BytesMut) -> Result<(), WireError> {
     if payload.len() > MAX_PAYLOAD {
