@@ -11,6 +11,8 @@
 pub mod bytes;
 pub mod crypto;
 pub mod ids;
+pub mod mctp;
 pub mod paths;
+pub mod reports;
 pub mod time;
 pub mod wire;

@@ -5,4 +5,5 @@
 //! Every run derives from one seed and prints it when it fails, so any
 //! failure re-runs exactly.
 
+pub mod mctp;
 pub mod net;
