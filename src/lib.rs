@@ -16,9 +16,16 @@
 //!     decoding), [`protocol::paths`] (paths confined to a site),
 //!     [`protocol::crypto`] (key derivation, AEAD, HMAC),
 //!     [`protocol::wire`] (authenticated datagrams).
-//! - [`sim`]: the seeded virtual-time network that drives the cores.
+//!   - [`protocol::mctp`] (reliable multicast of assignments),
+//!     [`protocol::reports`] (report collection without implosion).
+//! - [`actors`]: actix actors driving the cores with real sockets and files
+//!   (`multicast_sender`, `multicast_receiver`, `report_collector`, and the
+//!   shared `data_channel` sockets).
+//! - [`sim`]: the seeded virtual-time network that drives the cores
+//!   ([`sim::mctp`] simulates MCTP and report collection).
 //! - [`udp`]: multicast and unicast UDP sockets for the channels.
 
+pub mod actors;
 pub mod config;
 pub mod logging;
 pub mod protocol;
