@@ -27,6 +27,7 @@ use crate::protocol::time::Time;
 use crate::protocol::wire::Received;
 
 use super::data_channel::{DataChannel, Incoming};
+use super::{arm_timer, Driven, DriverTimer};
 use crate::protocol::mctp::Dest;
 
 /// A received, verified assignment file.
@@ -88,7 +89,7 @@ pub struct MulticastReceiver {
     incoming: Vec<Incoming>,
     dir: PathBuf,
     start: Instant,
-    timer: Option<SpawnHandle>,
+    timer: DriverTimer,
     files: HashMap<SessionId, Receiving>,
     received_to: Option<Recipient<AssignmentReceived>>,
 }
@@ -117,7 +118,7 @@ impl MulticastReceiver {
             incoming,
             dir,
             start: Instant::now(),
-            timer: None,
+            timer: DriverTimer::default(),
             files: HashMap::new(),
             received_to,
         }
@@ -264,27 +265,12 @@ impl MulticastReceiver {
                 tracing::debug!(event = "report_send_failed", %to, error = %e);
             }
         }
-        if let Some(h) = self.timer.take() {
-            ctx.cancel_future(h);
-        }
         let next = [self.core.poll_timeout(), self.reporter.poll_timeout()]
             .into_iter()
             .flatten()
             .min();
-        if let Some(at) = next {
-            let delay = at.saturating_since(self.now());
-            self.timer = Some(ctx.run_later(delay, |act, ctx| {
-                act.timer = None;
-                let now = act.now();
-                if act.core.poll_timeout().is_some_and(|t| t <= now) {
-                    act.core.handle_timeout(now);
-                }
-                if act.reporter.poll_timeout().is_some_and(|t| t <= now) {
-                    act.reporter.handle_timeout(now);
-                }
-                act.drive(ctx);
-            }));
-        }
+        let now = self.now();
+        arm_timer(self, ctx, now, next);
     }
 }
 
@@ -298,6 +284,23 @@ fn read_rest(file: &mut File, from: u64, mut hasher: Sha256) -> io::Result<[u8; 
             return Ok(hasher.finish());
         }
         hasher.update(&buf[..n]);
+    }
+}
+
+impl Driven for MulticastReceiver {
+    fn timer(&mut self) -> &mut DriverTimer {
+        &mut self.timer
+    }
+
+    fn fire(&mut self, ctx: &mut Context<Self>) {
+        let now = self.now();
+        if self.core.poll_timeout().is_some_and(|t| t <= now) {
+            self.core.handle_timeout(now);
+        }
+        if self.reporter.poll_timeout().is_some_and(|t| t <= now) {
+            self.reporter.handle_timeout(now);
+        }
+        self.drive(ctx);
     }
 }
 

@@ -27,6 +27,7 @@ use crate::protocol::time::Time;
 use crate::protocol::wire::Received;
 
 use super::data_channel::{DataChannel, Incoming};
+use super::{arm_timer, Driven, DriverTimer};
 
 /// Sends an assignment file to `targets` (command).
 #[derive(Debug, Message)]
@@ -91,7 +92,7 @@ pub struct MulticastSender {
     channel: DataChannel,
     incoming: Vec<Incoming>,
     start: Instant,
-    timer: Option<SpawnHandle>,
+    timer: DriverTimer,
     files: HashMap<AssignmentSerial, File>,
     current: Option<(SessionId, AssignmentSerial)>,
     sent_to: Option<Recipient<AssignmentSent>>,
@@ -115,7 +116,7 @@ impl MulticastSender {
             channel,
             incoming,
             start: Instant::now(),
-            timer: None,
+            timer: DriverTimer::default(),
             files: HashMap::new(),
             current: None,
             sent_to,
@@ -193,18 +194,20 @@ impl MulticastSender {
             }
         }
         self.drain_events();
-        if let Some(h) = self.timer.take() {
-            ctx.cancel_future(h);
-        }
-        if let Some(at) = self.core.poll_timeout() {
-            let delay = at.saturating_since(now);
-            self.timer = Some(ctx.run_later(delay, |act, ctx| {
-                act.timer = None;
-                let now = act.now();
-                act.core.handle_timeout(now);
-                act.drive(ctx);
-            }));
-        }
+        let at = self.core.poll_timeout();
+        arm_timer(self, ctx, now, at);
+    }
+}
+
+impl Driven for MulticastSender {
+    fn timer(&mut self) -> &mut DriverTimer {
+        &mut self.timer
+    }
+
+    fn fire(&mut self, ctx: &mut Context<Self>) {
+        let now = self.now();
+        self.core.handle_timeout(now);
+        self.drive(ctx);
     }
 }
 

@@ -15,6 +15,7 @@ use crate::protocol::time::Time;
 
 use super::data_channel::DataChannel;
 use super::multicast_sender::ReportDatagram;
+use super::{arm_timer, Driven, DriverTimer};
 
 /// Starts collecting the members' reports on an assignment (command).
 #[derive(Debug, Message)]
@@ -39,7 +40,7 @@ pub struct ReportCollector {
     core: Collector,
     channel: DataChannel,
     start: Instant,
-    timer: Option<SpawnHandle>,
+    timer: DriverTimer,
     collected_to: Option<Recipient<ReportsCollected>>,
 }
 
@@ -54,7 +55,7 @@ impl ReportCollector {
             core: Collector::new(cfg, 0),
             channel,
             start: Instant::now(),
-            timer: None,
+            timer: DriverTimer::default(),
             collected_to,
         }
     }
@@ -80,23 +81,26 @@ impl ReportCollector {
                 r.do_send(ReportsCollected { outcome: o });
             }
         }
-        if let Some(h) = self.timer.take() {
-            ctx.cancel_future(h);
-        }
-        if let Some(at) = self.core.poll_timeout() {
-            let delay = at.saturating_since(self.now());
-            self.timer = Some(ctx.run_later(delay, |act, ctx| {
-                act.timer = None;
-                let now = act.now();
-                act.core.handle_timeout(now);
-                act.drive(ctx);
-            }));
-        }
+        let now = self.now();
+        let at = self.core.poll_timeout();
+        arm_timer(self, ctx, now, at);
     }
 }
 
 impl Actor for ReportCollector {
     type Context = Context<Self>;
+}
+
+impl Driven for ReportCollector {
+    fn timer(&mut self) -> &mut DriverTimer {
+        &mut self.timer
+    }
+
+    fn fire(&mut self, ctx: &mut Context<Self>) {
+        let now = self.now();
+        self.core.handle_timeout(now);
+        self.drive(ctx);
+    }
 }
 
 impl Handler<CollectReports> for ReportCollector {

@@ -180,9 +180,15 @@ impl Transmit {
                 offset,
                 len,
             } => {
-                let mut data = vec![0u8; *len];
-                source.read_at(*offset, &mut data)?;
-                encode_frame(out, *session, *pass, *seq, &data);
+                // Read the payload in place, then fill in its CRC: no copy.
+                let start = out.len();
+                encode_frame(out, *session, *pass, *seq, &[]);
+                let header = out.len();
+                out.resize(header + len, 0);
+                source.read_at(*offset, &mut out[header..])?;
+                let crc = crc32fast::hash(&out[header..]);
+                out[start + 17..start + 19].copy_from_slice(&(*len as u16).to_le_bytes());
+                out[start + 19..start + 23].copy_from_slice(&crc.to_le_bytes());
             }
             Payload::Block { block, len } => {
                 let mut data = vec![0u8; *len];
