@@ -20,14 +20,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
+
+#[path = "../tests/common/mctp_cluster.rs"]
+mod cluster;
+use cluster::write_random_file;
 
 use cmover::actors::data_channel::{DataChannel, DataChannelConfig, DataMode};
 use cmover::actors::multicast_receiver::{AssignmentReceived, MulticastReceiver};
 use cmover::actors::multicast_sender::{AssignmentSent, MulticastSender, SendAssignment};
-use cmover::protocol::crypto::Sha256;
 use cmover::protocol::ids::{AssignmentSerial, NodeId};
 use cmover::protocol::mctp::{ReceiverConfig, SenderConfig};
 use cmover::protocol::reports::CollectorConfig;
@@ -86,34 +87,6 @@ fn env_list(name: &str, default: &str) -> Vec<u64> {
         .collect()
 }
 
-fn write_source(path: &Path, size: u64) -> [u8; 32] {
-    let mut rng = ChaCha8Rng::seed_from_u64(size);
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut h = Sha256::default();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        rng.fill_bytes(&mut buf[..n]);
-        f.write_all(&buf[..n]).unwrap();
-        h.update(&buf[..n]);
-        left -= n as u64;
-    }
-    f.flush().unwrap();
-    h.finish()
-}
-
-struct Sink<M: Message<Result = ()> + Send + Unpin + 'static>(mpsc::UnboundedSender<M>);
-impl<M: Message<Result = ()> + Send + Unpin + 'static> Actor for Sink<M> {
-    type Context = Context<Self>;
-}
-impl<M: Message<Result = ()> + Send + Unpin + 'static> Handler<M> for Sink<M> {
-    type Result = ();
-    fn handle(&mut self, msg: M, _ctx: &mut Context<Self>) {
-        let _ = self.0.send(msg);
-    }
-}
-
 /// One MCTP fan-out: the leader on the system's thread, each receiver on
 /// its own arbiter (thread), as if on its own server.
 fn mctp_run(
@@ -126,7 +99,7 @@ fn mctp_run(
     let sys = System::new();
     sys.block_on(async move {
         let (rtx, mut rrx) = mpsc::unbounded_channel::<AssignmentReceived>();
-        let received_to = Sink(rtx).start().recipient();
+        let received_to = cluster::Sink(rtx).start().recipient();
         let mut arbiters = Vec::new();
         let mut peers = Vec::new();
         for i in 0..RECEIVERS {
@@ -198,7 +171,7 @@ fn mctp_run(
             1,
             channel,
             incoming,
-            Some(Sink(stx).start().recipient()),
+            Some(cluster::Sink(stx).start().recipient()),
             None,
         )
         .start();
@@ -341,7 +314,7 @@ fn main() {
             for _ in 0..runs {
                 let dir = tempfile::tempdir_in(&root).unwrap();
                 let source = dir.path().join("source");
-                let hash = write_source(&source, size);
+                let hash = write_random_file(&source, size, size);
                 let (d, heap, p) = mctp_run(&source, hash, dir.path(), frame as u32, threads);
                 m.push(size as f64 / d.as_secs_f64() / 1e6);
                 mh.push(heap as f64);

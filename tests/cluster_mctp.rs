@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use cmover::protocol::ids::AssignmentSerial;
-use cmover::protocol::mctp::{ReceiverConfig, SenderConfig};
 use common::mctp_cluster::*;
 
 #[actix_rt::test]
@@ -15,24 +14,11 @@ async fn leader_and_8_members_move_20_mb_with_5_percent_drops() {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("source.assignment");
     let hash = write_random_file(&source, 20_000_000, 20);
-    let mut seg = start_segment(SegmentConfig {
-        members: 8,
-        net: Net::Unicast,
-        member_drop: 0.05,
-        leader_drop: 0.05,
-        sender: SenderConfig {
-            rate: 10_000_000,
-            rate_max: 40_000_000,
-            report_window: Duration::from_millis(100),
-            ..SenderConfig::default()
-        },
-        receiver: ReceiverConfig {
-            report_window: Duration::from_millis(100),
-            ..ReceiverConfig::default()
-        },
-        reports: fast_reports(),
-        dir: dir.path().to_path_buf(),
-    });
+    let mut cfg = SegmentConfig::new(8, Net::Unicast, dir.path());
+    cfg.member_drop = 0.05;
+    cfg.leader_drop = 0.05;
+    cfg.sender.rate_max = 40_000_000;
+    let mut seg = start_segment(cfg);
     let (sent, reports) = seg
         .move_and_collect(AssignmentSerial(7), &source, hash, Duration::from_secs(300))
         .await;

@@ -16,7 +16,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use cmover::protocol::ids::AssignmentSerial;
-use cmover::protocol::mctp::{ReceiverConfig, SenderConfig};
 use common::mctp_cluster::*;
 
 const INNER_ENV: &str = "CMOVER_NETNS_INNER";
@@ -130,26 +129,14 @@ async fn inner_multicast_segment() {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("source.assignment");
     let hash = write_random_file(&source, 3_000_000, 3);
-    let mut seg = start_segment(SegmentConfig {
-        members: 3,
-        net: Net::Multicast {
+    let mut seg = start_segment(SegmentConfig::new(
+        3,
+        Net::Multicast {
             group: Ipv4Addr::new(239, 255, 77, 1),
             port: 47_123,
         },
-        member_drop: 0.0,
-        leader_drop: 0.0,
-        sender: SenderConfig {
-            rate: 10_000_000,
-            report_window: Duration::from_millis(100),
-            ..SenderConfig::default()
-        },
-        receiver: ReceiverConfig {
-            report_window: Duration::from_millis(100),
-            ..ReceiverConfig::default()
-        },
-        reports: fast_reports(),
-        dir: dir.path().to_path_buf(),
-    });
+        dir.path(),
+    ));
     let (sent, reports) = seg
         .move_and_collect(AssignmentSerial(3), &source, hash, Duration::from_secs(120))
         .await;

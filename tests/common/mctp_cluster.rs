@@ -128,6 +128,30 @@ pub struct SegmentConfig {
     pub dir: PathBuf,
 }
 
+impl SegmentConfig {
+    /// `members` members, no injected loss, 100 ms report windows, a
+    /// 10 MB/s initial rate, files under `dir`.
+    pub fn new(members: usize, net: Net, dir: &Path) -> Self {
+        SegmentConfig {
+            members,
+            net,
+            member_drop: 0.0,
+            leader_drop: 0.0,
+            sender: SenderConfig {
+                rate: 10_000_000,
+                report_window: Duration::from_millis(100),
+                ..SenderConfig::default()
+            },
+            receiver: ReceiverConfig {
+                report_window: Duration::from_millis(100),
+                ..ReceiverConfig::default()
+            },
+            reports: fast_reports(),
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
 pub fn fast_reports() -> CollectorConfig {
     CollectorConfig {
         interval: Duration::from_millis(50),

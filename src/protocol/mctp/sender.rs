@@ -841,16 +841,8 @@ impl Sender {
                             .filter(|id| !waiting.contains(id))
                             .copied()
                             .collect();
-                        for poll in Selector::for_lists(&waiting, &others) {
-                            self.transmits.push_back(Transmit {
-                                dest: Dest::Group,
-                                payload: Payload::Message(Message::EndOfPass {
-                                    session: s.announce.session,
-                                    pass: s.pass,
-                                    poll,
-                                }),
-                            });
-                        }
+                        let polls = Selector::for_lists(&waiting, &others);
+                        push_polls(&mut self.transmits, s, polls);
                         s.timers[Timer::Collect as usize] =
                             Some(now + self.cfg.report_window + self.cfg.report_grace);
                     }
@@ -874,16 +866,7 @@ impl Sender {
             s.timers[Timer::Collect as usize] =
                 Some(now + self.cfg.report_window + self.cfg.report_grace);
             let polls = poll_selectors(&s.targets);
-            for poll in polls {
-                self.transmits.push_back(Transmit {
-                    dest: Dest::Group,
-                    payload: Payload::Message(Message::EndOfPass {
-                        session: s.announce.session,
-                        pass: s.pass,
-                        poll,
-                    }),
-                });
-            }
+            push_polls(&mut self.transmits, s, polls);
             return self.transmits.pop_front();
         };
         let (offset, len) = s.announce.frame_range(seq);
@@ -930,6 +913,20 @@ impl Sender {
     /// The next event for the driver.
     pub fn poll_event(&mut self) -> Option<SenderEvent> {
         self.events.pop_front()
+    }
+}
+
+/// Queues the end-of-pass markers that poll `polls` for the session's current pass.
+fn push_polls(transmits: &mut VecDeque<Transmit>, s: &Session, polls: Vec<Selector>) {
+    for poll in polls {
+        transmits.push_back(Transmit {
+            dest: Dest::Group,
+            payload: Payload::Message(Message::EndOfPass {
+                session: s.announce.session,
+                pass: s.pass,
+                poll,
+            }),
+        });
     }
 }
 
