@@ -250,8 +250,10 @@ impl DataChannel {
         match checked {
             Ok((env, payload)) if env.sender != self.0.node => {
                 self.0.received.fetch_add(1, Ordering::Relaxed);
+                // Authenticated, so the address may be trusted: a peer that
+                // moved (restarted on another port) is followed.
                 if from.port() != 0 && !from.ip().is_multicast() {
-                    lock(&self.0.peers).entry(env.sender).or_insert(from);
+                    lock(&self.0.peers).insert(env.sender, from);
                 }
                 Some((env.sender, payload))
             }

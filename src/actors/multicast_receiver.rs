@@ -20,7 +20,7 @@ use actix::prelude::*;
 use crate::protocol::crypto::Sha256;
 use crate::protocol::ids::{AssignmentSerial, NodeId};
 use crate::protocol::mctp::{
-    msg::is_mctp_tag, Message, Receiver, ReceiverConfig, ReceiverEvent, SessionId,
+    msg::is_mctp_tag, Announce, Message, Receiver, ReceiverConfig, ReceiverEvent, SessionId,
 };
 use crate::protocol::reports::{self, CollectorConfig, Reporter};
 use crate::protocol::time::Time;
@@ -73,6 +73,17 @@ pub struct MarkHeld {
     pub assignment: AssignmentSerial,
     /// Its SHA-256.
     pub hash: [u8; 32],
+}
+
+/// An announce arrived some other way than the data channel: piggy-backed
+/// on the leader's `LeaderAlive` on the control channel (event).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct AnnounceHeard {
+    /// The leader that sent it.
+    pub leader: NodeId,
+    /// The announce (decode it with `mctp::Message::decode`).
+    pub announce: Announce,
 }
 
 struct Receiving {
@@ -355,6 +366,17 @@ impl Handler<ReportResult> for MulticastReceiver {
         let now = self.now();
         self.reporter
             .report(now, msg.leader, msg.assignment, msg.result);
+        self.drive(ctx);
+    }
+}
+
+impl Handler<AnnounceHeard> for MulticastReceiver {
+    type Result = ();
+
+    fn handle(&mut self, msg: AnnounceHeard, ctx: &mut Context<Self>) {
+        let now = self.now();
+        self.core
+            .handle_datagram(now, msg.leader, Message::Announce(msg.announce));
         self.drive(ctx);
     }
 }
