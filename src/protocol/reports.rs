@@ -63,7 +63,7 @@ impl Default for CollectorConfig {
             slots: 4,
             grace: Duration::from_millis(200),
             unicast_max: 4,
-            max_requests: 5,
+            max_requests: 10,
         }
     }
 }
