@@ -154,7 +154,7 @@ impl MulticastReceiver {
         }
     }
 
-    fn handle_event(&mut self, ev: ReceiverEvent) {
+    fn handle_event(&mut self, ev: ReceiverEvent, ctx: &mut Context<Self>) {
         let now = self.now();
         match ev {
             ReceiverEvent::Started {
@@ -202,16 +202,26 @@ impl MulticastReceiver {
                 from,
                 hasher,
             } => {
-                let Some(r) = self.files.get_mut(&session) else {
+                let Some(r) = self.files.get(&session) else {
                     return;
                 };
-                match read_rest(&mut r.file, from, *hasher) {
-                    Ok(digest) => self.core.handle_verified(now, session, digest),
-                    Err(e) => {
-                        let error = format!("cannot read back {}: {e}", r.path.display());
-                        self.core.handle_write_failed(now, session, error);
+                // Off the actor's thread: reading back a large file takes
+                // seconds, and meanwhile the core answers polls "verifying".
+                let path = r.path.clone();
+                let file = r.file.try_clone();
+                let work =
+                    tokio::task::spawn_blocking(move || read_rest(&mut file?, from, *hasher));
+                ctx.spawn(work.into_actor(self).map(move |res, act, ctx| {
+                    let now = act.now();
+                    match res.map_err(io::Error::other).and_then(|r| r) {
+                        Ok(digest) => act.core.handle_verified(now, session, digest),
+                        Err(e) => {
+                            let error = format!("cannot read back {}: {e}", path.display());
+                            act.core.handle_write_failed(now, session, error);
+                        }
                     }
-                }
+                    act.drive(ctx);
+                }));
             }
             ReceiverEvent::Completed {
                 session,
@@ -261,7 +271,7 @@ impl MulticastReceiver {
     fn drive(&mut self, ctx: &mut Context<Self>) {
         // Events may feed the core (verification), which may add events.
         while let Some(ev) = self.core.poll_event() {
-            self.handle_event(ev);
+            self.handle_event(ev, ctx);
         }
         let mut buf = Vec::with_capacity(1500);
         while let Some((to, msg)) = self.core.poll_transmit() {

@@ -28,7 +28,7 @@ pub use msg::{
     frame_count, Announce, Block, Frame, Message, Selector, SessionId, Status, StatusKind,
     DEFAULT_FRAME_SIZE, FRAME_HEADER_LEN, MAX_FRAME_SIZE, MTU_PAYLOAD,
 };
-pub use receiver::{Receiver, ReceiverConfig, ReceiverEvent};
+pub use receiver::{Receiver, ReceiverConfig, ReceiverEvent, MAX_FRAMES};
 pub use sender::{
     Dest, FrameSource, Outcome, Payload, Sender, SenderConfig, SenderEvent, Transmit,
 };
@@ -106,6 +106,158 @@ mod tests {
             s.handle_timeout(now);
         }
         panic!("no outcome");
+    }
+
+    proptest::proptest! {
+        /// Authenticated peers can still be buggy: no message, however odd,
+        /// makes a core panic.
+        #[test]
+        fn cores_survive_arbitrary_messages(ops in proptest::collection::vec(
+            (0u8..6, proptest::num::u64::ANY, proptest::num::u32::ANY, proptest::num::u32::ANY,
+             proptest::num::u32::ANY, proptest::collection::vec(proptest::num::u8::ANY, 0..40)),
+            0..80,
+        )) {
+            use bytes::Bytes;
+            let mut s = Sender::new(SenderConfig::default(), 1);
+            let mut now = Time::ZERO;
+            s.send_assignment(now, AssignmentSerial(1), 50_000, [0; 32], vec![NodeId(1), NodeId(2)]);
+            let session = s.poll_announce().unwrap().session;
+            let mut r = Receiver::new(NodeId(1), ReceiverConfig::default(), 1);
+            let kinds = [StatusKind::Nack, StatusKind::Ack, StatusKind::Complete, StatusKind::Failed];
+            for (kind, a, b, c, d, bytes) in ops {
+                now += std::time::Duration::from_millis(u64::from(d % 500));
+                let sess = if a % 2 == 0 { session } else { SessionId(a) };
+                let msg = match kind {
+                    0 => Message::Announce(Announce {
+                        session: sess,
+                        assignment: AssignmentSerial(a % 3),
+                        size: u64::from(b % 100_000),
+                        frame_size: c % 2000,
+                        frame_count: d % 100,
+                        rate: 0,
+                        hash: [0; 32],
+                    }),
+                    1 => Message::Frame(Frame { session: sess, pass: b, seq: c % 50, payload: Bytes::from(bytes) }),
+                    2 => Message::EndOfPass { session: sess, pass: b % 4, poll: Selector::All },
+                    3 => Message::Status(Status {
+                        session: sess,
+                        pass: b % 4,
+                        kind: kinds[(c % 4) as usize],
+                        lo: c % 64,
+                        hi: d % 64,
+                        missing: vec![(c % 64, d % 64), (d, c)],
+                    }),
+                    4 => Message::Block(Block {
+                        session: sess,
+                        assignment: AssignmentSerial(a % 3),
+                        hash: [0; 32],
+                        pass: b,
+                        poll: Selector::Only(vec![NodeId(1)]),
+                        data: Bytes::from(bytes),
+                    }),
+                    _ => Message::Query { session: sess },
+                };
+                s.handle_datagram(now, NodeId(1 + a % 3), msg.clone());
+                r.handle_datagram(now, NodeId(9), msg);
+                if s.poll_timeout().is_some_and(|t| t <= now) {
+                    s.handle_timeout(now);
+                }
+                if r.poll_timeout().is_some_and(|t| t <= now) {
+                    r.handle_timeout(now);
+                }
+                while s.poll_transmit(now).is_some() {}
+                while s.poll_event().is_some() {}
+                while r.poll_transmit().is_some() {}
+                while let Some(e) = r.poll_event() {
+                    if let ReceiverEvent::Verify { session, .. } = e {
+                        r.handle_verified(now, session, [0; 32]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A member checking the hash of a large file answers polls with
+    /// "nothing missing" (so it is not taken for silent), then acknowledges.
+    #[test]
+    fn a_verifying_member_answers_polls_then_acknowledges() {
+        use bytes::Bytes;
+        let data: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let a = Announce {
+            session: SessionId(5),
+            assignment: AssignmentSerial(2),
+            size: data.len() as u64,
+            frame_size: 1000,
+            frame_count: 5,
+            rate: 0,
+            hash: crate::protocol::crypto::sha256(&data),
+        };
+        let cfg = ReceiverConfig::default();
+        let mut r = Receiver::new(NodeId(1), cfg.clone(), 3);
+        let mut now = Time::ZERO;
+        r.handle_datagram(now, NodeId(9), Message::Announce(a));
+        // Out of order: the in-order hash stops after frame 1.
+        for seq in [0, 2, 1, 4, 3] {
+            let (off, len) = a.frame_range(seq);
+            let payload = Bytes::copy_from_slice(&data[off as usize..off as usize + len]);
+            r.handle_datagram(
+                now,
+                NodeId(9),
+                Message::Frame(Frame {
+                    session: a.session,
+                    pass: 1,
+                    seq,
+                    payload,
+                }),
+            );
+        }
+        let verify = std::iter::from_fn(|| r.poll_event())
+            .find_map(|e| match e {
+                ReceiverEvent::Verify { from, hasher, .. } => Some((from, hasher)),
+                _ => None,
+            })
+            .expect("a read-back is asked for");
+        assert_eq!(verify.0, 2000, "frames 0 and 1 were hashed as they came");
+        let poll = |r: &mut Receiver, now: &mut Time| {
+            r.handle_datagram(
+                *now,
+                NodeId(9),
+                Message::EndOfPass {
+                    session: a.session,
+                    pass: 1,
+                    poll: Selector::All,
+                },
+            );
+            *now = r.poll_timeout().unwrap();
+            r.handle_timeout(*now);
+            std::iter::from_fn(|| r.poll_transmit()).collect::<Vec<_>>()
+        };
+        let sent = poll(&mut r, &mut now);
+        assert!(
+            matches!(&sent[..], [(NodeId(9), Message::Status(Status { kind: StatusKind::Nack, missing, .. }))] if missing.is_empty()),
+            "{sent:?}"
+        );
+        let mut hasher = verify.1;
+        hasher.update(&data[2000..]);
+        r.handle_verified(now, a.session, hasher.finish());
+        assert!(std::iter::from_fn(|| r.poll_event())
+            .any(|e| matches!(e, ReceiverEvent::Completed { .. })));
+        now = r.poll_timeout().unwrap();
+        r.handle_timeout(now);
+        let sent: Vec<_> = std::iter::from_fn(|| r.poll_transmit()).collect();
+        assert!(
+            matches!(
+                &sent[..],
+                [(
+                    _,
+                    Message::Status(Status {
+                        kind: StatusKind::Ack,
+                        ..
+                    })
+                )]
+            ),
+            "{sent:?}"
+        );
     }
 
     fn status(pass: u32, kind: StatusKind, n: u32, missing: Vec<(u32, u32)>) -> Status {

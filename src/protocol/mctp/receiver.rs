@@ -16,6 +16,10 @@ use super::msg::{
     nack_reports, Announce, Block, Frame, Message, Selector, SessionId, Status, StatusKind,
 };
 
+/// Most frames a session may have: bounds the one-bit-per-frame map a
+/// member allocates for an announce (8 MiB; 94 GB at the default frame size).
+pub const MAX_FRAMES: u32 = 1 << 26;
+
 /// Settings of a [`Receiver`]. `config.rs` builds one from `[mctp]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReceiverConfig {
@@ -243,6 +247,7 @@ impl Receiver {
         }
         if a.check().is_err()
             || a.size > self.cfg.max_size
+            || a.frame_count > MAX_FRAMES
             || self.receiving() >= self.cfg.max_sessions
         {
             return;
@@ -479,9 +484,13 @@ impl Receiver {
         };
         let reports = match s.state {
             State::Receiving => nack_reports(session, pass, &s.received),
+            // Every frame is here and the hash is being checked: say so
+            // (nothing missing, no acknowledgement yet) so the sender keeps
+            // waiting instead of counting this member silent; the Ack follows
+            // the verification.
             State::Verifying => {
                 s.report_after_verify = Some(pass);
-                return;
+                vec![whole(StatusKind::Nack)]
             }
             State::Complete => vec![whole(StatusKind::Ack)],
             State::Failed => vec![whole(StatusKind::Failed)],

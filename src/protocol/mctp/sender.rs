@@ -84,6 +84,10 @@ impl Default for SenderConfig {
     }
 }
 
+/// Passes with nothing to resend (members verifying) allowed per
+/// `stall_passes` before the sender gives up on them.
+const IDLE_PASSES_PER_STALL: u32 = 10;
+
 /// Where a datagram goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dest {
@@ -344,6 +348,7 @@ struct Session {
     frames_sent: u64,
     best_missing: u32,
     stall: u32,
+    idle_passes: u32,
     announces: u32,
     retries: u32,
     timers: [Option<Time>; 4],
@@ -512,6 +517,7 @@ impl Sender {
             frames_sent: 0,
             best_missing: u32::MAX,
             stall: 0,
+            idle_passes: 0,
             announces: 0,
             retries: 0,
             timers: [None; 4],
@@ -641,7 +647,10 @@ impl Sender {
                     && s.phase == Phase::Collecting
                     && !t.reported =>
             {
-                let missing: u32 = st.missing.iter().map(|(a, b)| b - a).sum();
+                let missing = st
+                    .missing
+                    .iter()
+                    .fold(0u32, |acc, (a, b)| acc.saturating_add(b.saturating_sub(*a)));
                 for &(a, b) in &st.missing {
                     s.union.insert_range(a, b);
                 }
@@ -657,7 +666,10 @@ impl Sender {
                 if at >= n {
                     t.reported = true;
                     t.silent_streak = 0;
-                    t.missing = t.parts.values().map(|&(_, m)| m).sum();
+                    t.missing = t
+                        .parts
+                        .values()
+                        .fold(0u32, |acc, &(_, m)| acc.saturating_add(m));
                 }
             }
             _ => {}
@@ -734,7 +746,14 @@ impl Sender {
         if active == 0 {
             return self.finish(now, false);
         }
-        if union < s.best_missing {
+        if union == 0 && s.pass > 0 && !s.small {
+            // Nothing to resend: the members still active hold every frame
+            // and are verifying, or were silent. Poll again, for a while.
+            s.idle_passes += 1;
+            if s.idle_passes >= cfg.stall_passes.saturating_mul(IDLE_PASSES_PER_STALL) {
+                return self.finish(now, true);
+            }
+        } else if union < s.best_missing {
             s.best_missing = union;
             s.stall = 0;
         } else {
