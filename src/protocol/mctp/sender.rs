@@ -84,7 +84,7 @@ impl Default for SenderConfig {
     }
 }
 
-/// Passes with nothing to resend (members verifying) allowed per
+/// Polls with nothing to resend (members verifying their hash) allowed per
 /// `stall_passes` before the sender gives up on them.
 const IDLE_PASSES_PER_STALL: u32 = 10;
 
@@ -753,6 +753,16 @@ impl Sender {
             if s.idle_passes >= cfg.stall_passes.saturating_mul(IDLE_PASSES_PER_STALL) {
                 return self.finish(now, true);
             }
+            // Not a new pass: poll the same one again after the window.
+            for t in s.targets.values_mut() {
+                t.parts.clear();
+                t.reported = false;
+            }
+            s.retries = 0;
+            s.timers[Timer::Collect as usize] = Some(now + cfg.report_window + cfg.report_grace);
+            let polls = poll_selectors(&s.targets);
+            push_polls(&mut self.transmits, s, polls);
+            return;
         } else if union < s.best_missing {
             s.best_missing = union;
             s.stall = 0;
