@@ -9,7 +9,10 @@
 //! second until every receiver holds a verified (MCTP) or complete (TCP)
 //! copy. Peak heap counts every allocation of the process during a run
 //! (leader, 8 receivers, buffers), so flat numbers across sizes mean nothing
-//! is buffered per byte of assignment. Both sides write files and fsync them.
+//! is buffered per byte of assignment. (A receiver that got frames out of
+//! order reads the rest back through a fixed 256 KiB buffer to check the
+//! hash: up to 2 MiB for 8 receivers at once, whatever the size.) Both sides
+//! write files and fsync them.
 
 use std::alloc::{GlobalAlloc, Layout, System as SystemAlloc};
 use std::io::{Read, Write};
