@@ -62,6 +62,10 @@ pub struct Config {
     pub releases: ReleasesConfig,
     /// This agent's identity.
     pub node: NodeConfig,
+    /// Reliable multicast of assignments in a segment.
+    pub mctp: MctpConfig,
+    /// Collection of members' job status reports.
+    pub reports: ReportsConfig,
     /// What the cluster's nodes share.
     pub cluster: ClusterConfig,
     /// The segment's control channel (elections and membership).
@@ -343,6 +347,259 @@ impl Default for ReleasesConfig {
     }
 }
 
+/// `[mctp]`: reliable multicast of assignments from a group leader to its segment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MctpConfig {
+    /// Payload bytes per frame; the default fills a 1500-byte MTU without IP fragmentation.
+    pub frame_size: u32,
+    /// Assignments up to this size travel in one datagram, without a session.
+    pub block_size: ByteSize,
+    /// Initial sending rate per second (on the wire).
+    pub rate: ByteSize,
+    /// Lowest rate per second the NACK feedback may bring it to.
+    pub rate_min: ByteSize,
+    /// Highest rate per second.
+    pub rate_max: ByteSize,
+    /// Added to the rate after a pass with little loss.
+    pub rate_increase: ByteSize,
+    /// Factor applied to the rate after a pass with heavy loss.
+    pub rate_decrease: f64,
+    /// Fraction of needed frames reported missing above which a pass counts as heavy loss.
+    pub nack_threshold: f64,
+    /// Token bucket depth, as time at the current rate.
+    #[serde(with = "humantime_serde")]
+    pub burst: Duration,
+    /// Time between announces before the first frame.
+    #[serde(with = "humantime_serde")]
+    pub announce_interval: Duration,
+    /// Announces before the first frame (fewer if every member already holds it).
+    pub announce_count: u32,
+    /// Time between announces during a session, for members that join late.
+    #[serde(with = "humantime_serde")]
+    pub announce_repeat: Duration,
+    /// Members report at a random time within this window after each pass.
+    #[serde(with = "humantime_serde")]
+    pub report_window: Duration,
+    /// Extra wait after the window for the last reports.
+    #[serde(with = "humantime_serde")]
+    pub report_grace: Duration,
+    /// Polls repeated per pass for members whose report did not arrive.
+    pub report_retries: u32,
+    /// Passes in a row a member may be silent before it is left out and named.
+    pub silent_passes: u32,
+    /// Passes without fewer missing frames before the laggards are given up.
+    pub stall_passes: u32,
+    /// Fraction of the members that must hold the assignment for success.
+    pub quorum: f64,
+    /// A member abandons a session whose sender is silent this long.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// A member remembers a finished session this long to answer late polls.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Largest assignment a member accepts.
+    pub max_assignment_size: ByteSize,
+    /// Most sessions a member receives at once.
+    pub max_sessions: u32,
+}
+
+impl Default for MctpConfig {
+    fn default() -> Self {
+        let s = crate::protocol::mctp::SenderConfig::default();
+        let r = crate::protocol::mctp::ReceiverConfig::default();
+        MctpConfig {
+            frame_size: s.frame_size,
+            block_size: ByteSize::kib(8),
+            rate: ByteSize::mb(25),
+            rate_min: ByteSize::mb(1),
+            rate_max: ByteSize::mb(100),
+            rate_increase: ByteSize::mb(5),
+            rate_decrease: s.rate_decrease,
+            nack_threshold: s.nack_threshold,
+            burst: s.burst,
+            announce_interval: s.announce_interval,
+            announce_count: s.announce_count,
+            announce_repeat: s.announce_repeat,
+            report_window: s.report_window,
+            report_grace: s.report_grace,
+            report_retries: s.report_retries,
+            silent_passes: s.silent_passes,
+            stall_passes: s.stall_passes,
+            quorum: s.quorum,
+            session_timeout: r.session_timeout,
+            linger: r.linger,
+            max_assignment_size: ByteSize::gib(16),
+            max_sessions: r.max_sessions as u32,
+        }
+    }
+}
+
+impl MctpConfig {
+    /// The sender core's settings.
+    pub fn sender(&self) -> crate::protocol::mctp::SenderConfig {
+        crate::protocol::mctp::SenderConfig {
+            frame_size: self.frame_size,
+            block_size: self.block_size.as_u64(),
+            rate: self.rate.as_u64(),
+            rate_min: self.rate_min.as_u64(),
+            rate_max: self.rate_max.as_u64(),
+            rate_increase: self.rate_increase.as_u64(),
+            rate_decrease: self.rate_decrease,
+            nack_threshold: self.nack_threshold,
+            burst: self.burst,
+            announce_interval: self.announce_interval,
+            announce_count: self.announce_count,
+            announce_repeat: self.announce_repeat,
+            report_window: self.report_window,
+            report_grace: self.report_grace,
+            report_retries: self.report_retries,
+            silent_passes: self.silent_passes,
+            stall_passes: self.stall_passes,
+            quorum: self.quorum,
+        }
+    }
+
+    /// The receiver core's settings.
+    pub fn receiver(&self) -> crate::protocol::mctp::ReceiverConfig {
+        crate::protocol::mctp::ReceiverConfig {
+            report_window: self.report_window,
+            session_timeout: self.session_timeout,
+            linger: self.linger,
+            max_size: self.max_assignment_size.as_u64(),
+            max_sessions: self.max_sessions as usize,
+            ..crate::protocol::mctp::ReceiverConfig::default()
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let max_frame = crate::protocol::mctp::MAX_FRAME_SIZE;
+        if self.frame_size == 0 || self.frame_size as usize > max_frame {
+            return Err(invalid(
+                "mctp.frame_size",
+                format!("{} is outside 1 ..= {max_frame}", self.frame_size),
+                format!(
+                    "use {} (fills a 1500-byte MTU) or, on jumbo-frame LANs, MTU - {}",
+                    crate::protocol::mctp::DEFAULT_FRAME_SIZE,
+                    1500 - crate::protocol::mctp::DEFAULT_FRAME_SIZE
+                ),
+            ));
+        }
+        if self.block_size.as_u64() as usize > crate::protocol::wire::MAX_PAYLOAD - 128 {
+            return Err(invalid(
+                "mctp.block_size",
+                format!("{} does not fit one datagram", self.block_size),
+                "keep it at most 60 KiB (the default is 8 KiB)",
+            ));
+        }
+        if self.rate_min.as_u64() == 0 || self.rate_min > self.rate_max {
+            return Err(invalid(
+                "mctp.rate_min",
+                format!("{} is zero or above rate_max {}", self.rate_min, self.rate_max),
+                "give 0 < rate_min <= rate <= rate_max, e.g. \"1 MB\", \"25 MB\", \"100 MB\"",
+            ));
+        }
+        if self.rate < self.rate_min || self.rate > self.rate_max {
+            return Err(invalid(
+                "mctp.rate",
+                format!("{} is outside rate_min ..= rate_max", self.rate),
+                "give a rate between mctp.rate_min and mctp.rate_max",
+            ));
+        }
+        for (key, v) in
+            [("mctp.rate_decrease", self.rate_decrease), ("mctp.nack_threshold", self.nack_threshold)]
+        {
+            if !(v > 0.0 && v < 1.0) {
+                return Err(invalid(
+                    key,
+                    format!("{v} is outside 0.0 <..< 1.0"),
+                    "give a fraction such as 0.5",
+                ));
+            }
+        }
+        if !(self.quorum > 0.0 && self.quorum <= 1.0) {
+            return Err(invalid(
+                "mctp.quorum",
+                format!("{} is outside 0.0 <..= 1.0", self.quorum),
+                "give the fraction of members that must receive, e.g. 1.0 (all) or 0.8",
+            ));
+        }
+        for (key, v) in [
+            ("mctp.announce_count", self.announce_count),
+            ("mctp.silent_passes", self.silent_passes),
+            ("mctp.stall_passes", self.stall_passes),
+            ("mctp.max_sessions", self.max_sessions),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "0 is not allowed", "give at least 1"));
+            }
+        }
+        if self.report_window.is_zero() {
+            return Err(invalid(
+                "mctp.report_window",
+                "a zero window makes every member report at once",
+                "give a window such as \"200ms\" (longer for segments of hundreds of servers)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[reports]`: collection of job status reports by the group leader.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReportsConfig {
+    /// The unit of the random report delay.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A member reports after k × interval, k random in 0 ..< slots.
+    pub slots: u32,
+    /// Extra wait for the last reports.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// Up to this many missing reports are requested by unicast, more by one multicast.
+    pub unicast_max: u32,
+    /// Requests before silent members are given up and named.
+    pub max_requests: u32,
+}
+
+impl Default for ReportsConfig {
+    fn default() -> Self {
+        let c = crate::protocol::reports::CollectorConfig::default();
+        ReportsConfig {
+            interval: c.interval,
+            slots: c.slots,
+            grace: c.grace,
+            unicast_max: c.unicast_max as u32,
+            max_requests: c.max_requests,
+        }
+    }
+}
+
+impl ReportsConfig {
+    /// The collector's (and reporter's) settings.
+    pub fn collector(&self) -> crate::protocol::reports::CollectorConfig {
+        crate::protocol::reports::CollectorConfig {
+            interval: self.interval,
+            slots: self.slots,
+            grace: self.grace,
+            unicast_max: self.unicast_max as usize,
+            max_requests: self.max_requests,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.interval.is_zero() || self.slots == 0 {
+            return Err(invalid(
+                if self.slots == 0 { "reports.slots" } else { "reports.interval" },
+                "members would all report at the same instant (report implosion)",
+                "give a non-zero interval (e.g. \"500ms\") and at least 1 slot",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Parses TOML text; `origin` names the source in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
@@ -407,6 +664,8 @@ impl Config {
                 "keep at least 2 releases (the default is 3)",
             ));
         }
+        self.mctp.validate()?;
+        self.reports.validate()?;
         Ok(())
     }
 }
@@ -581,6 +840,10 @@ mod tests {
             ("[control]\npeers = [\"2@1.2.3.4:5\", \"2@1.2.3.5:5\"]\n", "control.peers"),
             ("[control]\nmode = \"unicast\"\n", "control.peers"),
             ("[election]\nla_miss = 0\n", "election.la_miss"),
+            ("[mctp]\nframe_size = 70000\n", "mctp.frame_size"),
+            ("[mctp]\nquorum = 0.0\n", "mctp.quorum"),
+            ("[mctp]\nrate = \"500 MB\"\n", "mctp.rate"),
+            ("[reports]\nslots = 0\n", "reports.slots"),
             (
                 "[election]\nclaim_delay_min = \"1s\"\nclaim_delay_max = \"100ms\"\n",
                 "election.claim_delay_min",

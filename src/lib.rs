@@ -23,15 +23,18 @@
 //!     [`protocol::delta`] (tree comparison and byte deltas).
 //!   - [`protocol::control`] (control-channel messages, the authentication
 //!     gate), [`protocol::election`] (group-leader election and membership).
+//!   - [`protocol::mctp`] (reliable multicast of assignments),
+//!     [`protocol::reports`] (report collection without implosion).
 //! - [`storage`]: the file system and the database: [`storage::tree`]
 //!   (scanning trees), [`storage::pack`] (building assignments),
 //!   [`storage::assignment_file`] (verified reading), [`storage::releases`]
 //!   (a BES site: apply, commit, rollback), [`storage::db`] (typed tables).
-//! - [`actors`]: actix actors that run the cores on real sockets
-//!   ([`actors::elector`]).
+//! - [`actors`]: actix actors that run the cores on real sockets and files
+//!   ([`actors::elector`], `multicast_sender`, `multicast_receiver`,
+//!   `report_collector`, and the shared `data_channel` sockets).
 //! - [`agent`]: the `cmover agent` process, wired from the configuration.
 //! - [`sim`]: the seeded virtual-time network that drives the cores, and the
-//!   simulations built on it ([`sim::election`]).
+//!   simulations built on it ([`sim::election`], [`sim::mctp`]).
 //! - [`udp`]: multicast and unicast UDP sockets for the channels.
 
 pub mod actors;

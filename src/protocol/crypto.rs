@@ -230,6 +230,12 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 #[derive(Clone)]
 pub struct Sha256(ring::digest::Context);
 
+impl std::fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sha256(..)")
+    }
+}
+
 impl Default for Sha256 {
     fn default() -> Self {
         Sha256(ring::digest::Context::new(&ring::digest::SHA256))

@@ -15,6 +15,8 @@ pub mod crypto;
 pub mod delta;
 pub mod election;
 pub mod ids;
+pub mod mctp;
 pub mod paths;
+pub mod reports;
 pub mod time;
 pub mod wire;

@@ -6,4 +6,5 @@
 //! failure re-runs exactly.
 
 pub mod election;
+pub mod mctp;
 pub mod net;

@@ -1,0 +1,329 @@
+//! Goodput of MCTP's unicast fan-out to 8 receivers on loopback against a
+//! plain TCP fan-out of the same bytes in the same run, and the peak heap of
+//! the receiving side as the assignment grows.
+//!
+//! `cargo bench --bench mctp_fanout` (environment: `MCTP_BENCH_SIZES` in MB,
+//! default `20,200`; `MCTP_BENCH_FRAMES`, default `1403,8972`;
+//! `MCTP_BENCH_RUNS`, default 3; `MCTP_BENCH_DIR`, default /dev/shm when it
+//! exists, so the disk does not dominate). Goodput is assignment bytes per
+//! second until every receiver holds a verified (MCTP) or complete (TCP)
+//! copy. Peak heap counts every allocation of the process during a run
+//! (leader, 8 receivers, buffers), so flat numbers across sizes mean nothing
+//! is buffered per byte of assignment. (A receiver that got frames out of
+//! order reads the rest back through a fixed 256 KiB buffer to check the
+//! hash: up to 2 MiB for 8 receivers at once, whatever the size.) Both sides
+//! write files and fsync them.
+
+use std::alloc::{GlobalAlloc, Layout, System as SystemAlloc};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::mpsc;
+
+#[path = "../tests/common/mctp_cluster.rs"]
+mod cluster;
+use cluster::write_random_file;
+
+use cmover::actors::data_channel::{DataChannel, DataChannelConfig, DataMode};
+use cmover::actors::multicast_receiver::{AssignmentReceived, MulticastReceiver};
+use cmover::actors::multicast_sender::{AssignmentSent, MulticastSender, SendAssignment};
+use cmover::protocol::ids::{AssignmentSerial, NodeId};
+use cmover::protocol::mctp::{ReceiverConfig, SenderConfig};
+use cmover::protocol::reports::CollectorConfig;
+
+struct Counting;
+
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { SystemAlloc.alloc(layout) };
+        if !p.is_null() {
+            let now = CURRENT.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { SystemAlloc.dealloc(ptr, layout) };
+        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { SystemAlloc.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            if new_size > layout.size() {
+                let now =
+                    CURRENT.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size - layout.size();
+                PEAK.fetch_max(now, Ordering::Relaxed);
+            } else {
+                CURRENT.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
+            }
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Resets the peak; returns the baseline.
+fn reset_peak() -> usize {
+    let now = CURRENT.load(Ordering::Relaxed);
+    PEAK.store(now, Ordering::Relaxed);
+    now
+}
+
+const SECRET: &[u8] = b"bench secret, not for production";
+const RECEIVERS: usize = 8;
+
+fn env_list(name: &str, default: &str) -> Vec<u64> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+/// One MCTP fan-out: the leader on the system's thread, each receiver on
+/// its own arbiter (thread), as if on its own server.
+fn mctp_run(
+    source: &Path,
+    hash: [u8; 32],
+    dir: &Path,
+    frame_size: u32,
+    threads: bool,
+) -> (Duration, usize, u32) {
+    let sys = System::new();
+    sys.block_on(async move {
+        let (rtx, mut rrx) = mpsc::unbounded_channel::<AssignmentReceived>();
+        let received_to = cluster::Sink(rtx).start().recipient();
+        let mut arbiters = Vec::new();
+        let mut peers = Vec::new();
+        for i in 0..RECEIVERS {
+            let node = NodeId(i as u64 + 1);
+            let rdir = dir.join(format!("r{i}"));
+            std::fs::create_dir_all(&rdir).unwrap();
+            let arb = if threads { Some(Arbiter::new()) } else { None };
+            let (tx, rx) = std::sync::mpsc::channel();
+            let to = received_to.clone();
+            let start = move || {
+                let (channel, incoming) = DataChannel::open(DataChannelConfig {
+                    node,
+                    secret: SECRET.to_vec(),
+                    bind: "127.0.0.1:0".parse().unwrap(),
+                    mode: DataMode::Unicast,
+                    peers: Vec::new(),
+                    drop_rate: 0.0,
+                    drop_seed: 0,
+                })
+                .unwrap();
+                tx.send(channel.local_addr().unwrap()).unwrap();
+                MulticastReceiver::new(
+                    ReceiverConfig { report_window: Duration::from_millis(20), ..ReceiverConfig::default() },
+                    CollectorConfig::default(),
+                    i as u64,
+                    channel,
+                    incoming,
+                    rdir,
+                    Some(to),
+                )
+                .start();
+            };
+            match &arb {
+                Some(a) => {
+                    a.spawn_fn(start);
+                }
+                None => start(),
+            }
+            let addr: SocketAddr = rx.recv().unwrap();
+            peers.push((node, addr));
+            arbiters.extend(arb);
+        }
+        let (channel, incoming) = DataChannel::open(DataChannelConfig {
+            node: NodeId(100),
+            secret: SECRET.to_vec(),
+            bind: "127.0.0.1:0".parse().unwrap(),
+            mode: DataMode::Unicast,
+            peers: peers.clone(),
+            drop_rate: 0.0,
+            drop_seed: 0,
+        })
+        .unwrap();
+        let (stx, mut srx) = mpsc::unbounded_channel::<AssignmentSent>();
+        let leader = MulticastSender::new(
+            SenderConfig {
+                frame_size,
+                rate: 400_000_000,
+                rate_min: 10_000_000,
+                rate_max: 2_000_000_000,
+                rate_increase: 100_000_000,
+                announce_count: 1,
+                report_window: Duration::from_millis(20),
+                report_grace: Duration::from_millis(30),
+                ..SenderConfig::default()
+            },
+            1,
+            channel,
+            incoming,
+            Some(cluster::Sink(stx).start().recipient()),
+            None,
+        )
+        .start();
+        // Let every actor start before the clock runs.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let base = reset_peak();
+        let t0 = Instant::now();
+        leader
+            .send(SendAssignment {
+                assignment: AssignmentSerial(1),
+                path: source.to_path_buf(),
+                hash,
+                targets: peers.iter().map(|(n, _)| *n).collect(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        for _ in 0..RECEIVERS {
+            let r = rrx.recv().await.unwrap();
+            assert!(r.result.is_ok(), "{:?}", r.result);
+        }
+        let elapsed = t0.elapsed();
+        let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+        let outcome = srx.recv().await.unwrap().outcome;
+        assert!(outcome.completed, "{outcome:?}");
+        for a in arbiters {
+            a.stop();
+            let _ = a.join();
+        }
+        (elapsed, peak, outcome.passes)
+    })
+}
+
+/// One TCP fan-out: a sending thread per connection, a receiving thread
+/// per receiver, each writing its file and fsyncing it.
+fn tcp_run(source: &Path, size: u64, dir: &Path) -> (Duration, usize) {
+    let listeners: Vec<TcpListener> =
+        (0..RECEIVERS).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let base = reset_peak();
+    let t0 = Instant::now();
+    let receivers: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let path = dir.join(format!("tcp{i}"));
+            std::thread::spawn(move || {
+                let (mut s, _) = l.accept().unwrap();
+                let mut f = std::fs::File::create(&path).unwrap();
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut got = 0u64;
+                loop {
+                    let n = s.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    f.write_all(&buf[..n]).unwrap();
+                    got += n as u64;
+                }
+                f.sync_all().unwrap();
+                assert_eq!(got, size);
+            })
+        })
+        .collect();
+    let senders: Vec<_> = addrs
+        .into_iter()
+        .map(|a| {
+            let src = source.to_path_buf();
+            std::thread::spawn(move || {
+                let f = std::fs::File::open(src).unwrap();
+                let mut s = TcpStream::connect(a).unwrap();
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut off = 0u64;
+                while off < size {
+                    let n = (size - off).min(buf.len() as u64) as usize;
+                    f.read_exact_at(&mut buf[..n], off).unwrap();
+                    s.write_all(&buf[..n]).unwrap();
+                    off += n as u64;
+                }
+            })
+        })
+        .collect();
+    for t in senders.into_iter().chain(receivers) {
+        t.join().unwrap();
+    }
+    let elapsed = t0.elapsed();
+    (elapsed, PEAK.load(Ordering::Relaxed).saturating_sub(base))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing useful.
+    let sizes = env_list("MCTP_BENCH_SIZES", "20,200");
+    let frames = env_list("MCTP_BENCH_FRAMES", "1403,8972");
+    let runs = env_list("MCTP_BENCH_RUNS", "3").first().copied().unwrap_or(3).max(1);
+    // Receivers on their own threads (as on their own servers), or all on one.
+    let threads = std::env::var("MCTP_BENCH_THREADS").map_or(true, |v| v != "1");
+    let root: PathBuf = std::env::var_os("MCTP_BENCH_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let shm = PathBuf::from("/dev/shm");
+        if shm.is_dir() {
+            shm
+        } else {
+            std::env::temp_dir()
+        }
+    });
+    println!(
+        "MCTP unicast fan-out vs TCP fan-out, {RECEIVERS} receivers on loopback, median of {runs} runs, files in {}",
+        root.display()
+    );
+    println!(
+        "{:>10} {:>6} {:>12} {:>12} {:>6} {:>7} {:>16} {:>16}",
+        "bytes", "frame", "MCTP MB/s", "TCP MB/s", "ratio", "passes", "MCTP peak heap", "TCP peak heap"
+    );
+    for mb in sizes {
+        let size = mb * 1_000_000;
+        for &frame in &frames {
+            let mut m = Vec::new();
+            let mut t = Vec::new();
+            let mut mh = Vec::new();
+            let mut th = Vec::new();
+            let mut passes = Vec::new();
+            for _ in 0..runs {
+                let dir = tempfile::tempdir_in(&root).unwrap();
+                let source = dir.path().join("source");
+                let hash = write_random_file(&source, size, size);
+                let (d, heap, p) = mctp_run(&source, hash, dir.path(), frame as u32, threads);
+                m.push(size as f64 / d.as_secs_f64() / 1e6);
+                mh.push(heap as f64);
+                passes.push(f64::from(p));
+                for i in 0..RECEIVERS {
+                    let _ = std::fs::remove_dir_all(dir.path().join(format!("r{i}")));
+                }
+                let (d, heap) = tcp_run(&source, size, dir.path());
+                t.push(size as f64 / d.as_secs_f64() / 1e6);
+                th.push(heap as f64);
+            }
+            let (mm, tm) = (median(m), median(t));
+            println!(
+                "{:>10} {:>6} {:>12.1} {:>12.1} {:>6.2} {:>7} {:>13.1} MiB {:>13.1} MiB",
+                size,
+                frame,
+                mm,
+                tm,
+                mm / tm,
+                median(passes),
+                median(mh) / 1048576.0,
+                median(th) / 1048576.0
+            );
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! A member's MCTP driver: wraps a [`Receiver`] core (and the member's
+//! [`Reporter`]) with the data channel and the files being received.
+//!
+//! Frames are written at their offset (`pwrite`) the moment they arrive;
+//! the file is created at its full size when the session starts and renamed
+//! into place only after its SHA-256 is verified, so a partial file is never
+//! mistaken for an assignment. Verification reads back only the part the
+//! core could not hash in order (see [`ReceiverEvent::Verify`]), through a
+//! fixed buffer: memory does not grow with the assignment.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use actix::clock::Instant;
+use actix::prelude::*;
+
+use crate::protocol::crypto::Sha256;
+use crate::protocol::ids::{AssignmentSerial, NodeId};
+use crate::protocol::mctp::{
+    msg::is_mctp_tag, Announce, Message, Receiver, ReceiverConfig, ReceiverEvent, SessionId,
+};
+use crate::protocol::reports::{self, CollectorConfig, Reporter};
+use crate::protocol::time::Time;
+use crate::protocol::wire::Received;
+
+use super::data_channel::{DataChannel, Incoming};
+use super::{arm_timer, Driven, DriverTimer};
+use crate::protocol::mctp::Dest;
+
+/// A received, verified assignment file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its size.
+    pub size: u64,
+    /// Its SHA-256 (verified).
+    pub hash: [u8; 32],
+}
+
+/// An assignment arrived, or its session failed here (event).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct AssignmentReceived {
+    /// The assignment.
+    pub assignment: AssignmentSerial,
+    /// The leader that sent it.
+    pub from: NodeId,
+    /// The file, or why there is none.
+    pub result: Result<ReceivedFile, String>,
+}
+
+/// Reports this member's result on an assignment to the leader (command).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ReportResult {
+    /// The assignment.
+    pub assignment: AssignmentSerial,
+    /// The leader to report to.
+    pub leader: NodeId,
+    /// Applied, or the error.
+    pub result: Result<(), String>,
+}
+
+/// Declares that this member already holds an assignment (command).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct MarkHeld {
+    /// The assignment.
+    pub assignment: AssignmentSerial,
+    /// Its SHA-256.
+    pub hash: [u8; 32],
+}
+
+/// An announce arrived some other way than the data channel: piggy-backed
+/// on the leader's `LeaderAlive` on the control channel (event).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct AnnounceHeard {
+    /// The leader that sent it.
+    pub leader: NodeId,
+    /// The announce (decode it with `mctp::Message::decode`).
+    pub announce: Announce,
+}
+
+struct Receiving {
+    file: File,
+    path: PathBuf,
+    sender: NodeId,
+}
+
+/// The actor. See the module docs.
+pub struct MulticastReceiver {
+    core: Receiver,
+    reporter: Reporter,
+    channel: DataChannel,
+    incoming: Vec<Incoming>,
+    dir: PathBuf,
+    start: Instant,
+    timer: DriverTimer,
+    files: HashMap<SessionId, Receiving>,
+    received_to: Option<Recipient<AssignmentReceived>>,
+}
+
+/// Where a verified assignment is stored in `dir`.
+pub fn assignment_path(dir: &Path, assignment: AssignmentSerial) -> PathBuf {
+    dir.join(format!("{assignment}.assignment"))
+}
+
+impl MulticastReceiver {
+    /// A receiver storing assignments in `dir`; `seed` drives report delays.
+    pub fn new(
+        cfg: ReceiverConfig,
+        reports: CollectorConfig,
+        seed: u64,
+        channel: DataChannel,
+        incoming: Vec<Incoming>,
+        dir: PathBuf,
+        received_to: Option<Recipient<AssignmentReceived>>,
+    ) -> Self {
+        let node = channel.node();
+        MulticastReceiver {
+            core: Receiver::new(node, cfg, seed),
+            reporter: Reporter::new(node, reports, seed ^ 0x7265_706f),
+            channel,
+            incoming,
+            dir,
+            start: Instant::now(),
+            timer: DriverTimer::default(),
+            files: HashMap::new(),
+            received_to,
+        }
+    }
+
+    fn now(&self) -> Time {
+        Time::from_micros(self.start.elapsed().as_micros() as u64)
+    }
+
+    fn notify(&self, assignment: AssignmentSerial, from: NodeId, result: Result<ReceivedFile, String>) {
+        if let Some(r) = &self.received_to {
+            r.do_send(AssignmentReceived { assignment, from, result });
+        }
+    }
+
+    fn handle_event(&mut self, ev: ReceiverEvent, ctx: &mut Context<Self>) {
+        let now = self.now();
+        match ev {
+            ReceiverEvent::Started { session, sender, assignment, size, .. } => {
+                let path = self.dir.join(format!("{assignment}.{session}.part"));
+                let opened = OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(size).map(|_| f));
+                match opened {
+                    Ok(file) => {
+                        tracing::info!(event = "mctp_receive_start", %session, %assignment, size, from = %sender);
+                        self.files.insert(session, Receiving { file, path, sender });
+                    }
+                    Err(e) => self.core.handle_write_failed(
+                        now,
+                        session,
+                        format!("cannot create {}: {e}", path.display()),
+                    ),
+                }
+            }
+            ReceiverEvent::Write { session, offset, data } => {
+                let Some(r) = self.files.get(&session) else {
+                    return;
+                };
+                if let Err(e) = r.file.write_all_at(&data, offset) {
+                    let error = format!("cannot write {}: {e}", r.path.display());
+                    self.core.handle_write_failed(now, session, error);
+                }
+            }
+            ReceiverEvent::Verify { session, from, hasher } => {
+                let Some(r) = self.files.get(&session) else {
+                    return;
+                };
+                // Off the actor's thread: reading back a large file takes
+                // seconds, and meanwhile the core answers polls "verifying".
+                let path = r.path.clone();
+                let file = r.file.try_clone();
+                let work = tokio::task::spawn_blocking(move || read_rest(&mut file?, from, *hasher));
+                ctx.spawn(work.into_actor(self).map(move |res, act, ctx| {
+                    let now = act.now();
+                    match res.map_err(io::Error::other).and_then(|r| r) {
+                        Ok(digest) => act.core.handle_verified(now, session, digest),
+                        Err(e) => {
+                            let error = format!("cannot read back {}: {e}", path.display());
+                            act.core.handle_write_failed(now, session, error);
+                        }
+                    }
+                    act.drive(ctx);
+                }));
+            }
+            ReceiverEvent::Completed { session, assignment, size, hash } => {
+                let Some(r) = self.files.remove(&session) else {
+                    return;
+                };
+                let path = assignment_path(&self.dir, assignment);
+                let result = r
+                    .file
+                    .sync_all()
+                    .and_then(|_| std::fs::rename(&r.path, &path))
+                    .map(|_| ReceivedFile { path, size, hash })
+                    .map_err(|e| format!("cannot store assignment {assignment}: {e}"));
+                tracing::info!(event = "mctp_received", %session, %assignment, size, ok = result.is_ok());
+                self.notify(assignment, r.sender, result);
+            }
+            ReceiverEvent::Failed { session, assignment, error } => {
+                tracing::warn!(event = "mctp_receive_failed", %session, %assignment, %error);
+                if let Some(r) = self.files.remove(&session) {
+                    let _ = std::fs::remove_file(&r.path);
+                    self.notify(assignment, r.sender, Err(error));
+                }
+            }
+            ReceiverEvent::Abandoned { session, assignment } => {
+                tracing::warn!(event = "mctp_abandoned", %session, %assignment);
+                if let Some(r) = self.files.remove(&session) {
+                    let _ = std::fs::remove_file(&r.path);
+                    let error = "the leader went silent before the assignment was complete";
+                    self.notify(assignment, r.sender, Err(error.into()));
+                }
+            }
+        }
+    }
+
+    /// Drains both cores, then re-arms the one timer.
+    fn drive(&mut self, ctx: &mut Context<Self>) {
+        // Events may feed the core (verification), which may add events.
+        while let Some(ev) = self.core.poll_event() {
+            self.handle_event(ev, ctx);
+        }
+        let mut buf = Vec::with_capacity(1500);
+        while let Some((to, msg)) = self.core.poll_transmit() {
+            buf.clear();
+            msg.encode(&mut buf);
+            if let Err(e) = self.channel.send(Dest::Node(to), &buf) {
+                tracing::debug!(event = "mctp_report_failed", %to, error = %e);
+            }
+        }
+        while let Some((to, msg)) = self.reporter.poll_transmit() {
+            if let Err(e) = self.channel.send(Dest::Node(to), &msg.to_bytes()) {
+                tracing::debug!(event = "report_send_failed", %to, error = %e);
+            }
+        }
+        let next = [self.core.poll_timeout(), self.reporter.poll_timeout()].into_iter().flatten().min();
+        let now = self.now();
+        arm_timer(self, ctx, now, next);
+    }
+}
+
+/// Hashes `file` from `from` to its end into `hasher`, through a fixed buffer.
+fn read_rest(file: &mut File, from: u64, mut hasher: Sha256) -> io::Result<[u8; 32]> {
+    file.seek(SeekFrom::Start(from))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+impl Driven for MulticastReceiver {
+    fn timer(&mut self) -> &mut DriverTimer {
+        &mut self.timer
+    }
+
+    fn fire(&mut self, ctx: &mut Context<Self>) {
+        let now = self.now();
+        if self.core.poll_timeout().is_some_and(|t| t <= now) {
+            self.core.handle_timeout(now);
+        }
+        if self.reporter.poll_timeout().is_some_and(|t| t <= now) {
+            self.reporter.handle_timeout(now);
+        }
+        self.drive(ctx);
+    }
+}
+
+impl Actor for MulticastReceiver {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        for s in self.incoming.drain(..) {
+            ctx.add_stream(s);
+        }
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        for (_, r) in self.files.drain() {
+            let _ = std::fs::remove_file(&r.path);
+        }
+    }
+}
+
+impl StreamHandler<io::Result<(Received, std::net::SocketAddr)>> for MulticastReceiver {
+    fn handle(&mut self, item: io::Result<(Received, std::net::SocketAddr)>, ctx: &mut Context<Self>) {
+        let Some((from, payload)) = self.channel.accept(item) else {
+            return;
+        };
+        let now = self.now();
+        match payload.first() {
+            Some(&t) if is_mctp_tag(t) => match Message::decode(&payload) {
+                Ok(msg) => self.core.handle_datagram(now, from, msg),
+                Err(e) => tracing::debug!(event = "mctp_undecodable", %from, error = %e),
+            },
+            Some(&t) if reports::is_report_tag(t) => {
+                if let Ok(msg) = reports::Message::decode(&payload) {
+                    self.reporter.handle_datagram(now, from, msg);
+                }
+            }
+            _ => {}
+        }
+        self.drive(ctx);
+    }
+
+    fn finished(&mut self, _ctx: &mut Context<Self>) {}
+}
+
+impl Handler<ReportResult> for MulticastReceiver {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReportResult, ctx: &mut Context<Self>) {
+        let now = self.now();
+        self.reporter.report(now, msg.leader, msg.assignment, msg.result);
+        self.drive(ctx);
+    }
+}
+
+impl Handler<AnnounceHeard> for MulticastReceiver {
+    type Result = ();
+
+    fn handle(&mut self, msg: AnnounceHeard, ctx: &mut Context<Self>) {
+        let now = self.now();
+        self.core.handle_datagram(now, msg.leader, Message::Announce(msg.announce));
+        self.drive(ctx);
+    }
+}
+
+impl Handler<MarkHeld> for MulticastReceiver {
+    type Result = ();
+
+    fn handle(&mut self, msg: MarkHeld, ctx: &mut Context<Self>) {
+        self.core.mark_held(msg.assignment, msg.hash);
+        self.drive(ctx);
+    }
+}

@@ -1,0 +1,275 @@
+//! The group leader's MCTP driver: wraps a [`Sender`] core with the data
+//! channel and the assignment files.
+//!
+//! Frames are read from the assignment file at the moment they are sent
+//! (positioned reads), so the leader holds no copy in memory either.
+//! Datagrams of the report protocol that arrive on the same socket are
+//! forwarded to the [`ReportCollector`](super::report_collector) if one is
+//! connected.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use actix::clock::Instant;
+use actix::prelude::*;
+use bytes::Bytes;
+
+use crate::protocol::ids::{AssignmentSerial, NodeId};
+use crate::protocol::mctp::{
+    msg::is_mctp_tag, Announce, FrameSource, Message, Outcome, Sender, SenderConfig, SenderEvent, SessionId,
+};
+use crate::protocol::reports;
+use crate::protocol::time::Time;
+use crate::protocol::wire::Received;
+
+use super::data_channel::{DataChannel, Incoming};
+use super::{arm_timer, Driven, DriverTimer};
+
+/// Sends an assignment file to `targets` (command).
+#[derive(Debug, Message)]
+#[rtype(result = "io::Result<()>")]
+pub struct SendAssignment {
+    /// The assignment.
+    pub assignment: AssignmentSerial,
+    /// Its file.
+    pub path: PathBuf,
+    /// Its SHA-256 (from the assignment's header, or computed by the caller).
+    pub hash: [u8; 32],
+    /// Members that must receive it.
+    pub targets: Vec<NodeId>,
+}
+
+/// Registers a member's unicast address for fan-out and unicast messages (command).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RegisterMember {
+    /// The member.
+    pub node: NodeId,
+    /// Its data-channel address.
+    pub addr: std::net::SocketAddr,
+}
+
+/// Returns the announce of the session in progress, for piggy-backing on
+/// `LeaderAlive`; counts it as sent (query).
+#[derive(Debug, Message)]
+#[rtype(result = "Option<Announce>")]
+pub struct TakeAnnounce;
+
+/// A session ended (event).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct AssignmentSent {
+    /// The sender's account: who acknowledged, who already had it, who is
+    /// silent or lagging.
+    pub outcome: Outcome,
+}
+
+/// A report-protocol datagram that arrived on the data channel (event, to the collector).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct ReportDatagram {
+    /// Who sent it.
+    pub from: NodeId,
+    /// The decoded message.
+    pub msg: reports::Message,
+}
+
+struct FileSource<'a>(&'a File);
+
+impl FrameSource for FileSource<'_> {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+}
+
+/// The actor. See the module docs.
+pub struct MulticastSender {
+    core: Sender,
+    channel: DataChannel,
+    incoming: Vec<Incoming>,
+    start: Instant,
+    timer: DriverTimer,
+    files: HashMap<AssignmentSerial, File>,
+    current: Option<(SessionId, AssignmentSerial)>,
+    sent_to: Option<Recipient<AssignmentSent>>,
+    reports_to: Option<Recipient<ReportDatagram>>,
+    buf: Vec<u8>,
+}
+
+impl MulticastSender {
+    /// A sender over `channel` (whose incoming streams it reads). `seed`
+    /// draws session ids.
+    pub fn new(
+        cfg: SenderConfig,
+        seed: u64,
+        channel: DataChannel,
+        incoming: Vec<Incoming>,
+        sent_to: Option<Recipient<AssignmentSent>>,
+        reports_to: Option<Recipient<ReportDatagram>>,
+    ) -> Self {
+        MulticastSender {
+            core: Sender::new(cfg, seed),
+            channel,
+            incoming,
+            start: Instant::now(),
+            timer: DriverTimer::default(),
+            files: HashMap::new(),
+            current: None,
+            sent_to,
+            reports_to,
+            buf: Vec::with_capacity(2048),
+        }
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(ev) = self.core.poll_event() {
+            match ev {
+                SenderEvent::Started { session, assignment, size, frames, targets } => {
+                    self.current = Some((session, assignment));
+                    tracing::info!(event = "mctp_start", %session, %assignment, size, frames, targets);
+                }
+                SenderEvent::PassEnded { session, pass, sent, missing, active, rate } => {
+                    tracing::info!(event = "mctp_pass", %session, pass, sent, missing, active, rate);
+                }
+                SenderEvent::Finished(o) => {
+                    let silent: Vec<u64> = o.silent.iter().map(|n| n.0).collect();
+                    let laggards: Vec<u64> = o.laggards.iter().map(|(n, _)| n.0).collect();
+                    if o.gave_up || !o.completed {
+                        tracing::warn!(
+                            event = "mctp_gave_up", session = %o.session, assignment = %o.assignment,
+                            passes = o.passes, acked = o.acked.len(), ?silent, ?laggards,
+                        );
+                    } else {
+                        tracing::info!(
+                            event = "mctp_done", session = %o.session, assignment = %o.assignment,
+                            passes = o.passes, frames_sent = o.frames_sent, frames = o.frames_needed,
+                            acked = o.acked.len(), already_had = o.already_had.len(), ?silent,
+                        );
+                    }
+                    self.files.remove(&o.assignment);
+                    self.current = None;
+                    if let Some(r) = &self.sent_to {
+                        r.do_send(AssignmentSent { outcome: o });
+                    }
+                }
+            }
+        }
+    }
+
+    fn now(&self) -> Time {
+        Time::from_micros(self.start.elapsed().as_micros() as u64)
+    }
+
+    /// Drains the core: events (a session's start names its file), transmits,
+    /// events again, then re-arms the one timer.
+    fn drive(&mut self, ctx: &mut Context<Self>) {
+        let now = self.now();
+        self.drain_events();
+        while let Some(t) = self.core.poll_transmit(now) {
+            self.buf.clear();
+            let file = self.current.and_then(|(_, a)| self.files.get(&a));
+            let encoded = match file {
+                Some(f) => t.encode(&mut FileSource(f), &mut self.buf),
+                None => t.encode(&mut Vec::new(), &mut self.buf),
+            };
+            if let Err(e) = encoded.and_then(|_| self.channel.send(t.dest, &self.buf)) {
+                tracing::warn!(event = "mctp_send_failed", error = %e);
+            }
+        }
+        self.drain_events();
+        let at = self.core.poll_timeout();
+        arm_timer(self, ctx, now, at);
+    }
+}
+
+impl Driven for MulticastSender {
+    fn timer(&mut self) -> &mut DriverTimer {
+        &mut self.timer
+    }
+
+    fn fire(&mut self, ctx: &mut Context<Self>) {
+        let now = self.now();
+        self.core.handle_timeout(now);
+        self.drive(ctx);
+    }
+}
+
+impl Actor for MulticastSender {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        for s in self.incoming.drain(..) {
+            ctx.add_stream(s);
+        }
+    }
+}
+
+impl StreamHandler<io::Result<(Received, std::net::SocketAddr)>> for MulticastSender {
+    fn handle(&mut self, item: io::Result<(Received, std::net::SocketAddr)>, ctx: &mut Context<Self>) {
+        let Some((from, payload)) = self.channel.accept(item) else {
+            return;
+        };
+        handle_payload(self, from, payload);
+        self.drive(ctx);
+    }
+
+    fn finished(&mut self, _ctx: &mut Context<Self>) {}
+}
+
+fn handle_payload(act: &mut MulticastSender, from: NodeId, payload: Bytes) {
+    match payload.first() {
+        Some(&t) if is_mctp_tag(t) => match Message::decode(&payload) {
+            Ok(msg) => {
+                let now = act.now();
+                act.core.handle_datagram(now, from, msg);
+            }
+            Err(e) => tracing::debug!(event = "mctp_undecodable", %from, error = %e),
+        },
+        Some(&t) if reports::is_report_tag(t) => {
+            if let (Ok(msg), Some(r)) = (reports::Message::decode(&payload), &act.reports_to) {
+                r.do_send(ReportDatagram { from, msg });
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Handler<SendAssignment> for MulticastSender {
+    type Result = io::Result<()>;
+
+    fn handle(&mut self, msg: SendAssignment, ctx: &mut Context<Self>) -> io::Result<()> {
+        let file = File::open(&msg.path)?;
+        let size = file.metadata()?.len();
+        self.files.insert(msg.assignment, file);
+        let now = self.now();
+        self.core.send_assignment(now, msg.assignment, size, msg.hash, msg.targets);
+        self.drive(ctx);
+        Ok(())
+    }
+}
+
+impl Handler<RegisterMember> for MulticastSender {
+    type Result = ();
+
+    fn handle(&mut self, msg: RegisterMember, ctx: &mut Context<Self>) {
+        self.channel.add_peer(msg.node, msg.addr);
+        self.drive(ctx);
+    }
+}
+
+impl Handler<TakeAnnounce> for MulticastSender {
+    type Result = Option<Announce>;
+
+    fn handle(&mut self, _msg: TakeAnnounce, ctx: &mut Context<Self>) -> Option<Announce> {
+        let a = self.core.poll_announce();
+        if a.is_some() {
+            let now = self.now();
+            self.core.announce_piggybacked(now);
+        }
+        self.drive(ctx);
+        a
+    }
+}

@@ -1,0 +1,115 @@
+//! Real multicast: a leader and 3 members in a private network namespace
+//! that this test creates, with about 10 % of UDP datagrams dropped by an
+//! nftables rule on the namespace's input hook. Needs root (and the `ip` and
+//! `nft` tools); without root it is skipped with a reason, unless CI=true,
+//! where it must run.
+//!
+//! The outer test sets the namespace up and runs this same test binary
+//! inside it (`ip netns exec`), selecting the ignored inner test, so every
+//! socket the segment opens lives in the namespace. The namespace is
+//! deleted by a guard, even when the test fails.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::Duration;
+
+use cmover::protocol::ids::AssignmentSerial;
+use common::mctp_cluster::*;
+
+const INNER_ENV: &str = "CMOVER_NETNS_INNER";
+
+struct Namespace(String);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e} (install iproute2 and nftables)"));
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+#[test]
+fn multicast_segment_in_a_private_namespace_with_10_percent_loss() {
+    if std::env::var_os(INNER_ENV).is_some() {
+        return;
+    }
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    if !is_root() {
+        assert!(!ci, "CI=true but not root: the namespace test must run in CI");
+        eprintln!("skipped: creating a network namespace needs root (CI runs it as root)");
+        return;
+    }
+    let ns = Namespace(format!("cmover-mctp-{}", std::process::id()));
+    run(&["ip", "netns", "add", &ns.0]);
+    let exec = |args: &[&str]| {
+        let mut v = vec!["ip", "netns", "exec", &ns.0];
+        v.extend_from_slice(args);
+        run(&v)
+    };
+    exec(&["ip", "link", "set", "lo", "up"]);
+    exec(&["nft", "add", "table", "inet", "loss"]);
+    exec(&["nft", "add chain inet loss in { type filter hook input priority 0; policy accept; }"]);
+    exec(&["nft", "add rule inet loss in meta l4proto udp numgen random mod 100 < 10 counter drop"]);
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0])
+        .arg(&exe)
+        .args(["inner_multicast_segment", "--exact", "--ignored", "--nocapture"])
+        .env(INNER_ENV, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}\n{stderr}");
+    assert!(out.status.success(), "the segment inside the namespace failed");
+    assert!(stdout.contains("1 passed"), "the inner test did not run: {stdout}");
+    // The drop rule really dropped datagrams.
+    let rules = exec(&["nft", "list", "table", "inet", "loss"]);
+    let packets: u64 = rules
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(packets > 50, "the nft rule dropped {packets} datagrams: {rules}");
+}
+
+#[ignore = "runs inside the namespace made by multicast_segment_in_a_private_namespace_with_10_percent_loss"]
+#[actix_rt::test]
+async fn inner_multicast_segment() {
+    assert!(std::env::var_os(INNER_ENV).is_some(), "run only inside the test's network namespace");
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.assignment");
+    let hash = write_random_file(&source, 3_000_000, 3);
+    let mut seg = start_segment(SegmentConfig::new(
+        3,
+        Net::Multicast { group: Ipv4Addr::new(239, 255, 77, 1), port: 47_123 },
+        dir.path(),
+    ));
+    let (sent, reports) =
+        seg.move_and_collect(AssignmentSerial(3), &source, hash, Duration::from_secs(120)).await;
+    println!(
+        "multicast outcome: passes {} frames {} sent {}",
+        sent.passes, sent.frames_needed, sent.frames_sent
+    );
+    assert!(sent.passes >= 2, "10 % loss needs retransmission passes");
+    // Multicast: each frame left the leader once per pass, not once per member.
+    let leader = seg.leader_channel.stats();
+    assert!(leader.sent < 2 * sent.frames_needed as u64, "{leader:?} for {} frames", sent.frames_needed);
+    assert_eq!(reports.succeeded.len(), 3, "{reports:?}");
+}
