@@ -11,6 +11,7 @@ use cmover::demo;
 use cmover::logging::{self, LogTarget};
 use cmover::offline::{self, DiffArgs};
 use cmover::protocol::ids::AssignmentSerial;
+use cmover::protocol::paths::SiteName;
 use cmover::storage::assignment_file::AssignmentFile;
 use cmover::storage::releases::{Outcome, SiteRoot};
 
@@ -58,6 +59,9 @@ enum Command {
         /// Job id recorded in the header.
         #[arg(long, default_value_t = 0)]
         job_id: u64,
+        /// Site name recorded in the header (default: `default`).
+        #[arg(long)]
+        site: Option<String>,
         /// Encrypt the data with this key file (see `cmover keygen`).
         #[arg(long)]
         encrypt_key: Option<PathBuf>,
@@ -225,8 +229,9 @@ fn run(cli: Cli) -> Result<()> {
             demo::run(&dir, &config, &mut std::io::stdout().lock())?;
             Ok(())
         }
-        Command::Diff { old, new, output, serial, base_serial, job_id, encrypt_key, json } => {
-            let args = DiffArgs { serial, base_serial, job_id, key: key(encrypt_key)? };
+        Command::Diff { old, new, output, serial, base_serial, job_id, site, encrypt_key, json } => {
+            let site = site.map(|s| SiteName::new(&s)).transpose().context("--site")?;
+            let args = DiffArgs { site, serial, base_serial, job_id, key: key(encrypt_key)? };
             let summary = offline::diff(&old, &new, &output, args, &config)?;
             if json {
                 println!("{}", serde_json::to_string(&summary)?);
