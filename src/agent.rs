@@ -56,7 +56,12 @@ pub fn elector_config(config: &Config) -> ElectorConfig {
             reliability: e.reliability,
             freshness: e.freshness,
         },
-        info: MemberInfo { http: config.node.advertise_http.clone(), name, serials: Vec::new() },
+        info: MemberInfo {
+            http: config.node.advertise_http.clone(),
+            data: String::new(),
+            name,
+            serials: Vec::new(),
+        },
     }
 }
 

@@ -42,6 +42,7 @@ pub mod agent;
 pub mod config;
 pub mod corpus;
 pub mod demo;
+pub mod http;
 pub mod logging;
 pub mod offline;
 pub mod protocol;

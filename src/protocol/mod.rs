@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod assignment;
 pub mod bytes;
 pub mod control;

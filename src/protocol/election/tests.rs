@@ -37,7 +37,12 @@ fn config() -> ElectorConfig {
         preempt: false,
         gl_capable: true,
         priority: PriorityInputs::default(),
-        info: MemberInfo { http: "127.0.0.1:7480".into(), name: "five".into(), serials: vec![] },
+        info: MemberInfo {
+            http: "127.0.0.1:7480".into(),
+            data: String::new(),
+            name: "five".into(),
+            serials: vec![],
+        },
     }
 }
 

@@ -1,0 +1,6 @@
+//! HTTP: the node API between CCM and agents (signed requests, see
+//! `protocol::api`), and later the admin REST API and UI.
+
+#![warn(missing_docs)]
+
+pub mod signed;
