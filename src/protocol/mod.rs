@@ -14,6 +14,7 @@ pub mod bytes;
 pub mod control;
 pub mod crypto;
 pub mod delta;
+pub mod distribution;
 pub mod election;
 pub mod ids;
 pub mod mctp;

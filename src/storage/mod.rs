@@ -6,5 +6,6 @@
 pub mod assignment_file;
 pub mod db;
 pub mod pack;
+pub mod records;
 pub mod releases;
 pub mod tree;

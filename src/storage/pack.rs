@@ -72,7 +72,7 @@ pub struct PackOptions {
 }
 
 /// What went into an assignment.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PackSummary {
     /// Serial of the release it builds.
     pub serial: u64,
