@@ -74,6 +74,8 @@ pub struct Config {
     pub election: ElectionConfig,
     /// Segment membership.
     pub membership: MembershipConfig,
+    /// The controller (`cmover ccm`).
+    pub ccm: CcmConfig,
 }
 
 /// `[node]`.
@@ -339,6 +341,103 @@ pub struct ReleasesConfig {
     pub keep_releases: u32,
     /// Free space that must remain on the site's file system after an apply.
     pub min_free_disk: ByteSize,
+}
+
+/// `[ccm]`: the controller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CcmConfig {
+    /// Database, assignments, shadow copies.
+    pub data_dir: PathBuf,
+    /// Address of the HTTP server (admin REST API and node API).
+    pub http_bind: SocketAddr,
+    /// Base URL agents reach the CCM at; empty means `http://<http_bind>`.
+    pub advertise_url: String,
+    /// Bearer token of the admin REST API; empty disables the API.
+    pub admin_token: String,
+    /// Group leaders the CCM sends an assignment to itself; the rest get it
+    /// from each other.
+    pub fanout: u32,
+    /// Time a notified leader has to confirm it holds the copy.
+    #[serde(with = "humantime_serde")]
+    pub notify_timeout: Duration,
+    /// Notifications of a leader before its segment is given up.
+    pub max_attempts: u32,
+    /// Time segments have to report an assignment's outcome; later ones count as silent.
+    #[serde(with = "humantime_serde")]
+    pub report_timeout: Duration,
+    /// Segment names in the order their leaders should be served (admin
+    /// static order); segments not listed follow, by CPU and free disk.
+    pub tree_order: Vec<String>,
+    /// Largest clock difference accepted on signed node requests.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+    /// Encrypt assignment data with the content key derived from the cluster secret.
+    pub encrypt: bool,
+}
+
+impl Default for CcmConfig {
+    fn default() -> Self {
+        CcmConfig {
+            data_dir: PathBuf::from("/var/lib/cmover/ccm"),
+            http_bind: SocketAddr::from(([127, 0, 0, 1], 7480)),
+            advertise_url: String::new(),
+            admin_token: String::new(),
+            fanout: 2,
+            notify_timeout: Duration::from_secs(30),
+            max_attempts: 3,
+            report_timeout: Duration::from_secs(300),
+            tree_order: Vec::new(),
+            max_clock_skew: Duration::from_secs(30),
+            encrypt: false,
+        }
+    }
+}
+
+impl CcmConfig {
+    /// The URL agents reach the CCM at.
+    pub fn url(&self) -> String {
+        if self.advertise_url.is_empty() {
+            format!("http://{}", self.http_bind)
+        } else {
+            self.advertise_url.trim_end_matches('/').to_owned()
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.fanout == 0 {
+            return Err(invalid(
+                "ccm.fanout",
+                "0 sends the assignment nowhere",
+                "give 1 or more (the default is 2)",
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(invalid(
+                "ccm.max_attempts",
+                "0 never notifies anyone",
+                "give 1 or more (the default is 3)",
+            ));
+        }
+        if self.advertise_url.is_empty() && self.http_bind.ip().is_unspecified() {
+            return Err(invalid(
+                "ccm.advertise_url",
+                format!(
+                    "http_bind {} listens everywhere, so agents cannot be told one address",
+                    self.http_bind
+                ),
+                "set advertise_url to the URL agents use, e.g. \"http://10.0.0.1:7480\"",
+            ));
+        }
+        if !self.advertise_url.is_empty() && !self.advertise_url.starts_with("http://") {
+            return Err(invalid(
+                "ccm.advertise_url",
+                format!("{:?} is not an http:// URL", self.advertise_url),
+                "give a URL such as \"http://10.0.0.1:7480\"",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for ReleasesConfig {
@@ -666,6 +765,7 @@ impl Config {
         }
         self.mctp.validate()?;
         self.reports.validate()?;
+        self.ccm.validate()?;
         Ok(())
     }
 }
@@ -844,6 +944,8 @@ mod tests {
             ("[mctp]\nquorum = 0.0\n", "mctp.quorum"),
             ("[mctp]\nrate = \"500 MB\"\n", "mctp.rate"),
             ("[reports]\nslots = 0\n", "reports.slots"),
+            ("[ccm]\nfanout = 0\n", "ccm.fanout"),
+            ("[ccm]\nhttp_bind = \"0.0.0.0:7480\"\n", "ccm.advertise_url"),
             (
                 "[election]\nclaim_delay_min = \"1s\"\nclaim_delay_max = \"100ms\"\n",
                 "election.claim_delay_min",

@@ -33,12 +33,15 @@
 //!   ([`actors::elector`], `multicast_sender`, `multicast_receiver`,
 //!   `report_collector`, and the shared `data_channel` sockets).
 //! - [`agent`]: the `cmover agent` process, wired from the configuration.
+//! - [`ccm`]: the `cmover ccm` process (orchestrator, database, HTTP API).
+//! - [`http`]: the node API (signed requests) and the admin REST API.
 //! - [`sim`]: the seeded virtual-time network that drives the cores, and the
 //!   simulations built on it ([`sim::election`], [`sim::mctp`]).
 //! - [`udp`]: multicast and unicast UDP sockets for the channels.
 
 pub mod actors;
 pub mod agent;
+pub mod ccm;
 pub mod config;
 pub mod corpus;
 pub mod demo;

@@ -127,6 +127,8 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Run the controller (CCM): orchestrator, database, REST and node API, until Ctrl-C.
+    Ccm,
     /// Run this server's agent (the elector on the control channel) until Ctrl-C.
     Agent,
     /// Deterministic simulations of the protocols, for tests and for sizing timers.
@@ -205,7 +207,7 @@ fn run(cli: Cli) -> Result<()> {
     // Services log to stdout at the configured level; one-shot tools print
     // their own results on stdout and log only warnings, to stderr.
     let (target, level) = match cli.command {
-        Command::Agent => (LogTarget::Stdout, config.log.level.as_str()),
+        Command::Agent | Command::Ccm => (LogTarget::Stdout, config.log.level.as_str()),
         _ => (LogTarget::Stderr, "warn"),
     };
     logging::init(format, cli.log_level.as_deref(), level, target).map_err(anyhow::Error::msg)?;
@@ -219,6 +221,12 @@ fn run(cli: Cli) -> Result<()> {
                 anyhow::bail!("cmover agent needs a configuration: --config FILE (see config.example.toml)");
             }
             cmover::agent::run(&config)
+        }
+        Command::Ccm => {
+            if cli.config.is_none() {
+                anyhow::bail!("cmover ccm needs a configuration: --config FILE (see config.example.toml)");
+            }
+            cmover::ccm::run(&config)
         }
         Command::Sim(SimCommand::Election(args)) => sim_cli::election(&args),
         Command::Demo { dir } => {

@@ -3,4 +3,5 @@
 
 #![warn(missing_docs)]
 
+pub mod ccm_api;
 pub mod signed;

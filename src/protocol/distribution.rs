@@ -106,7 +106,8 @@ pub struct Distribution {
 impl Distribution {
     /// Targets in the order the tree planner chose.
     pub fn new(cfg: DistributionConfig, targets: Vec<Target>) -> Self {
-        let entries = targets.into_iter().map(|target| Entry { target, stage: Stage::Pending, attempts: 0 }).collect();
+        let entries =
+            targets.into_iter().map(|target| Entry { target, stage: Stage::Pending, attempts: 0 }).collect();
         Distribution { cfg, entries }
     }
 
@@ -133,9 +134,13 @@ impl Distribution {
     /// pending ones, while the CCM has fewer than `fanout` in flight and no
     /// leader is still forwarding (a forwarding leader will take them).
     pub fn ccm_hops(&mut self, now: Time) -> Vec<Target> {
-        let forwarding = self.entries.iter().any(|e| matches!(e.stage, Stage::Holding { forwarding: true, .. }));
-        let mut in_flight =
-            self.entries.iter().filter(|e| matches!(e.stage, Stage::Notified { by, .. } if by == CCM_NODE)).count();
+        let forwarding =
+            self.entries.iter().any(|e| matches!(e.stage, Stage::Holding { forwarding: true, .. }));
+        let mut in_flight = self
+            .entries
+            .iter()
+            .filter(|e| matches!(e.stage, Stage::Notified { by, .. } if by == CCM_NODE))
+            .count();
         let mut out = Vec::new();
         if forwarding {
             return out;
