@@ -43,6 +43,18 @@ pub struct CcmHandle {
     pub url: String,
     /// The HTTP server (stop it to shut down).
     pub server: actix_web::dev::ServerHandle,
+    /// Bytes of assignment files served so far.
+    pub egress: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CcmHandle {
+    /// Stops the HTTP server and the orchestrator and flushes the database,
+    /// as a process exit would; runs in flight are recovered by the next start.
+    pub async fn stop(self) {
+        self.server.stop(true).await;
+        let _ = self.ccm.send(crate::actors::ccm::Shutdown).await;
+        let _ = self.db.flush();
+    }
 }
 
 /// Starts a CCM inside the current actix system. With `http_bind` port 0 a
@@ -69,7 +81,9 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
         ccm: Ccm::new(config.clone(), db.clone(), secret).start(),
         db: db.clone(),
         admin_token: config.ccm.admin_token.clone(),
+        egress: Default::default(),
     });
+    let egress = state.egress.clone();
     let ccm = state.ccm.clone();
     let server = HttpServer::new(move || {
         App::new().app_data(auth.clone()).app_data(state.clone()).configure(ccm_api::config)
@@ -86,7 +100,7 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
         }
     });
     tracing::info!(event = "ccm_started", url = %url, data_dir = %config.ccm.data_dir.display());
-    Ok(CcmHandle { ccm, db, url, server: handle })
+    Ok(CcmHandle { ccm, db, url, server: handle, egress })
 }
 
 /// Runs the CCM until Ctrl-C (or SIGTERM).
@@ -100,8 +114,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
         tracing::info!(event = "ccm_stopping");
-        handle.server.stop(true).await;
-        handle.db.flush()?;
+        handle.stop().await;
         Ok(())
     })
 }

@@ -361,3 +361,46 @@ async fn the_rest_api_checks_tokens_and_names_bad_fields() {
     assert_eq!(r.state, RunState::Failed);
     assert!(r.error.unwrap().contains("offline: [NodeId(9)]"));
 }
+
+#[actix_web::test]
+async fn a_ccm_restart_fails_an_unfinished_distribution_cleanly_and_resumes_a_commit() {
+    let w = world();
+    let (ccm, [(_, got_a), (_, _)], gl_a, gl_b) = setup(&w).await;
+
+    // Run 1: the CCM stops while the content is being distributed.
+    let run1 = start_run(&ccm).await;
+    let n = wait_for("content notify", || got_a.lock().unwrap().first().cloned()).await;
+    leader_round(&gl_a, &ccm.url, &n, "a", &ok(&[1, 2, 3])).await.unwrap();
+    ccm.stop().await;
+    let ccm = cmover::ccm::start(w.config.clone()).await.unwrap();
+    // It fails cleanly: an abort goes to the leaders, nothing goes live.
+    let abort = wait_for("abort notify", || got_a.lock().unwrap().get(1).cloned()).await;
+    assert_eq!(abort.assignment.kind, "abort");
+    let hop = leader_round(&gl_a, &ccm.url, &abort, "a", &ok(&[1, 2, 3])).await.unwrap();
+    leader_round(&gl_b, &ccm.url, &Notify { fetch_from: ccm.url.clone(), ..hop }, "b", &ok(&[4, 5, 6])).await;
+    let r = wait_for_run(&ccm, run1, RunState::Failed).await;
+    assert!(r.error.unwrap().contains("restarted"));
+    assert_eq!(
+        r.applied.get(&NodeId(1)),
+        Some(&ServerOutcome::Succeeded),
+        "acknowledged reports survive the restart"
+    );
+
+    // Run 2: the CCM stops while committing; the commit resumes after the restart.
+    let run2 = start_run(&ccm).await;
+    let n = wait_for("content notify", || got_a.lock().unwrap().get(2).cloned()).await;
+    assert_eq!(n.run, run2);
+    let hop = leader_round(&gl_a, &ccm.url, &n, "a", &ok(&[1, 2, 3])).await.unwrap();
+    leader_round(&gl_b, &ccm.url, &Notify { fetch_from: ccm.url.clone(), ..hop }, "b", &ok(&[4, 5, 6])).await;
+    let c = wait_for("commit notify", || got_a.lock().unwrap().get(3).cloned()).await;
+    assert_eq!(c.assignment.kind, "commit");
+    ccm.stop().await;
+    let ccm = cmover::ccm::start(w.config.clone()).await.unwrap();
+    let c2 = wait_for("resumed commit notify", || got_a.lock().unwrap().get(4).cloned()).await;
+    assert_eq!((c2.assignment.kind.as_str(), c2.run, c2.assignment.serial), ("commit", run2, 1));
+    let hop = leader_round(&gl_a, &ccm.url, &c2, "a", &ok(&[1, 2, 3])).await.unwrap();
+    leader_round(&gl_b, &ccm.url, &Notify { fetch_from: ccm.url.clone(), ..hop }, "b", &ok(&[4, 5, 6])).await;
+    let r = wait_for_run(&ccm, run2, RunState::Committed).await;
+    assert!(r.failed_servers.is_empty());
+    assert!(compare_trees(&w.config.ccm.data_dir.join("shadow/www/live"), &w.staging).unwrap().is_empty());
+}

@@ -95,6 +95,12 @@ pub struct SegmentResultReceived {
     pub result: SegmentResult,
 }
 
+/// Stops the orchestrator (runs in flight stay in the database and are
+/// recovered by the next start).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
 /// The path of assignment file `id`, if the CCM made it.
 #[derive(Message)]
 #[rtype(result = "Option<PathBuf>")]
@@ -998,5 +1004,15 @@ impl Handler<AssignmentPath> for Ccm {
     fn handle(&mut self, msg: AssignmentPath, _: &mut Context<Self>) -> Self::Result {
         let rec = table::<AssignmentRecord>(&self.db).get(&msg.0).ok().flatten()?;
         Some(AssignmentCreator::path_of(&self.config.ccm.data_dir.join("assignments"), rec.id))
+    }
+}
+
+impl Handler<Shutdown> for Ccm {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+        tracing::info!(event = "ccm_shutdown", runs_in_flight = self.active.len());
+        let _ = self.db.flush();
+        ctx.stop();
     }
 }

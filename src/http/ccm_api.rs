@@ -37,6 +37,8 @@ pub struct CcmState {
     pub db: Db,
     /// The admin token; empty disables the REST API.
     pub admin_token: String,
+    /// Bytes of assignment files served to leaders (the CCM's egress).
+    pub egress: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// An API error, answered as JSON.
@@ -185,7 +187,15 @@ async fn node_assignment(
         .use_etag(false)
         .use_last_modified(false)
         .set_content_type(actix_web::mime::APPLICATION_OCTET_STREAM);
-    Ok(file.into_response(&req))
+    let resp = file.into_response(&req);
+    let sent = resp
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    state.egress.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+    Ok(resp)
 }
 
 /// Checks the admin bearer token (constant time).
