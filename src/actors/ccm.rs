@@ -38,8 +38,8 @@ use crate::protocol::time::Time;
 use crate::storage::assignment_file::AssignmentFile;
 use crate::storage::db::{Db, DbError, Table};
 use crate::storage::records::{
-    AssignmentRecord, GroupRecord, HistoryRecord, JobRecord, Phase, RunRecord, RunState, SegmentProgress,
-    SegmentRecord, ServerRecord, SiteRecord, SnapshotRecord,
+    AssignmentRecord, GroupRecord, HistoryRecord, JobKind, JobRecord, Phase, RunRecord, RunState,
+    SegmentProgress, SegmentRecord, ServerRecord, SiteRecord, SnapshotRecord,
 };
 use crate::storage::releases::{SiteOptions, SiteRoot};
 
@@ -240,15 +240,35 @@ impl Ccm {
             )));
         }
         let id = self.db.next("run")?;
-        let needed = group.quorum.needed(group.servers.len());
+        let sync = job.kind == JobKind::Synchronize;
+        // A synchronize targets the servers of the group whose live release
+        // lags the site's, and needs no quorum: each one that succeeds is in sync.
+        let members: Vec<NodeId> = if sync {
+            let servers = table::<ServerRecord>(&self.db);
+            let mut lagging = Vec::new();
+            for s in &group.servers {
+                if let Some(rec) = servers.get(s)? {
+                    if rec.online && rec.live.get(&site.name).copied().unwrap_or(0) != site.live_serial {
+                        lagging.push(*s);
+                    }
+                }
+            }
+            lagging
+        } else {
+            group.servers.clone()
+        };
+        let needed = if sync { 1 } else { group.quorum.needed(group.servers.len()) };
+        let (serial, base) =
+            if sync { (site.live_serial, 0) } else { (site.live_serial + 1, site.live_serial) };
         let mut run = RunRecord {
             id,
             job: job.id,
             site: site.name.clone(),
             group: group.name.clone(),
+            kind: job.kind,
             state: RunState::Packing,
-            serial: site.live_serial + 1,
-            base_serial: site.live_serial,
+            serial,
+            base_serial: base,
             content_assignment: None,
             control_assignment: None,
             summary: None,
@@ -266,7 +286,7 @@ impl Ccm {
         let servers = table::<ServerRecord>(&self.db);
         let mut online = 0;
         let mut offline = Vec::new();
-        for s in &group.servers {
+        for s in &members {
             match servers.get(s)? {
                 Some(rec) if rec.online => online += 1,
                 _ => {
@@ -281,7 +301,19 @@ impl Ccm {
                 j
             })
         })?;
-        if online < needed || group.servers.is_empty() {
+        if sync && (members.is_empty() || site.live_serial == 0) {
+            run.state = RunState::Unchanged;
+            run.finished_ms = Some(unix_ms());
+            self.save(&run, true);
+            self.history(
+                "unchanged",
+                format!("every server of {} is in sync", group.name),
+                Some(id),
+                Some(&run.site),
+            );
+            return Ok(id);
+        }
+        if online < needed || members.is_empty() {
             run.state = RunState::Failed;
             run.error = Some(format!(
                 "quorum cannot be met: {needed} of {} servers needed, {online} online (offline: {offline:?})",
@@ -349,8 +381,14 @@ impl Ccm {
             Ok(o) => o,
             Err(e) => return fail(self, e.to_string()),
         };
-        let shadow = self.shadow(&site.name).root().join(crate::storage::releases::LIVE);
-        let msg = CreateContent { id, options, shadow, staging: site.staging.clone() };
+        let live = self.shadow(&site.name).root().join(crate::storage::releases::LIVE);
+        // A synchronize sends the whole live release (from nothing); a publish the change.
+        let (old, new) = if a.run.kind == JobKind::Synchronize {
+            (self.config.ccm.data_dir.join("nothing"), live)
+        } else {
+            (live, site.staging.clone())
+        };
+        let msg = CreateContent { id, options, shadow: old, staging: new };
         self.creator
             .send(msg)
             .into_actor(self)
@@ -708,7 +746,7 @@ impl Ccm {
     /// The commit wave is over: record the release and bring the shadow copy up to date.
     fn committed(&mut self, run_id: u64, ctx: &mut Context<Self>) {
         let Some(a) = self.active.get(&run_id) else { return };
-        if a.run.state != RunState::Committed {
+        if a.run.state != RunState::Committed || a.run.kind == JobKind::Synchronize {
             return self.finish(run_id);
         }
         let (site, serial, job) = (a.run.site.clone(), a.run.serial, a.run.job);

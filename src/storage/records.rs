@@ -148,6 +148,9 @@ pub enum JobKind {
     /// Staging → servers.
     #[default]
     Publish,
+    /// Bring servers whose live release lags the site's up to date, with a
+    /// full copy of what is live (from the shadow copy).
+    Synchronize,
 }
 
 /// A job: a site, a content group, a kind.
@@ -238,6 +241,9 @@ pub struct RunRecord {
     pub site: String,
     /// The content group.
     pub group: String,
+    /// What the run does.
+    #[serde(default)]
+    pub kind: JobKind,
     /// Where it is.
     pub state: RunState,
     /// The release it builds.
