@@ -8,8 +8,10 @@
 
 #![warn(missing_docs)]
 
+pub mod content_interpreter;
 pub mod data_channel;
 pub mod elector;
+pub mod group_leader;
 pub mod multicast_receiver;
 pub mod multicast_sender;
 pub mod report_collector;

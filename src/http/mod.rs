@@ -3,4 +3,6 @@
 
 #![warn(missing_docs)]
 
+pub mod files;
+pub mod node_api;
 pub mod signed;
