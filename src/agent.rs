@@ -438,6 +438,7 @@ fn build(config: &Config) -> Result<Parts, AgentError> {
         },
         report_interval: a.segment_report_interval,
         retry_delay: a.retry_delay,
+        report_timeout: a.report_timeout,
         sender: sender.clone().recipient(),
         register: sender.recipient(),
         collector: collector.recipient(),

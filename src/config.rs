@@ -116,6 +116,11 @@ pub struct AgentConfig {
     /// Largest clock difference accepted on a signed node API request.
     #[serde(with = "humantime_serde")]
     pub api_max_skew: Duration,
+    /// How long a leader keeps asking members that received an assignment
+    /// for their result (a large release takes a while to build) before it
+    /// reports them silent.
+    #[serde(with = "humantime_serde")]
+    pub report_timeout: Duration,
 }
 
 impl Default for AgentConfig {
@@ -134,6 +139,7 @@ impl Default for AgentConfig {
             fetch_hash_retries: 3,
             retry_delay: Duration::from_millis(500),
             api_max_skew: Duration::from_secs(30),
+            report_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -806,6 +812,7 @@ impl Config {
             ("agent.fetch_idle_timeout", a.fetch_idle_timeout),
             ("agent.retry_delay", a.retry_delay),
             ("agent.api_max_skew", a.api_max_skew),
+            ("agent.report_timeout", a.report_timeout),
         ] {
             if d.is_zero() {
                 return Err(invalid(key, "zero", "give a duration such as \"10s\""));

@@ -120,6 +120,8 @@ pub struct LeaderSetup {
     pub report_interval: Duration,
     /// First delay before a failed CCM request is repeated.
     pub retry_delay: Duration,
+    /// How long to keep asking members that received an assignment for their result.
+    pub report_timeout: Duration,
     /// The MCTP sender.
     pub sender: Recipient<SendAssignment>,
     /// The same, for member addresses.
@@ -152,6 +154,7 @@ struct Shared {
     client: NodeClient,
     fetch: FetchOptions,
     retry_delay: Duration,
+    report_timeout: Duration,
     sender: Recipient<SendAssignment>,
     collector: Recipient<CollectReports>,
     interpreter: Recipient<ApplyAssignment>,
@@ -200,6 +203,7 @@ impl GroupLeader {
                 client: s.client,
                 fetch: s.fetch,
                 retry_delay: s.retry_delay,
+                report_timeout: s.report_timeout,
                 sender: s.sender,
                 collector: s.collector,
                 interpreter: s.interpreter,
@@ -510,27 +514,39 @@ async fn multicast(
     if collect.is_empty() {
         return out;
     }
-    let (tx, rx) = oneshot::channel();
-    lock(&shared.waiters).collected.insert(assignment, tx);
-    if shared.collector.send(CollectReports { assignment, members: collect.clone() }).await.is_err() {
-        for n in collect {
-            out.insert(n, ServerOutcome::Silent);
+    // Members report once they have carried the assignment out, which for a
+    // large release takes longer than the collector's patience: members
+    // still silent are asked again, round after round, until report_timeout.
+    let deadline = tokio::time::Instant::now() + shared.report_timeout;
+    let mut pending = collect;
+    let mut round = 0u32;
+    while !pending.is_empty() {
+        round += 1;
+        let (tx, rx) = oneshot::channel();
+        lock(&shared.waiters).collected.insert(assignment, tx);
+        let asked = shared.collector.send(CollectReports { assignment, members: pending.clone() }).await;
+        let Some(reports) = (match asked {
+            Ok(()) => rx.await.ok(),
+            Err(_) => None,
+        }) else {
+            break;
+        };
+        for n in reports.succeeded {
+            out.insert(n, ServerOutcome::Succeeded);
         }
-        return out;
-    }
-    let Ok(reports) = rx.await else {
-        for n in collect {
-            out.insert(n, ServerOutcome::Silent);
+        for (n, error) in reports.failed {
+            out.insert(n, ServerOutcome::Failed { error });
         }
-        return out;
-    };
-    for n in reports.succeeded {
-        out.insert(n, ServerOutcome::Succeeded);
+        pending = reports.silent;
+        if pending.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tracing::info!(
+            event = "reports_pending", node = %shared.node, assignment = id, round,
+            waiting = ?pending.iter().map(|n| n.0).collect::<Vec<_>>(), "members still applying; asking again"
+        );
     }
-    for (n, error) in reports.failed {
-        out.insert(n, ServerOutcome::Failed { error });
-    }
-    for n in reports.silent {
+    for n in pending {
         out.insert(n, ServerOutcome::Silent);
     }
     out
@@ -646,5 +662,311 @@ impl Handler<GetLeaderStatus> for GroupLeader {
             segment_reports: self.segment_reports,
             results_reported: *lock(&self.results_reported),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::content_interpreter::InterpreterStatus;
+    use crate::http::files::serve_assignment;
+    use crate::http::signed::{NodeAuth, Signed};
+    use crate::protocol::api::AssignmentRef;
+    use crate::protocol::mctp::SessionId;
+    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+
+    const SECRET: &[u8] = b"cluster secret for the group leader tests";
+    const ME: NodeId = NodeId(1);
+    const MEMBER: NodeId = NodeId(2);
+
+    /// Stands in for the sender, the collector and the interpreter; tells
+    /// the leader what the real ones would.
+    struct Fakes {
+        leader: Option<Addr<GroupLeader>>,
+        registered: Vec<(NodeId, std::net::SocketAddr)>,
+        collections: u32,
+        applied: Vec<u64>,
+    }
+
+    impl Actor for Fakes {
+        type Context = Context<Self>;
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct SetLeader(Addr<GroupLeader>);
+
+    impl Handler<SetLeader> for Fakes {
+        type Result = ();
+        fn handle(&mut self, msg: SetLeader, _: &mut Context<Self>) {
+            self.leader = Some(msg.0);
+        }
+    }
+
+    impl Handler<SendAssignment> for Fakes {
+        type Result = std::io::Result<()>;
+        fn handle(&mut self, msg: SendAssignment, _: &mut Context<Self>) -> std::io::Result<()> {
+            let outcome = mctp::Outcome {
+                session: SessionId(1),
+                assignment: msg.assignment,
+                completed: true,
+                gave_up: false,
+                passes: 1,
+                frames_needed: 1,
+                frames_sent: 1,
+                acked: msg.targets,
+                already_had: vec![],
+                failed: vec![],
+                laggards: vec![],
+                silent: vec![],
+            };
+            self.leader.as_ref().unwrap().do_send(AssignmentSent { outcome });
+            Ok(())
+        }
+    }
+
+    impl Handler<RegisterMember> for Fakes {
+        type Result = ();
+        fn handle(&mut self, msg: RegisterMember, _: &mut Context<Self>) {
+            self.registered.push((msg.node, msg.addr));
+        }
+    }
+
+    impl Handler<CollectReports> for Fakes {
+        type Result = ();
+        /// The first round finds every member still applying; the next, done.
+        fn handle(&mut self, msg: CollectReports, _: &mut Context<Self>) {
+            self.collections += 1;
+            let mut outcome = reports::Outcome {
+                assignment: msg.assignment,
+                succeeded: vec![],
+                failed: vec![],
+                silent: vec![],
+                requests: 0,
+            };
+            if self.collections == 1 {
+                outcome.silent = msg.members;
+            } else {
+                outcome.succeeded = msg.members;
+            }
+            self.leader.as_ref().unwrap().do_send(ReportsCollected { outcome });
+        }
+    }
+
+    impl Handler<ApplyAssignment> for Fakes {
+        type Result = Result<(), String>;
+        fn handle(&mut self, msg: ApplyAssignment, _: &mut Context<Self>) -> Result<(), String> {
+            self.applied.push(msg.id);
+            Ok(())
+        }
+    }
+
+    impl Handler<GetInterpreterStatus> for Fakes {
+        type Result = MessageResult<GetInterpreterStatus>;
+        fn handle(&mut self, _: GetInterpreterStatus, _: &mut Context<Self>) -> Self::Result {
+            MessageResult(InterpreterStatus::default())
+        }
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "(Vec<(NodeId, std::net::SocketAddr)>, u32, Vec<u64>)")]
+    struct Seen;
+
+    impl Handler<Seen> for Fakes {
+        type Result = MessageResult<Seen>;
+        fn handle(&mut self, _: Seen, _: &mut Context<Self>) -> Self::Result {
+            MessageResult((self.registered.clone(), self.collections, self.applied.clone()))
+        }
+    }
+
+    #[derive(Default)]
+    struct Ccm {
+        dir: PathBuf,
+        results: Vec<SegmentResult>,
+        segments: Vec<SegmentReport>,
+    }
+
+    type CcmData = web::Data<Arc<Mutex<Ccm>>>;
+
+    async fn ccm_post(signed: Signed, req: HttpRequest, ccm: CcmData) -> HttpResponse {
+        let mut c = ccm.lock().unwrap();
+        match req.path() {
+            "/node/v1/segment" => c.segments.push(signed.json().unwrap()),
+            "/node/v1/report" => c.results.push(signed.json().unwrap()),
+            _ => return HttpResponse::Ok().json(NextHop { target: None }),
+        }
+        HttpResponse::Ok().finish()
+    }
+
+    async fn ccm_get(_signed: Signed, id: web::Path<u64>, req: HttpRequest, ccm: CcmData) -> HttpResponse {
+        let dir = ccm.lock().unwrap().dir.clone();
+        serve_assignment(&dir, id.into_inner(), &req).await
+    }
+
+    fn start_ccm(ccm: Arc<Mutex<Ccm>>) -> (String, actix_web::dev::ServerHandle) {
+        let auth = web::Data::new(NodeAuth::from_secret(SECRET, Duration::from_secs(30)));
+        let data = web::Data::new(ccm);
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(auth.clone())
+                .app_data(data.clone())
+                .route("/node/v1/{what}", web::post().to(ccm_post))
+                .route("/node/v1/assignments/{id}", web::get().to(ccm_get))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind("127.0.0.1:0")
+        .unwrap();
+        let url = format!("http://{}", server.addrs()[0]);
+        let server = server.run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        (url, handle)
+    }
+
+    fn start_leader(dir: &std::path::Path, ccm_url: &str) -> (Addr<GroupLeader>, Addr<Fakes>) {
+        let fakes = Fakes { leader: None, registered: vec![], collections: 0, applied: vec![] }.start();
+        let assignments = dir.join("assignments");
+        std::fs::create_dir_all(&assignments).unwrap();
+        let leader = GroupLeader::new(LeaderSetup {
+            node: ME,
+            segment: "east".into(),
+            location: "here".into(),
+            ccm_url: ccm_url.into(),
+            advertise_http: "127.0.0.1:1".into(),
+            assignments,
+            state: Arc::new(AgentState::open(&dir.join("state")).unwrap()),
+            client: NodeClient::new(SECRET, ME, Duration::from_secs(20)),
+            fetch: FetchOptions { idle_timeout: Duration::from_secs(20), ..FetchOptions::default() },
+            report_interval: Duration::from_secs(60),
+            retry_delay: Duration::from_millis(20),
+            report_timeout: Duration::from_secs(30),
+            sender: fakes.clone().recipient(),
+            register: fakes.clone().recipient(),
+            collector: fakes.clone().recipient(),
+            interpreter: fakes.clone().recipient(),
+            interpreter_status: fakes.clone().recipient(),
+            held: None,
+        })
+        .start();
+        fakes.do_send(SetLeader(leader.clone()));
+        (leader, fakes)
+    }
+
+    fn notify(id: u64, bytes: &[u8], fetch_from: &str) -> Notify {
+        Notify {
+            assignment: AssignmentRef {
+                id,
+                site: "www".into(),
+                serial: 1,
+                kind: "content".into(),
+                size: bytes.len() as u64,
+                sha256: hex::encode(crate::protocol::crypto::sha256(bytes)),
+            },
+            fetch_from: fetch_from.into(),
+            run: 7,
+            targets: vec![],
+        }
+    }
+
+    fn elected(me: bool) -> ElectionEvent {
+        ElectionEvent {
+            node: ME,
+            event: Event::LeaderElected { leader: if me { ME } else { MEMBER }, me, previous: None },
+        }
+    }
+
+    async fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(v) = probe() {
+                return v;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_job_fetches_delivers_and_asks_members_still_applying_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let ccm = Arc::new(Mutex::new(Ccm { dir: dir.path().join("ccm"), ..Ccm::default() }));
+        std::fs::create_dir_all(dir.path().join("ccm")).unwrap();
+        let bytes = b"an assignment's bytes".repeat(100);
+        std::fs::write(assignment_path(&dir.path().join("ccm"), 5), &bytes).unwrap();
+        let (url, server) = start_ccm(ccm.clone());
+        let (leader, fakes) = start_leader(dir.path(), &url);
+
+        let refused =
+            leader.send(DistributeAssignment { from: NodeId(0), notify: notify(5, &bytes, &url) }).await;
+        assert_eq!(refused.unwrap(), Err(NotLeader { leader: None }), "not leading yet");
+        leader.send(elected(true)).await.unwrap();
+        let info = |data: &str| MemberInfo {
+            http: "h".into(),
+            data: data.into(),
+            name: "n".into(),
+            serials: vec![],
+        };
+        let members = vec![(ME, info("")), (MEMBER, info("127.0.0.1:9"))];
+        leader.send(ElectionEvent { node: ME, event: Event::SegmentChanged { members } }).await.unwrap();
+        leader
+            .send(DistributeAssignment { from: NodeId(0), notify: notify(5, &bytes, &url) })
+            .await
+            .unwrap()
+            .unwrap();
+
+        let c = ccm.clone();
+        let result = wait_for("the segment result", || c.lock().unwrap().results.first().cloned()).await;
+        assert_eq!(result.assignment, 5);
+        assert_eq!(result.run, 7);
+        assert_eq!(
+            result.servers,
+            BTreeMap::from([(ME, ServerOutcome::Succeeded), (MEMBER, ServerOutcome::Succeeded)])
+        );
+        let (registered, collections, applied) = fakes.send(Seen).await.unwrap();
+        assert_eq!(registered, vec![(MEMBER, "127.0.0.1:9".parse().unwrap())]);
+        assert_eq!(collections, 2, "the member still applying was asked again");
+        assert_eq!(applied, vec![5], "the leader applied it itself");
+        assert_eq!(std::fs::read(assignment_path(&dir.path().join("assignments"), 5)).unwrap(), bytes);
+        let segments = ccm.lock().unwrap().segments.clone();
+        let last = segments.last().expect("a segment report");
+        assert_eq!((last.segment.as_str(), last.location.as_str(), last.members.len()), ("east", "here", 2));
+        assert!(last.cpus >= 1 && last.disk_free > 0, "{last:?}");
+        server.stop(false).await;
+    }
+
+    #[actix_rt::test]
+    async fn losing_leadership_stops_jobs_and_refuses_notifies() {
+        let dir = tempfile::tempdir().unwrap();
+        // A holder that accepts connections and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", silent.local_addr().unwrap());
+        let (leader, _fakes) = start_leader(dir.path(), &url);
+        leader.send(elected(true)).await.unwrap();
+        leader
+            .send(DistributeAssignment { from: NodeId(0), notify: notify(9, b"x", &url) })
+            .await
+            .unwrap()
+            .unwrap();
+        // A second notify for the same assignment joins the running job.
+        leader
+            .send(DistributeAssignment { from: NodeId(0), notify: notify(9, b"x", &url) })
+            .await
+            .unwrap()
+            .unwrap();
+        let s = leader.send(GetLeaderStatus).await.unwrap();
+        assert!(s.leading);
+        assert_eq!(s.jobs, vec![9]);
+
+        leader.send(elected(false)).await.unwrap();
+        let s = leader.send(GetLeaderStatus).await.unwrap();
+        assert!(!s.leading && s.jobs.is_empty(), "{s:?}");
+        assert_eq!(s.leader, Some(MEMBER));
+        let refused =
+            leader.send(DistributeAssignment { from: NodeId(0), notify: notify(9, b"x", &url) }).await;
+        assert_eq!(refused.unwrap(), Err(NotLeader { leader: Some(MEMBER) }));
+        leader.send(ElectionEvent { node: ME, event: Event::LeaderLost { leader: MEMBER } }).await.unwrap();
+        let s = leader.send(GetLeaderStatus).await.unwrap();
+        assert_eq!(s.leader, None);
     }
 }
