@@ -15,116 +15,34 @@
 //!
 //! Conditions are awaited with generous deadlines (the machine may be busy).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+mod fake_ccm;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytesize::ByteSize;
+use fake_ccm::FakeCcm;
 
 use cmover::actors::content_interpreter::GetInterpreterStatus;
 use cmover::actors::group_leader::GetLeaderStatus;
 use cmover::agent::Agent;
 use cmover::config::{Config, ControlMode, DataChannelMode};
 use cmover::corpus::{self, CorpusSpec};
-use cmover::http::files::{assignment_path, hash_file, serve_assignment};
-use cmover::http::signed::{ClientError, NodeAuth, NodeClient, Signed};
+use cmover::http::signed::{ClientError, NodeClient};
 use cmover::protocol::api::{
-    AssignmentRef, HopTarget, NextHop, NextHopRequest, NodeStatus, Notify, SegmentReport, SegmentResult,
-    ServerOutcome, CCM_NODE,
+    AssignmentRef, HopTarget, NodeStatus, Notify, SegmentResult, ServerOutcome, CCM_NODE,
 };
-use cmover::protocol::assignment::{encode_control, Header, Kind};
-use cmover::protocol::crypto::ContentKey;
-use cmover::protocol::ids::{AssignmentSerial, JobId, NodeId};
-use cmover::protocol::paths::SiteName;
-use cmover::storage::pack::{pack, PackOptions};
-use cmover::storage::tree::{compare_trees, TreeFilter};
+use cmover::protocol::assignment::Kind;
+use cmover::protocol::ids::NodeId;
+use cmover::storage::tree::compare_trees;
 
 const SECRET_HEX: &str = "6f2d1c3b4a5968778695a4b3c2d1e0f00112233445566778899aabbccddeeff0";
-const DEADLINE: Duration = Duration::from_secs(60);
 const SITE: &str = "www";
 
 fn secret() -> Vec<u8> {
     cmover::protocol::crypto::parse_key_file(SECRET_HEX.as_bytes()).unwrap()
-}
-
-/// What the fake CCM has seen and will answer.
-#[derive(Default)]
-struct CcmState {
-    dir: PathBuf,
-    segments: HashMap<String, SegmentReport>,
-    results: Vec<SegmentResult>,
-    /// Next hops to hand out per assignment, in order; then none.
-    hops: HashMap<u64, VecDeque<HopTarget>>,
-    /// Who asked for a next hop, per assignment.
-    asked: HashMap<u64, Vec<NodeId>>,
-    /// Assignments to serve damaged on the next GET.
-    tamper_once: HashSet<u64>,
-    /// GETs per assignment.
-    gets: HashMap<u64, u32>,
-}
-
-type Ccm = web::Data<Arc<Mutex<CcmState>>>;
-
-async fn segment(signed: Signed, ccm: Ccm) -> HttpResponse {
-    let r: SegmentReport = signed.json().unwrap();
-    ccm.lock().unwrap().segments.insert(r.segment.clone(), r);
-    HttpResponse::Ok().finish()
-}
-
-async fn next_hop(signed: Signed, ccm: Ccm) -> HttpResponse {
-    let r: NextHopRequest = signed.json().unwrap();
-    let mut s = ccm.lock().unwrap();
-    s.asked.entry(r.assignment).or_default().push(signed.node);
-    let target = s.hops.get_mut(&r.assignment).and_then(|q| q.pop_front());
-    HttpResponse::Ok().json(NextHop { target })
-}
-
-async fn report(signed: Signed, ccm: Ccm) -> HttpResponse {
-    let r: SegmentResult = signed.json().unwrap();
-    ccm.lock().unwrap().results.push(r);
-    HttpResponse::Ok().finish()
-}
-
-async fn assignment(_signed: Signed, id: web::Path<u64>, req: HttpRequest, ccm: Ccm) -> HttpResponse {
-    let id = id.into_inner();
-    let (dir, tamper) = {
-        let mut s = ccm.lock().unwrap();
-        *s.gets.entry(id).or_default() += 1;
-        (s.dir.clone(), s.tamper_once.remove(&id))
-    };
-    if tamper {
-        let mut bytes = std::fs::read(assignment_path(&dir, id)).unwrap();
-        let n = bytes.len();
-        bytes[n - 1] ^= 0x55;
-        return HttpResponse::Ok().body(bytes);
-    }
-    serve_assignment(&dir, id, &req).await
-}
-
-async fn start_ccm(state: Arc<Mutex<CcmState>>) -> (String, actix_web::dev::ServerHandle) {
-    let auth = web::Data::new(NodeAuth::from_secret(&secret(), Duration::from_secs(30)));
-    let data = web::Data::new(state);
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(auth.clone())
-            .app_data(data.clone())
-            .route("/node/v1/segment", web::post().to(segment))
-            .route("/node/v1/next-hop", web::post().to(next_hop))
-            .route("/node/v1/report", web::post().to(report))
-            .route("/node/v1/assignments/{id}", web::get().to(assignment))
-    })
-    .workers(1)
-    .disable_signals()
-    .bind("127.0.0.1:0")
-    .unwrap();
-    let url = format!("http://{}", server.addrs()[0]);
-    let server = server.run();
-    let handle = server.handle();
-    actix_rt::spawn(server);
-    (url, handle)
 }
 
 fn free_udp_port() -> u16 {
@@ -185,21 +103,9 @@ fn agent_config(root: &Path, id: u64, ccm_url: &str, control: &BTreeMap<u64, Soc
     c
 }
 
-async fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 struct Cluster {
     root: PathBuf,
-    ccm: Arc<Mutex<CcmState>>,
-    ccm_url: String,
+    ccm: FakeCcm,
     control: BTreeMap<u64, SocketAddr>,
     agents: BTreeMap<u64, Agent>,
     client: NodeClient,
@@ -207,40 +113,41 @@ struct Cluster {
 
 impl Cluster {
     fn config(&self, id: u64) -> Config {
-        agent_config(&self.root, id, &self.ccm_url, &self.control)
+        agent_config(&self.root, id, &self.ccm.url, &self.control)
     }
 
-    /// Waits until both segments' reports list their three members, with
-    /// `want` as every member's live serial of the site, and returns the
-    /// leaders' base URLs by segment.
-    async fn segments_settled(&self, want: Option<u64>) -> HashMap<String, (NodeId, String)> {
-        let ccm = self.ccm.clone();
+    /// Waits until both segments' reports list their three members (at
+    /// their current HTTP addresses when `exact`, with `want` as every
+    /// member's live serial of the site), and returns each segment's leader
+    /// and its base URL.
+    async fn segments_settled(&self, exact: bool, want: Option<u64>) -> HashMap<String, (NodeId, String)> {
         let agents: HashMap<NodeId, String> =
             self.agents.values().map(|a| (a.id, a.http.to_string())).collect();
-        wait_for("both segments reported with three members", || {
-            let s = ccm.lock().unwrap();
-            let mut out = HashMap::new();
-            for seg in ["east", "west"] {
-                let r = s.segments.get(seg)?;
-                let ok = r.members.len() == 3
-                    && r.members
-                        .iter()
-                        .all(|m| agents.get(&m.id) == Some(&m.http) && m.live.get(SITE).copied() == want);
-                if !ok {
-                    return None;
+        self.ccm
+            .wait_for("both segments reported with three members", |s| {
+                let mut out = HashMap::new();
+                for seg in ["east", "west"] {
+                    let r = s.segments.get(seg)?;
+                    let ok = r.members.len() == 3
+                        && (!exact
+                            || r.members.iter().all(|m| {
+                                agents.get(&m.id) == Some(&m.http) && m.live.get(SITE).copied() == want
+                            }));
+                    if !ok {
+                        return None;
+                    }
+                    out.insert(seg.to_string(), (r.leader, format!("http://{}", r.leader_http)));
                 }
-                out.insert(seg.to_string(), (r.leader, format!("http://{}", r.leader_http)));
-            }
-            Some(out)
-        })
-        .await
+                Some(out)
+            })
+            .await
     }
 
     /// Publishes assignment `aref` (already in the CCM's directory): the CCM
     /// notifies east's leader, whose next hop is west's leader, then none.
     /// Returns the two segment results.
     async fn distribute(&self, aref: &AssignmentRef, run: u64) -> Vec<SegmentResult> {
-        let leaders = self.segments_settled_any().await;
+        let leaders = self.segments_settled(false, None).await;
         let (east, east_url) = leaders["east"].clone();
         let (west, west_url) = leaders["west"].clone();
         let notify = |fetch_from: &str| Notify {
@@ -249,40 +156,19 @@ impl Cluster {
             run,
             targets: Vec::new(),
         };
-        self.ccm.lock().unwrap().hops.insert(
+        self.ccm.state().hops.insert(
             aref.id,
             VecDeque::from([HopTarget { node: west, url: west_url, notify: notify(&east_url) }]),
         );
         let _: serde_json::Value =
-            self.client.post_json(&east_url, "/node/v1/notify", &notify(&self.ccm_url)).await.unwrap();
-        let ccm = self.ccm.clone();
-        let results = wait_for("two segment results", || {
-            let s = ccm.lock().unwrap();
-            let r: Vec<SegmentResult> =
-                s.results.iter().filter(|r| r.assignment == aref.id).cloned().collect();
-            (r.len() >= 2).then_some(r)
-        })
-        .await;
-        let asked = self.ccm.lock().unwrap().asked[&aref.id].clone();
+            self.client.post_json(&east_url, "/node/v1/notify", &notify(&self.ccm.url)).await.unwrap();
+        let results = self.ccm.results_of(aref.id, 2).await;
+        let asked = self.ccm.state().asked[&aref.id].clone();
         assert!(
             asked.contains(&east) && asked.contains(&west),
             "both leaders asked for next hops: {asked:?}"
         );
         results
-    }
-
-    async fn segments_settled_any(&self) -> HashMap<String, (NodeId, String)> {
-        let ccm = self.ccm.clone();
-        wait_for("both segments reported", || {
-            let s = ccm.lock().unwrap();
-            let mut out = HashMap::new();
-            for seg in ["east", "west"] {
-                let r = s.segments.get(seg).filter(|r| r.members.len() == 3)?;
-                out.insert(seg.to_string(), (r.leader, format!("http://{}", r.leader_http)));
-            }
-            Some(out)
-        })
-        .await
     }
 }
 
@@ -298,11 +184,6 @@ fn all_succeeded(results: &[SegmentResult]) {
     assert_eq!(servers, want, "{results:#?}");
 }
 
-fn aref(ccm_dir: &Path, id: u64, kind: &str, serial: u64) -> AssignmentRef {
-    let (size, hash) = hash_file(&assignment_path(ccm_dir, id)).unwrap();
-    AssignmentRef { id, site: SITE.into(), serial, kind: kind.into(), size, sha256: hex::encode(hash) }
-}
-
 #[actix_rt::test]
 async fn two_segments_publish_commit_refetch_and_restart() {
     let _ = tracing_subscriber::fmt()
@@ -313,16 +194,12 @@ async fn two_segments_publish_commit_refetch_and_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
     std::fs::write(root.join("secret"), format!("{SECRET_HEX}\n")).unwrap();
-    let ccm_dir = root.join("ccm");
-    std::fs::create_dir_all(&ccm_dir).unwrap();
-    let ccm = Arc::new(Mutex::new(CcmState { dir: ccm_dir.clone(), ..CcmState::default() }));
-    let (ccm_url, ccm_server) = start_ccm(ccm.clone()).await;
+    let ccm = FakeCcm::start(&secret(), &root.join("ccm")).await;
     let control: BTreeMap<u64, SocketAddr> =
         (1..=6).map(|id| (id, SocketAddr::from(([127, 0, 0, 1], free_udp_port())))).collect();
     let mut cluster = Cluster {
         root: root.clone(),
         ccm,
-        ccm_url,
         control,
         agents: BTreeMap::new(),
         client: NodeClient::new(&secret(), CCM_NODE, Duration::from_secs(20)),
@@ -331,7 +208,7 @@ async fn two_segments_publish_commit_refetch_and_restart() {
         let agent = Agent::start(cluster.config(id)).await.unwrap();
         cluster.agents.insert(id, agent);
     }
-    let leaders = cluster.segments_settled(None).await;
+    let leaders = cluster.segments_settled(true, None).await;
     assert_eq!(leaders["east"].0, NodeId(1));
     assert_eq!(leaders["west"].0, NodeId(4));
     let settled = started.elapsed();
@@ -347,7 +224,7 @@ async fn two_segments_publish_commit_refetch_and_restart() {
             size: 1,
             sha256: "00".repeat(32),
         },
-        fetch_from: cluster.ccm_url.clone(),
+        fetch_from: cluster.ccm.url.clone(),
         run: 1,
         targets: vec![],
     };
@@ -364,22 +241,8 @@ async fn two_segments_publish_commit_refetch_and_restart() {
     let spec =
         CorpusSpec { dirs: 10, small_files: 60, large_files: 1, large_size: 600_000, ..CorpusSpec::small() };
     corpus::generate(&tree, 11, &spec).unwrap();
-    let empty = root.join("empty");
-    std::fs::create_dir_all(&empty).unwrap();
-    let site = SiteName::new(SITE).unwrap();
-    let opts = PackOptions {
-        site: site.clone(),
-        serial: AssignmentSerial(1),
-        base_serial: AssignmentSerial(0),
-        job_id: JobId(1),
-        created_ms: 0,
-        filter: TreeFilter::default(),
-        incompressible: Default::default(),
-        min_compression_gain: 0.05,
-        encrypt: Some((ContentKey::from_secret(&secret()).unwrap(), [7; 32])),
-    };
-    pack(&empty, &tree, &assignment_path(&ccm_dir, 100), &opts).unwrap();
-    let content = aref(&ccm_dir, 100, "content", 1);
+    cluster.ccm.pack(&secret(), &tree, SITE, 1, 100);
+    let content = cluster.ccm.aref(100, SITE, "content", 1);
     let t = std::time::Instant::now();
     let results = cluster.distribute(&content, 1).await;
     let content_time = t.elapsed();
@@ -389,19 +252,18 @@ async fn two_segments_publish_commit_refetch_and_restart() {
         assert!(site_root.join("incoming/1").is_dir(), "node {id} built incoming/1");
         assert!(!site_root.join("live").exists(), "node {id}: nothing live before the commit");
     }
-    assert_eq!(cluster.ccm.lock().unwrap().gets[&100], 1, "the CCM sent the content once");
+    assert_eq!(cluster.ccm.state().gets[&100], 1, "the CCM sent the content once");
 
     // Commit, served damaged once by the CCM: east's leader rejects the copy
     // by its hash and fetches it again.
-    let header = Header::control(Kind::Commit, site.clone(), AssignmentSerial(1), JobId(1), 0);
-    std::fs::write(assignment_path(&ccm_dir, 101), encode_control(&header)).unwrap();
-    cluster.ccm.lock().unwrap().tamper_once.insert(101);
-    let commit = aref(&ccm_dir, 101, "commit", 1);
+    cluster.ccm.control(Kind::Commit, SITE, 1, 101);
+    cluster.ccm.state().tamper_once.insert(101);
+    let commit = cluster.ccm.aref(101, SITE, "commit", 1);
     let t = std::time::Instant::now();
     let results = cluster.distribute(&commit, 1).await;
     let commit_time = t.elapsed();
     all_succeeded(&results);
-    assert_eq!(cluster.ccm.lock().unwrap().gets[&101], 2, "the damaged copy was fetched again");
+    assert_eq!(cluster.ccm.state().gets[&101], 2, "the damaged copy was fetched again");
     for id in 1..=6 {
         let live = root.join(format!("node-{id}/sites/{SITE}/live"));
         assert_eq!(compare_trees(&live, &tree).unwrap(), Vec::<String>::new(), "node {id}'s live tree");
@@ -409,7 +271,7 @@ async fn two_segments_publish_commit_refetch_and_restart() {
         assert_eq!((s.executed, s.failed), (2, 0), "node {id} carried out content and commit once each");
     }
     // Every member's new live serial reaches the CCM through its leader.
-    cluster.segments_settled(Some(1)).await;
+    cluster.segments_settled(true, Some(1)).await;
 
     // Restart a member after applying: it knows what is live and holds,
     // and a re-delivered assignment is not carried out again.
@@ -427,8 +289,8 @@ async fn two_segments_publish_commit_refetch_and_restart() {
     assert_eq!(status.live.get(SITE), Some(&1), "{status:?}");
     assert_eq!(status.held, vec![100, 101], "{status:?}");
     // Its new address and its live serial reach the CCM.
-    cluster.segments_settled(Some(1)).await;
-    cluster.ccm.lock().unwrap().results.retain(|r| r.assignment != 101);
+    cluster.segments_settled(true, Some(1)).await;
+    cluster.ccm.state().results.retain(|r| r.assignment != 101);
     let results = cluster.distribute(&commit, 2).await;
     all_succeeded(&results);
     let s = cluster.agents[&3].interpreter.send(GetInterpreterStatus).await.unwrap();
@@ -439,7 +301,7 @@ async fn two_segments_publish_commit_refetch_and_restart() {
     }
     let l = cluster.agents[&1].leader.send(GetLeaderStatus).await.unwrap();
     assert!(l.leading && l.jobs.is_empty(), "{l:?}");
-    assert_eq!(cluster.ccm.lock().unwrap().gets[&101], 2, "held copies are not fetched again");
+    assert_eq!(cluster.ccm.state().gets[&101], 2, "held copies are not fetched again");
 
     println!(
         "settled {:?}, content {:?} ({} bytes), commit {:?}, total {:?}",
@@ -452,5 +314,5 @@ async fn two_segments_publish_commit_refetch_and_restart() {
     for (_, a) in std::mem::take(&mut cluster.agents) {
         a.stop().await;
     }
-    ccm_server.stop(false).await;
+    cluster.ccm.stop().await;
 }
