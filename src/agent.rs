@@ -312,6 +312,13 @@ fn build(config: &Config) -> Result<Parts, AgentError> {
     for dir in [&assignments, &receiving, &a.sites_root] {
         std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
     }
+    // Sessions cut short by a crash leave partial files behind; nothing
+    // resumes them.
+    if let Ok(entries) = std::fs::read_dir(&receiving) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     let state = Arc::new(AgentState::open(&a.data_dir)?);
     let held = reconcile_held(&assignments, &state)?;
     let mut elector_setup = elector_setup(config, Vec::new())?;

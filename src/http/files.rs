@@ -105,21 +105,23 @@ fn error(status: StatusCode, message: String) -> HttpResponse {
 /// beyond its end, `404` when no copy is held. The file is streamed from
 /// disk a chunk at a time.
 pub async fn serve_assignment(dir: &Path, id: u64, req: &HttpRequest) -> HttpResponse {
-    let path = assignment_path(dir, id);
-    let mut file = match tokio::fs::File::open(&path).await {
+    serve_file(&assignment_path(dir, id), &format!("assignment {id}"), req).await
+}
+
+/// Serves the file at `path` (named `what` in error answers) with `Range`
+/// support, as [`serve_assignment`] does, for callers that name their
+/// files differently.
+pub async fn serve_file(path: &Path, what: &str, req: &HttpRequest) -> HttpResponse {
+    let mut file = match tokio::fs::File::open(path).await {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return error(StatusCode::NOT_FOUND, format!("assignment {id} is not held here"))
+            return error(StatusCode::NOT_FOUND, format!("{what} is not held here"))
         }
-        Err(e) => {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot open assignment {id}: {e}"))
-        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot open {what}: {e}")),
     };
     let len = match file.metadata().await {
         Ok(m) => m.len(),
-        Err(e) => {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read assignment {id}: {e}"))
-        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read {what}: {e}")),
     };
     let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, start, count) = match parse_range(range, len) {
@@ -133,7 +135,7 @@ pub async fn serve_assignment(dir: &Path, id: u64, req: &HttpRequest) -> HttpRes
     };
     if start > 0 {
         if let Err(e) = file.seek(io::SeekFrom::Start(start)).await {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read assignment {id}: {e}"));
+            return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read {what}: {e}"));
         }
     }
     let reader = Some(file.take(count));
