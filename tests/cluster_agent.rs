@@ -11,7 +11,9 @@
 //! their members and report every server; a commit then switches every `live`
 //! tree to exactly the packed tree. A copy the CCM serves damaged once is
 //! rejected by its hash and fetched again; an agent restarted after applying
-//! neither applies again nor forgets what is live.
+//! neither applies again nor forgets what is live; when a leader goes away,
+//! the member that takes over carries the next release (a delta) to the
+//! servers left.
 //!
 //! Conditions are awaited with generous deadlines (the machine may be busy).
 
@@ -40,6 +42,7 @@ use cmover::storage::tree::compare_trees;
 
 const SECRET_HEX: &str = "6f2d1c3b4a5968778695a4b3c2d1e0f00112233445566778899aabbccddeeff0";
 const SITE: &str = "www";
+const ALL: [u64; 6] = [1, 2, 3, 4, 5, 6];
 
 fn secret() -> Vec<u8> {
     cmover::protocol::crypto::parse_key_file(SECRET_HEX.as_bytes()).unwrap()
@@ -116,19 +119,21 @@ impl Cluster {
         agent_config(&self.root, id, &self.ccm.url, &self.control)
     }
 
-    /// Waits until both segments' reports list their three members (at
+    /// Waits until both segments' reports list their running agents (at
     /// their current HTTP addresses when `exact`, with `want` as every
     /// member's live serial of the site), and returns each segment's leader
     /// and its base URL.
     async fn segments_settled(&self, exact: bool, want: Option<u64>) -> HashMap<String, (NodeId, String)> {
         let agents: HashMap<NodeId, String> =
             self.agents.values().map(|a| (a.id, a.http.to_string())).collect();
+        let running = |seg: &str| self.agents.keys().filter(|id| segment_of(**id) == seg).count();
+        let counts = [running("east"), running("west")];
         self.ccm
-            .wait_for("both segments reported with three members", |s| {
+            .wait_for("both segments reported with their running agents", |s| {
                 let mut out = HashMap::new();
-                for seg in ["east", "west"] {
+                for (seg, n) in ["east", "west"].into_iter().zip(counts) {
                     let r = s.segments.get(seg)?;
-                    let ok = r.members.len() == 3
+                    let ok = r.members.len() == n
                         && (!exact
                             || r.members.iter().all(|m| {
                                 agents.get(&m.id) == Some(&m.http) && m.live.get(SITE).copied() == want
@@ -172,20 +177,22 @@ impl Cluster {
     }
 }
 
-fn all_succeeded(results: &[SegmentResult]) {
+/// Both results name exactly the nodes in `nodes`, all succeeded.
+fn all_succeeded(results: &[SegmentResult], nodes: &[u64]) {
     assert_eq!(results.len(), 2, "{results:#?}");
     let mut servers = BTreeMap::new();
     for r in results {
-        assert_eq!(r.servers.len(), 3, "{r:#?}");
+        let n = nodes.iter().filter(|id| segment_of(**id) == r.segment).count();
+        assert_eq!(r.servers.len(), n, "{r:#?}");
         servers.extend(r.servers.clone());
     }
     let want: BTreeMap<NodeId, ServerOutcome> =
-        (1..=6).map(|i| (NodeId(i), ServerOutcome::Succeeded)).collect();
+        nodes.iter().map(|&i| (NodeId(i), ServerOutcome::Succeeded)).collect();
     assert_eq!(servers, want, "{results:#?}");
 }
 
 #[actix_rt::test]
-async fn two_segments_publish_commit_refetch_and_restart() {
+async fn two_segments_publish_commit_refetch_restart_and_fail_over() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -246,7 +253,7 @@ async fn two_segments_publish_commit_refetch_and_restart() {
     let t = std::time::Instant::now();
     let results = cluster.distribute(&content, 1).await;
     let content_time = t.elapsed();
-    all_succeeded(&results);
+    all_succeeded(&results, &ALL);
     for id in 1..=6 {
         let site_root = root.join(format!("node-{id}/sites/{SITE}"));
         assert!(site_root.join("incoming/1").is_dir(), "node {id} built incoming/1");
@@ -262,7 +269,7 @@ async fn two_segments_publish_commit_refetch_and_restart() {
     let t = std::time::Instant::now();
     let results = cluster.distribute(&commit, 1).await;
     let commit_time = t.elapsed();
-    all_succeeded(&results);
+    all_succeeded(&results, &ALL);
     assert_eq!(cluster.ccm.state().gets[&101], 2, "the damaged copy was fetched again");
     for id in 1..=6 {
         let live = root.join(format!("node-{id}/sites/{SITE}/live"));
@@ -292,7 +299,7 @@ async fn two_segments_publish_commit_refetch_and_restart() {
     cluster.segments_settled(true, Some(1)).await;
     cluster.ccm.state().results.retain(|r| r.assignment != 101);
     let results = cluster.distribute(&commit, 2).await;
-    all_succeeded(&results);
+    all_succeeded(&results, &ALL);
     let s = cluster.agents[&3].interpreter.send(GetInterpreterStatus).await.unwrap();
     assert_eq!(s.executed, 0, "the restarted agent applied nothing again: {s:?}");
     for id in [1, 2, 4, 5, 6] {
@@ -303,12 +310,37 @@ async fn two_segments_publish_commit_refetch_and_restart() {
     assert!(l.leading && l.jobs.is_empty(), "{l:?}");
     assert_eq!(cluster.ccm.state().gets[&101], 2, "held copies are not fetched again");
 
+    // East's leader goes away: a member takes over, reports the segment,
+    // and the next release (a delta against the live one) reaches the five
+    // servers left through it.
+    let t = std::time::Instant::now();
+    cluster.agents.remove(&1).unwrap().stop().await;
+    let leaders = cluster.segments_settled(true, Some(1)).await;
+    let failover = t.elapsed();
+    assert!([2, 3].contains(&leaders["east"].0 .0), "{leaders:?}");
+    let tree2 = root.join("tree2");
+    cmover::storage::tree::copy_tree(&tree, &tree2).unwrap();
+    corpus::mutate(&tree2, 12, &corpus::EditSpec::default()).unwrap();
+    cluster.ccm.pack_delta(&secret(), &tree, &tree2, SITE, 2, 1, 102);
+    cluster.ccm.control(Kind::Commit, SITE, 2, 103);
+    let five = [2, 3, 4, 5, 6];
+    let results = cluster.distribute(&cluster.ccm.aref(102, SITE, "content", 2), 3).await;
+    all_succeeded(&results, &five);
+    let results = cluster.distribute(&cluster.ccm.aref(103, SITE, "commit", 2), 3).await;
+    all_succeeded(&results, &five);
+    for id in five {
+        let live = root.join(format!("node-{id}/sites/{SITE}/live"));
+        assert_eq!(compare_trees(&live, &tree2).unwrap(), Vec::<String>::new(), "node {id}'s live tree");
+    }
+    cluster.segments_settled(true, Some(2)).await;
+
     println!(
-        "settled {:?}, content {:?} ({} bytes), commit {:?}, total {:?}",
+        "settled {:?}, content {:?} ({} bytes), commit {:?}, failover {:?}, total {:?}",
         settled,
         content_time,
         content.size,
         commit_time,
+        failover,
         started.elapsed()
     );
     for (_, a) in std::mem::take(&mut cluster.agents) {

@@ -156,13 +156,29 @@ impl FakeCcm {
     /// Packs `tree` as a full release `serial` of `site`, encrypted with the
     /// cluster's content key, into assignment `id`.
     pub fn pack(&self, secret: &[u8], tree: &Path, site: &str, serial: u64, id: u64) {
-        let dir = self.state().dir.clone();
-        let empty = dir.join("empty");
+        let empty = self.state().dir.join("empty");
         std::fs::create_dir_all(&empty).unwrap();
+        self.pack_delta(secret, &empty, tree, site, serial, 0, id);
+    }
+
+    /// Packs the change from `old` (release `base`; 0 with an empty `old`)
+    /// to `new` as release `serial` of `site`, encrypted, into assignment `id`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pack_delta(
+        &self,
+        secret: &[u8],
+        old: &Path,
+        new: &Path,
+        site: &str,
+        serial: u64,
+        base: u64,
+        id: u64,
+    ) {
+        let dir = self.state().dir.clone();
         let opts = PackOptions {
             site: SiteName::new(site).unwrap(),
             serial: AssignmentSerial(serial),
-            base_serial: AssignmentSerial(0),
+            base_serial: AssignmentSerial(base),
             job_id: JobId(1),
             created_ms: 0,
             filter: TreeFilter::default(),
@@ -170,7 +186,7 @@ impl FakeCcm {
             min_compression_gain: 0.05,
             encrypt: Some((ContentKey::from_secret(secret).unwrap(), [7; 32])),
         };
-        pack(&empty, tree, &assignment_path(&dir, id), &opts).unwrap();
+        pack(old, new, &assignment_path(&dir, id), &opts).unwrap();
     }
 
     /// Writes a header-only assignment `id` of `kind` for release `serial` of `site`.
