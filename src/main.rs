@@ -129,7 +129,8 @@ enum Command {
     },
     /// Run the controller (CCM): orchestrator, database, REST and node API, until Ctrl-C.
     Ccm,
-    /// Run this server's agent (the elector on the control channel) until Ctrl-C.
+    /// Run this server's agent until Ctrl-C or SIGTERM: elector, group-leader duties, multicast,
+    /// content interpreter and node HTTP API (see [agent] and [data] in config.example.toml).
     Agent,
     /// Deterministic simulations of the protocols, for tests and for sizing timers.
     #[command(subcommand)]

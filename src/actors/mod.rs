@@ -10,8 +10,10 @@
 
 pub mod assignment_creator;
 pub mod ccm;
+pub mod content_interpreter;
 pub mod data_channel;
 pub mod elector;
+pub mod group_leader;
 pub mod multicast_receiver;
 pub mod multicast_sender;
 pub mod report_collector;

@@ -181,19 +181,11 @@ async fn node_assignment(
         .await
         .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::NotFound(format!("assignment {id} is not known")))?;
-    let file = actix_files::NamedFile::open_async(&path)
-        .await
-        .map_err(|e| ApiError::NotFound(format!("assignment {id}: {e}")))?
-        .use_etag(false)
-        .use_last_modified(false)
-        .set_content_type(actix_web::mime::APPLICATION_OCTET_STREAM);
-    let resp = file.into_response(&req);
-    let sent = resp
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
+    let resp = super::files::serve_file(&path, &format!("assignment {id}"), &req).await;
+    let sent = match actix_web::body::MessageBody::size(resp.body()) {
+        actix_web::body::BodySize::Sized(n) => n,
+        _ => 0,
+    };
     state.egress.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
     Ok(resp)
 }

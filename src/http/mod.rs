@@ -4,4 +4,6 @@
 #![warn(missing_docs)]
 
 pub mod ccm_api;
+pub mod files;
+pub mod node_api;
 pub mod signed;

@@ -1,8 +1,10 @@
 //! Persistence and file-system work: reading trees, writing and reading
-//! assignment files, and the releases of a site on a back-end server.
+//! assignment files, the releases of a site on a back-end server, and the
+//! agent's small local state store.
 
 #![warn(missing_docs)]
 
+pub mod agent_state;
 pub mod assignment_file;
 pub mod db;
 pub mod pack;
