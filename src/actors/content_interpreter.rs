@@ -504,7 +504,7 @@ mod tests {
         let (_, content2, commit2) = assignments(dir.path(), 2, 8, 8);
         let rollback = assignment_path(&dir.path().join("assignments"), 99);
         let site = SiteName::new("www").unwrap();
-        let header = Header::control(Kind::Rollback, site, AssignmentSerial(2), JobId(1), 0);
+        let header = Header::control(Kind::Rollback, site, AssignmentSerial(0), JobId(1), 0);
         std::fs::write(&rollback, encode_control(&header)).unwrap();
         let interp = ContentInterpreter::new(setup(dir.path())).start();
         for (id, path) in [(10, &content1), (11, &commit1), (20, &content2), (21, &commit2)] {
