@@ -58,6 +58,10 @@ pub struct ClusterOptions {
     pub http: SocketAddr,
     /// Leaders the CCM serves itself.
     pub fanout: u32,
+    /// Changes to every agent's configuration (given its id), after the defaults.
+    pub tweak_agent: Option<fn(u64, &mut Config)>,
+    /// Changes to the CCM's configuration, after the defaults.
+    pub tweak_ccm: Option<fn(&mut Config)>,
 }
 
 impl ClusterOptions {
@@ -69,6 +73,8 @@ impl ClusterOptions {
             per_segment,
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
             fanout: 2,
+            tweak_agent: None,
+            tweak_ccm: None,
         }
     }
 }
@@ -87,7 +93,6 @@ pub struct LocalCluster {
     pub ccm_config: Config,
     /// The admin token of the REST API.
     pub token: String,
-    client: awc::Client,
 }
 
 fn free_udp_port() -> std::io::Result<SocketAddr> {
@@ -121,6 +126,10 @@ impl LocalCluster {
         ccm_config.ccm.fanout = opts.fanout;
         ccm_config.ccm.notify_timeout = Duration::from_secs(20);
         ccm_config.ccm.report_timeout = Duration::from_secs(120);
+        ccm_config.ccm.retry_delay = Duration::from_millis(500);
+        if let Some(tweak) = opts.tweak_ccm {
+            tweak(&mut ccm_config);
+        }
         let ccm = crate::ccm::start(ccm_config.clone()).await?;
         // Keep the port the CCM got, so that a restart comes back on it.
         if let Some(port) = ccm.url.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()) {
@@ -143,7 +152,6 @@ impl LocalCluster {
             agents: BTreeMap::new(),
             configs,
             ccm_config,
-            client: awc::Client::builder().timeout(Duration::from_secs(30)).finish(),
         };
         for id in 1..=n {
             cluster.start_agent(id).await?;
@@ -202,8 +210,9 @@ impl LocalCluster {
         body: Option<serde_json::Value>,
     ) -> Result<(u16, serde_json::Value), ClusterError> {
         let url = format!("{}{path}", self.url());
-        let req = self
-            .client
+        // A client per call: pooled connections would outlive a CCM restart.
+        let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+        let req = client
             .request(method.parse().map_err(|_| ClusterError::Api(format!("bad method {method}")))?, &url)
             .insert_header(("authorization", format!("Bearer {}", self.token)));
         let sent = match body {
@@ -380,5 +389,8 @@ fn agent_config(
     a.report_timeout = Duration::from_secs(30);
     c.data.mode = DataChannelMode::Unicast;
     c.data.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+    if let Some(tweak) = opts.tweak_agent {
+        tweak(id, &mut c);
+    }
     c
 }

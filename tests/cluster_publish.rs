@@ -4,29 +4,15 @@
 //! tree must be byte-identical to what was published.
 
 use std::path::Path;
-use std::time::Duration;
 
 use cmover::corpus::{self, CorpusSpec, EditSpec};
 use cmover::local_cluster::{ClusterOptions, LocalCluster};
 use cmover::storage::records::{Quorum, RunState};
-use cmover::storage::tree::{compare_trees, copy_tree};
+use cmover::storage::tree::copy_tree;
 
-const LIMIT: Duration = Duration::from_secs(120);
+mod common;
 
-fn assert_all_live(c: &LocalCluster, expected: &Path) {
-    for id in c.agents.keys() {
-        let live = c.live_dir(*id, "www");
-        let diffs = compare_trees(&live, expected).unwrap();
-        assert!(diffs.is_empty(), "agent {id}: {:?}", &diffs[..diffs.len().min(5)]);
-    }
-}
-
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
+use common::cluster::{assert_all_live, init_logs, tree_bytes, LIMIT};
 
 #[actix_rt::test]
 async fn publish_update_remove_and_roll_back_on_two_segments_of_three() {
@@ -44,7 +30,7 @@ async fn publish_update_remove_and_roll_back_on_two_segments_of_three() {
     let r = c.wait_run(c.run_job(job).await.unwrap(), LIMIT).await.unwrap();
     assert_eq!(r.state, RunState::Committed, "{r:#?}");
     assert!(r.failed_servers.is_empty());
-    assert_all_live(&c, &staging);
+    assert_all_live(&c, "www", &staging);
 
     // 2. Edit, add, delete, rename: a delta goes out.
     corpus::mutate(&staging, 7, &EditSpec::default()).unwrap();
@@ -52,19 +38,13 @@ async fn publish_update_remove_and_roll_back_on_two_segments_of_three() {
     assert_eq!(r.state, RunState::Committed, "{r:#?}");
     let s = r.summary.clone().unwrap();
     assert!(s.files_patched > 0 && s.files_renamed > 0, "{s}");
-    let total: u64 = walkdir::WalkDir::new(&staging)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum();
+    let total = tree_bytes(&staging);
     assert!(
         s.assignment_bytes * 5 < total,
         "assignment of {} bytes for a {total}-byte site",
         s.assignment_bytes
     );
-    assert_all_live(&c, &staging);
+    assert_all_live(&c, "www", &staging);
     let v2 = tmp.path().join("v2");
     copy_tree(&staging, &v2).unwrap();
     // The tree: one segment got it from the CCM, the other from that segment's leader or the CCM.
@@ -82,7 +62,7 @@ async fn publish_update_remove_and_roll_back_on_two_segments_of_three() {
     let r = c.wait_run(c.run_job(job).await.unwrap(), LIMIT).await.unwrap();
     assert_eq!(r.state, RunState::Committed, "{r:#?}");
     assert!(r.summary.unwrap().removed >= 1);
-    assert_all_live(&c, &staging);
+    assert_all_live(&c, "www", &staging);
 
     // 4. Roll back: every server goes back to the previous release at once.
     let rollback = c.create_job("www", "web", "rollback").await.unwrap();
@@ -90,7 +70,7 @@ async fn publish_update_remove_and_roll_back_on_two_segments_of_three() {
     assert_eq!(r.state, RunState::Committed, "{r:#?}");
     assert_eq!((r.serial, r.base_serial), (2, 3));
     assert_eq!(r.content_assignment, None, "a rollback sends no content");
-    assert_all_live(&c, &v2);
+    assert_all_live(&c, "www", &v2);
     for id in c.agents.keys() {
         let live = std::fs::read_link(c.live_dir(*id, "www")).unwrap();
         assert_eq!(live, Path::new("releases/2"), "agent {id}");
@@ -99,6 +79,6 @@ async fn publish_update_remove_and_roll_back_on_two_segments_of_three() {
     let r = c.wait_run(c.run_job(job).await.unwrap(), LIMIT).await.unwrap();
     assert_eq!(r.state, RunState::Committed, "{r:#?}");
     assert_eq!(r.serial, 4);
-    assert_all_live(&c, &staging);
+    assert_all_live(&c, "www", &staging);
     c.stop().await;
 }

@@ -390,7 +390,8 @@ impl Ccm {
         tracing::info!(event = "run_started", run = id, job = job.id.0, kind = ?job.kind, site = %site.name, serial = run.serial);
         let a = Active {
             run,
-            group: group.servers.clone(),
+            // A synchronize deals with the lagging servers only.
+            group: if sync { members.clone() } else { group.servers.clone() },
             needed,
             wave: Wave::Content,
             dist: None,
@@ -535,6 +536,7 @@ impl Ccm {
                     fanout: act.config.ccm.fanout as usize,
                     notify_timeout: act.config.ccm.notify_timeout,
                     max_attempts: act.config.ccm.max_attempts,
+                    retry_delay: act.config.ccm.retry_delay,
                 };
                 let deadline = act.now() + act.config.ccm.report_timeout;
                 let Some(a) = act.active.get_mut(&run_id) else { return };
@@ -588,8 +590,9 @@ impl Ccm {
                 .map(move |res: Result<serde_json::Value, ClientError>, act, ctx| {
                     if let Err(e) = res {
                         tracing::warn!(event = "notify_failed", run = run_id, segment = %segment, error = %e);
+                        let now = act.now();
                         if let Some(d) = act.active.get_mut(&run_id).and_then(|a| a.dist.as_mut()) {
-                            d.handle_notify_failed(&segment, &e.to_string());
+                            d.handle_notify_failed(now, &segment, &e.to_string());
                         }
                         act.drive(run_id, ctx);
                     }

@@ -329,10 +329,7 @@ impl SiteRoot {
                 pruned: pruned.into_iter().map(|s| s.0).collect(),
             }),
             Kind::Abort => self.abort(serial).map(|()| Outcome::Aborted { serial: serial.0 }),
-            // Serial 0 means "the release before live"; any other, that release.
-            Kind::Rollback if serial.0 == 0 => {
-                self.rollback().map(|(from, to)| Outcome::RolledBack { from: from.0, to: to.0 })
-            }
+            // A rollback assignment names the release to make live again.
             Kind::Rollback => {
                 self.rollback_to(serial).map(|(from, to)| Outcome::RolledBack { from: from.0, to: to.0 })
             }
