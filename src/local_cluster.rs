@@ -18,6 +18,7 @@ use thiserror::Error;
 use crate::agent::{Agent, AgentError};
 use crate::ccm::{CcmHandle, StartError};
 use crate::config::{Config, ControlMode, DataChannelMode};
+use crate::http::admin_client::{AdminClient, AdminError};
 use crate::storage::records::{Quorum, RunRecord, SegmentRecord};
 
 /// Why the cluster could not be built or driven.
@@ -38,11 +39,8 @@ pub enum ClusterError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     /// A REST call failed.
-    #[error("{0}")]
-    Api(String),
-    /// Something did not happen in time.
-    #[error("timed out after {0:?} waiting for {1}")]
-    Timeout(Duration, String),
+    #[error(transparent)]
+    Api(#[from] AdminError),
 }
 
 /// Shape and timing of a local cluster.
@@ -93,6 +91,63 @@ pub struct LocalCluster {
     pub ccm_config: Config,
     /// The admin token of the REST API.
     pub token: String,
+    /// A client of the CCM's REST API.
+    pub admin: AdminClient,
+}
+
+/// The configuration of every process of a cluster.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The CCM's.
+    pub ccm: Config,
+    /// Every agent's, by id.
+    pub agents: BTreeMap<u64, Config>,
+}
+
+fn free_tcp_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn random_hex(len: usize) -> std::io::Result<String> {
+    let mut bytes = vec![0u8; len];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| std::io::Error::other("no system randomness"))?;
+    Ok(hex::encode(bytes))
+}
+
+/// Configures a cluster under `opts.dir` without starting it: the cluster
+/// secret (written once), a CCM on `opts.http` (a free port if 0) with a
+/// fresh admin token, and the agents, for this process or separate ones.
+pub fn plan(opts: &ClusterOptions) -> Result<Plan, ClusterError> {
+    std::fs::create_dir_all(&opts.dir)?;
+    let secret_file = opts.dir.join("secret");
+    if !secret_file.exists() {
+        std::fs::write(&secret_file, random_hex(32)?)?;
+    }
+    let mut http = opts.http;
+    if http.port() == 0 {
+        http.set_port(free_tcp_port()?);
+    }
+    let mut ccm = Config::default();
+    ccm.cluster.secret_file = secret_file.clone();
+    ccm.ccm.data_dir = opts.dir.join("ccm");
+    ccm.ccm.http_bind = http;
+    ccm.ccm.admin_token = random_hex(16)?;
+    ccm.ccm.fanout = opts.fanout;
+    ccm.ccm.notify_timeout = Duration::from_secs(20);
+    ccm.ccm.report_timeout = Duration::from_secs(120);
+    ccm.ccm.retry_delay = Duration::from_millis(500);
+    if let Some(tweak) = opts.tweak_ccm {
+        tweak(&mut ccm);
+    }
+    let n = (opts.segments * opts.per_segment) as u64;
+    let mut control = BTreeMap::new();
+    for id in 1..=n {
+        control.insert(id, free_udp_port()?);
+    }
+    let agents =
+        (1..=n).map(|id| (id, agent_config(opts, id, &secret_file, &ccm.ccm.url(), &control))).collect();
+    Ok(Plan { ccm, agents })
 }
 
 fn free_udp_port() -> std::io::Result<SocketAddr> {
@@ -107,53 +162,18 @@ pub fn segment_of(id: u64, per_segment: usize) -> String {
 impl LocalCluster {
     /// Starts the CCM and every agent (inside a running actix system).
     pub async fn start(opts: ClusterOptions) -> Result<LocalCluster, ClusterError> {
-        std::fs::create_dir_all(&opts.dir)?;
-        let secret_file = opts.dir.join("secret");
-        if !secret_file.exists() {
-            let mut key = [0u8; 32];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
-                .map_err(|_| std::io::Error::other("no system randomness"))?;
-            std::fs::write(&secret_file, hex::encode(key))?;
-        }
-        let mut token = [0u8; 16];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut token)
-            .map_err(|_| std::io::Error::other("no system randomness"))?;
-        let mut ccm_config = Config::default();
-        ccm_config.cluster.secret_file = secret_file.clone();
-        ccm_config.ccm.data_dir = opts.dir.join("ccm");
-        ccm_config.ccm.http_bind = opts.http;
-        ccm_config.ccm.admin_token = hex::encode(token);
-        ccm_config.ccm.fanout = opts.fanout;
-        ccm_config.ccm.notify_timeout = Duration::from_secs(20);
-        ccm_config.ccm.report_timeout = Duration::from_secs(120);
-        ccm_config.ccm.retry_delay = Duration::from_millis(500);
-        if let Some(tweak) = opts.tweak_ccm {
-            tweak(&mut ccm_config);
-        }
+        let Plan { ccm: ccm_config, agents: configs } = plan(&opts)?;
         let ccm = crate::ccm::start(ccm_config.clone()).await?;
-        // Keep the port the CCM got, so that a restart comes back on it.
-        if let Some(port) = ccm.url.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()) {
-            ccm_config.ccm.http_bind.set_port(port);
-            ccm_config.ccm.advertise_url = ccm.url.clone();
-        }
-        let n = (opts.segments * opts.per_segment) as u64;
-        let mut control = BTreeMap::new();
-        for id in 1..=n {
-            control.insert(id, free_udp_port()?);
-        }
-        let mut configs = BTreeMap::new();
-        for id in 1..=n {
-            configs.insert(id, agent_config(&opts, id, &secret_file, &ccm.url, &control));
-        }
         let mut cluster = LocalCluster {
             token: ccm_config.ccm.admin_token.clone(),
+            admin: AdminClient::new(&ccm.url, &ccm_config.ccm.admin_token),
             opts,
             ccm: Some(ccm),
             agents: BTreeMap::new(),
             configs,
             ccm_config,
         };
-        for id in 1..=n {
+        for id in cluster.ids() {
             cluster.start_agent(id).await?;
         }
         Ok(cluster)
@@ -209,41 +229,12 @@ impl LocalCluster {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<(u16, serde_json::Value), ClusterError> {
-        let url = format!("{}{path}", self.url());
-        // A client per call: pooled connections would outlive a CCM restart.
-        let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
-        let req = client
-            .request(method.parse().map_err(|_| ClusterError::Api(format!("bad method {method}")))?, &url)
-            .insert_header(("authorization", format!("Bearer {}", self.token)));
-        let sent = match body {
-            Some(b) => req.send_json(&b).await,
-            None => req.send().await,
-        };
-        let mut resp = sent.map_err(|e| ClusterError::Api(format!("{url}: {e}")))?;
-        let bytes =
-            resp.body().limit(64 << 20).await.map_err(|e| ClusterError::Api(format!("{url}: {e}")))?;
-        Ok((resp.status().as_u16(), serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)))
-    }
-
-    async fn api_ok(
-        &self,
-        method: &str,
-        path: &str,
-        body: serde_json::Value,
-    ) -> Result<serde_json::Value, ClusterError> {
-        let (status, v) = self.api(method, path, Some(body)).await?;
-        if (200..300).contains(&status) {
-            Ok(v)
-        } else {
-            Err(ClusterError::Api(format!("{method} {path}: HTTP {status}: {v}")))
-        }
+        Ok(self.admin.call(method, path, body).await?)
     }
 
     /// Creates a site.
     pub async fn create_site(&self, name: &str, staging: &Path) -> Result<(), ClusterError> {
-        self.api_ok("POST", "/api/v1/sites", serde_json::json!({"name": name, "staging": staging}))
-            .await
-            .map(|_| ())
+        Ok(self.admin.create_site(name, staging).await?)
     }
 
     /// Creates a content group.
@@ -254,79 +245,37 @@ impl LocalCluster {
         servers: &[u64],
         quorum: Quorum,
     ) -> Result<(), ClusterError> {
-        let body = serde_json::json!({"name": name, "site": site, "servers": servers, "quorum": quorum});
-        self.api_ok("POST", "/api/v1/groups", body).await.map(|_| ())
+        Ok(self.admin.create_group(name, site, servers, quorum).await?)
     }
 
     /// Creates a job; returns its id.
     pub async fn create_job(&self, site: &str, group: &str, kind: &str) -> Result<u64, ClusterError> {
-        let v = self
-            .api_ok("POST", "/api/v1/jobs", serde_json::json!({"site": site, "group": group, "kind": kind}))
-            .await?;
-        v["id"].as_u64().ok_or_else(|| ClusterError::Api(format!("no job id in {v}")))
+        Ok(self.admin.create_job(site, group, kind).await?)
     }
 
     /// Runs a job now; returns the run id.
     pub async fn run_job(&self, job: u64) -> Result<u64, ClusterError> {
-        let v = self.api_ok("POST", &format!("/api/v1/jobs/{job}/run"), serde_json::json!({})).await?;
-        v["run"].as_u64().ok_or_else(|| ClusterError::Api(format!("no run id in {v}")))
+        Ok(self.admin.run_job(job).await?)
     }
 
     /// A run's record.
     pub async fn run(&self, run: u64) -> Result<RunRecord, ClusterError> {
-        let (status, v) = self.api("GET", &format!("/api/v1/runs/{run}"), None).await?;
-        if status != 200 {
-            return Err(ClusterError::Api(format!("run {run}: HTTP {status}: {v}")));
-        }
-        serde_json::from_value(v).map_err(|e| ClusterError::Api(e.to_string()))
+        Ok(self.admin.run(run).await?)
     }
 
     /// Waits until run `run` is over.
     pub async fn wait_run(&self, run: u64, limit: Duration) -> Result<RunRecord, ClusterError> {
-        let start = std::time::Instant::now();
-        loop {
-            if let Ok(r) = self.run(run).await {
-                if r.state.is_final() {
-                    return Ok(r);
-                }
-            }
-            if start.elapsed() > limit {
-                return Err(ClusterError::Timeout(limit, format!("run {run} to end")));
-            }
-            actix::clock::sleep(Duration::from_millis(100)).await;
-        }
+        Ok(self.admin.wait_run(run, limit).await?)
+    }
+
+    /// The segments and members expected from the running agents.
+    pub fn expected_segments(&self) -> Vec<(String, Vec<u64>)> {
+        expected_segments(&self.opts, self.agents.keys().copied())
     }
 
     /// Waits until the CCM knows every segment with all its running agents online.
     pub async fn wait_segments(&self, limit: Duration) -> Result<Vec<SegmentRecord>, ClusterError> {
-        let start = std::time::Instant::now();
-        loop {
-            let (status, v) = self.api("GET", "/api/v1/segments", None).await?;
-            if status == 200 {
-                let segs: Vec<SegmentRecord> = serde_json::from_value(v).unwrap_or_default();
-                let complete = (1..=self.opts.segments).all(|s| {
-                    let name = format!("seg-{s}");
-                    let want: Vec<u64> = self
-                        .agents
-                        .keys()
-                        .copied()
-                        .filter(|id| segment_of(*id, self.opts.per_segment) == name)
-                        .collect();
-                    segs.iter().any(|r| {
-                        r.name == name
-                            && want.iter().all(|id| r.members.iter().any(|m| m.id.0 == *id))
-                            && r.members.len() == want.len()
-                    })
-                });
-                if complete {
-                    return Ok(segs);
-                }
-            }
-            if start.elapsed() > limit {
-                return Err(ClusterError::Timeout(limit, "every segment to report all its agents".into()));
-            }
-            actix::clock::sleep(Duration::from_millis(100)).await;
-        }
+        Ok(self.admin.wait_segments(&self.expected_segments(), limit).await?)
     }
 
     /// Stops everything.
@@ -337,6 +286,22 @@ impl LocalCluster {
         }
         self.stop_ccm().await;
     }
+}
+
+/// Segment name → the ids among `running` in it, for every segment of `opts`.
+pub fn expected_segments(
+    opts: &ClusterOptions,
+    running: impl Iterator<Item = u64>,
+) -> Vec<(String, Vec<u64>)> {
+    let running: Vec<u64> = running.collect();
+    (1..=opts.segments)
+        .map(|s| {
+            let name = format!("seg-{s}");
+            let ids =
+                running.iter().copied().filter(|id| segment_of(*id, opts.per_segment) == name).collect();
+            (name, ids)
+        })
+        .collect()
 }
 
 fn agent_config(
