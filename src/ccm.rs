@@ -24,7 +24,7 @@ pub enum StartError {
     #[error(transparent)]
     Db(#[from] DbError),
     /// The HTTP address could not be bound.
-    #[error("cannot listen on {addr}: {source}; choose a free ccm.http_bind")]
+    #[error("cannot listen on {addr} (choose a free ccm.http_bind; for the demo, --http 127.0.0.1:0)")]
     Bind {
         /// The address.
         addr: SocketAddr,

@@ -1,8 +1,17 @@
-//! `cmover demo`: Content Mover on a bundled sample site, with nothing to
-//! set up. It publishes the sample to a site root as a full assignment,
-//! changes the staging tree (edits, additions, a deletion, a move, a mode
-//! change, a symlink), publishes the change as a delta assignment, checks
-//! that the live tree is byte-identical to staging each time, and rolls back.
+//! `cmover demo`: Content Mover with nothing to set up.
+//!
+//! By default ([`run_cluster`]) a whole cluster in this process on
+//! 127.0.0.1: a CCM and agents in segments that elect their leaders; the
+//! bundled sample site (or `--staging DIR`) is published through the
+//! store-and-forward tree and goes live everywhere at once; then it keeps
+//! running, and every Enter (or a `curl` to the REST API) publishes what is
+//! in staging again, as a delta.
+//!
+//! `--offline` ([`run`]) shows the pipeline without a network: it
+//! publishes the sample to a site root as a full assignment, changes the
+//! staging tree (edits, additions, a deletion, a move, a mode change, a
+//! symlink), publishes the change as a delta, checks that the live tree is
+//! byte-identical to staging each time, and rolls back.
 
 use std::fs;
 use std::io::{self, Write};
@@ -12,6 +21,7 @@ use std::path::Path;
 use thiserror::Error;
 
 use crate::config::Config;
+use crate::local_cluster::{ClusterError, ClusterOptions, LocalCluster};
 use crate::offline::{self, DiffArgs, OfflineError};
 use crate::storage::assignment_file::AssignmentFile;
 use crate::storage::releases::SiteRoot;
@@ -29,6 +39,17 @@ pub enum DemoError {
     /// Comparing trees failed.
     #[error(transparent)]
     Scan(#[from] ScanError),
+    /// The cluster could not be built or driven.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// A command-line value is unusable.
+    #[error("{flag}: {problem}")]
+    Invalid {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
     /// The live tree is not what was published: a bug.
     #[error("live tree differs from {expected}: {diffs:?}")]
     Mismatch {
@@ -173,4 +194,221 @@ pub fn run(dir: &Path, config: &Config, out: &mut impl Write) -> Result<(), Demo
 
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("   | {l}\n")).collect()
+}
+
+/// What `cmover demo` builds.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Everything goes here.
+    pub dir: std::path::PathBuf,
+    /// Segments.
+    pub segments: usize,
+    /// Agents per segment.
+    pub per_segment: usize,
+    /// The CCM's HTTP address.
+    pub http: std::net::SocketAddr,
+    /// Content to publish instead of the bundled sample.
+    pub staging: Option<std::path::PathBuf>,
+    /// Publish once, verify, and exit (scripts, tests).
+    pub once: bool,
+}
+
+const SITE: &str = "www";
+const GROUP: &str = "web";
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl DemoOptions {
+    fn check(&self) -> Result<(), DemoError> {
+        if !(1..=32).contains(&self.segments) {
+            return Err(DemoError::Invalid {
+                flag: "--segments",
+                problem: format!("{} is not in 1..=32", self.segments),
+            });
+        }
+        if !(1..=32).contains(&self.per_segment) {
+            return Err(DemoError::Invalid {
+                flag: "--agents-per-segment",
+                problem: format!("{} is not in 1..=32", self.per_segment),
+            });
+        }
+        if !self.http.ip().is_loopback() {
+            return Err(DemoError::Invalid {
+                flag: "--http",
+                problem: format!("{} is not a loopback address: the demo stays on this machine", self.http),
+            });
+        }
+        if let Some(s) = &self.staging {
+            if !s.is_dir() {
+                return Err(DemoError::Invalid {
+                    flag: "--staging",
+                    problem: format!("{} is not a directory; give the directory to publish", s.display()),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the cluster demo (see the module docs) in its own actix system,
+/// writing what happens to `out`, until Ctrl-C or SIGTERM (or after the
+/// first publish with `once`).
+pub fn run_cluster(opts: DemoOptions, out: &mut (impl Write + Send)) -> Result<(), DemoError> {
+    opts.check()?;
+    actix::System::new().block_on(cluster_demo(opts, out))
+}
+
+async fn cluster_demo(opts: DemoOptions, out: &mut (impl Write + Send)) -> Result<(), DemoError> {
+    let staging = match &opts.staging {
+        Some(s) => fs::canonicalize(s)?,
+        None => {
+            let s = opts.dir.join("staging");
+            if !s.exists() {
+                write_sample(&s)?;
+            }
+            s
+        }
+    };
+    let n = opts.segments * opts.per_segment;
+    writeln!(out, "Content Mover demo in {}", opts.dir.display())?;
+    writeln!(
+        out,
+        "Starting a CCM and {n} agents ({} segments of {}) on 127.0.0.1...",
+        opts.segments, opts.per_segment
+    )?;
+    let mut copts = ClusterOptions::new(&opts.dir, opts.segments, opts.per_segment);
+    copts.http = opts.http;
+    // One leader served by the CCM, the next by that leader: the tree shows.
+    copts.fanout = 1;
+    let cluster = LocalCluster::start(copts).await?;
+    let started = std::time::Instant::now();
+    let segments = cluster.wait_segments(LIMIT).await?;
+    writeln!(out, "Every segment elected its leader in {:.1} s:", started.elapsed().as_secs_f64())?;
+    for s in &segments {
+        let members: Vec<String> = s.members.iter().map(|m| m.id.to_string()).collect();
+        writeln!(out, "  {}: leader {}, members {}", s.name, s.leader, members.join(", "))?;
+    }
+    let job = setup_job(&cluster, &staging).await?;
+    let result = async {
+        publish(&cluster, job, &staging, out).await?;
+        print_where(&cluster, job, &staging, out)?;
+        if opts.once {
+            return Ok(());
+        }
+        interactive(&cluster, job, &staging, out).await
+    }
+    .await;
+    writeln!(out, "Stopping...")?;
+    cluster.stop().await;
+    result
+}
+
+/// The site, group and publish job, created or (with a reused `--dir`) found.
+async fn setup_job(c: &LocalCluster, staging: &Path) -> Result<u64, DemoError> {
+    let existing = c.admin.ok("GET", "/api/v1/jobs", None).await.map_err(ClusterError::from)?;
+    let found = existing
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|j| j["site"] == SITE && j["group"] == GROUP && j["kind"] == "publish");
+    if let Some(id) = found.and_then(|j| j["id"].as_u64()) {
+        return Ok(id);
+    }
+    c.create_site(SITE, staging).await?;
+    c.create_group(GROUP, SITE, &c.ids(), crate::storage::records::Quorum::All).await?;
+    Ok(c.create_job(SITE, GROUP, "publish").await?)
+}
+
+/// Runs the publish job once and shows what happened.
+async fn publish(c: &LocalCluster, job: u64, staging: &Path, out: &mut impl Write) -> Result<(), DemoError> {
+    writeln!(out, "\nPublishing {} ...", staging.display())?;
+    let t = std::time::Instant::now();
+    let run = c.run_job(job).await?;
+    let r = c.wait_run(run, LIMIT).await?;
+    let secs = t.elapsed().as_secs_f64();
+    use crate::storage::records::RunState;
+    match r.state {
+        RunState::Unchanged => {
+            writeln!(out, "Run {run}: nothing changed in staging since release {}.", r.base_serial)?;
+            return Ok(());
+        }
+        RunState::Committed => {}
+        _ => {
+            writeln!(out, "Run {run} {:?}: {}", r.state, r.error.as_deref().unwrap_or("no reason given"))?;
+            return Ok(());
+        }
+    }
+    if let Some(s) = &r.summary {
+        writeln!(out, "  {s}")?;
+    }
+    for (name, p) in &r.segments {
+        let from = match p.fetched_from {
+            Some(crate::protocol::ids::NodeId(0)) => "the CCM".to_string(),
+            Some(n) => format!("the leader of another segment (node {n})"),
+            None => "?".into(),
+        };
+        let leader = p.leader.map_or("?".into(), |l| l.to_string());
+        writeln!(out, "  {name}: leader {leader} fetched it from {from}, multicast it to its members")?;
+    }
+    writeln!(out, "Run {run}: release {} is live on {} servers in {secs:.2} s.", r.serial, c.agents.len())?;
+    if !r.failed_servers.is_empty() {
+        writeln!(out, "  failed servers: {:?}", r.failed_servers)?;
+    }
+    for id in c.agents.keys() {
+        if !r.failed_servers.iter().any(|f| f.0 == *id) {
+            check_same(&c.live_dir(*id, SITE), staging)?;
+        }
+    }
+    writeln!(out, "  verified: every live tree is identical to staging")?;
+    Ok(())
+}
+
+fn print_where(c: &LocalCluster, job: u64, staging: &Path, out: &mut impl Write) -> Result<(), DemoError> {
+    let url = c.url();
+    writeln!(out, "\nWhere to look:")?;
+    writeln!(out, "  staging:    {}", staging.display())?;
+    writeln!(out, "  live trees: {}/agents/<node>/sites/{SITE}/live", c.opts.dir.display())?;
+    writeln!(out, "  CCM REST:   {url}/api/v1  (token {})", c.token)?;
+    writeln!(out, "    curl -H 'Authorization: Bearer {}' {url}/api/v1/runs", c.token)?;
+    writeln!(out, "    curl -X POST -H 'Authorization: Bearer {}' {url}/api/v1/jobs/{job}/run", c.token)?;
+    Ok(())
+}
+
+/// Publishes again on every Enter, until Ctrl-C, SIGTERM or the end of input.
+async fn interactive(
+    c: &LocalCluster,
+    job: u64,
+    staging: &Path,
+    out: &mut impl Write,
+) -> Result<(), DemoError> {
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<()>();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+            if tx.send(()).is_err() {
+                break;
+            }
+            line.clear();
+        }
+    });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut stdin_open = true;
+    loop {
+        writeln!(
+            out,
+            "\nEdit files in {} and press Enter to publish again (Ctrl-C to stop).",
+            staging.display()
+        )?;
+        out.flush()?;
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => return r.map_err(DemoError::from),
+                _ = term.recv() => return Ok(()),
+                line = lines.recv(), if stdin_open => match line {
+                    Some(()) => break,
+                    None => stdin_open = false,
+                },
+            }
+        }
+        publish(c, job, staging, out).await?;
+    }
 }

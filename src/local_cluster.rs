@@ -25,10 +25,10 @@ use crate::storage::records::{Quorum, RunRecord, SegmentRecord};
 #[derive(Debug, Error)]
 pub enum ClusterError {
     /// The CCM did not start.
-    #[error("CCM: {0}")]
+    #[error("the CCM did not start")]
     Ccm(#[from] StartError),
     /// An agent did not start.
-    #[error("agent {id}: {source}")]
+    #[error("agent {id} did not start")]
     Agent {
         /// Which.
         id: u64,
@@ -93,6 +93,8 @@ pub struct LocalCluster {
     pub token: String,
     /// A client of the CCM's REST API.
     pub admin: AdminClient,
+    /// When it started, Unix ms: segment records older than this are stale.
+    pub started_ms: u64,
 }
 
 /// The configuration of every process of a cluster.
@@ -163,10 +165,12 @@ impl LocalCluster {
     /// Starts the CCM and every agent (inside a running actix system).
     pub async fn start(opts: ClusterOptions) -> Result<LocalCluster, ClusterError> {
         let Plan { ccm: ccm_config, agents: configs } = plan(&opts)?;
+        let started_ms = crate::http::signed::unix_ms();
         let ccm = crate::ccm::start(ccm_config.clone()).await?;
         let mut cluster = LocalCluster {
             token: ccm_config.ccm.admin_token.clone(),
             admin: AdminClient::new(&ccm.url, &ccm_config.ccm.admin_token),
+            started_ms,
             opts,
             ccm: Some(ccm),
             agents: BTreeMap::new(),
@@ -275,7 +279,7 @@ impl LocalCluster {
 
     /// Waits until the CCM knows every segment with all its running agents online.
     pub async fn wait_segments(&self, limit: Duration) -> Result<Vec<SegmentRecord>, ClusterError> {
-        Ok(self.admin.wait_segments(&self.expected_segments(), limit).await?)
+        Ok(self.admin.wait_segments(&self.expected_segments(), self.started_ms, limit).await?)
     }
 
     /// Stops everything.

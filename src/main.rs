@@ -35,11 +35,30 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the whole pipeline on a bundled sample site: publish, update, verify, roll back.
+    /// A whole cluster on 127.0.0.1 (a CCM and agents in segments): publish the
+    /// bundled sample site (or --staging), then publish again on every Enter.
     Demo {
         /// Directory for everything the demo writes (default: a new temporary directory, kept).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Segments (LANs), each electing a group leader.
+        #[arg(long, default_value_t = 2)]
+        segments: usize,
+        /// Agents (back-end servers) per segment.
+        #[arg(long, default_value_t = 3)]
+        agents_per_segment: usize,
+        /// Address of the CCM's HTTP server (REST API); port 0 picks a free one.
+        #[arg(long, default_value = "127.0.0.1:7480")]
+        http: std::net::SocketAddr,
+        /// Publish this directory instead of the bundled sample site.
+        #[arg(long)]
+        staging: Option<PathBuf>,
+        /// Publish once, verify and exit, instead of waiting for more.
+        #[arg(long)]
+        once: bool,
+        /// Without a network: diff, apply, verify and roll back the sample in one directory.
+        #[arg(long, conflicts_with_all = ["segments", "agents_per_segment", "http", "staging", "once"])]
+        offline: bool,
     },
     /// Build an assignment that turns OLD into NEW (a missing or empty OLD: everything is new).
     Diff {
@@ -204,11 +223,16 @@ fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     let config = load_config(cli.config.as_ref())?;
-    let format = cli.log_format.unwrap_or(config.log.format);
+    let demo = matches!(cli.command, Command::Demo { offline: false, .. });
+    let format = cli.log_format.unwrap_or(if demo { LogFormat::Pretty } else { config.log.format });
     // Services log to stdout at the configured level; one-shot tools print
     // their own results on stdout and log only warnings, to stderr.
     let (target, level) = match cli.command {
         Command::Agent | Command::Ccm => (LogTarget::Stdout, config.log.level.as_str()),
+        // The cluster demo shows the election, the tree hops and the commit.
+        Command::Demo { offline: false, .. } => {
+            (LogTarget::Stderr, "warn,cmover::actors::ccm=info,cmover::actors::elector=info")
+        }
         _ => (LogTarget::Stderr, "warn"),
     };
     logging::init(format, cli.log_level.as_deref(), level, target).map_err(anyhow::Error::msg)?;
@@ -230,12 +254,18 @@ fn run(cli: Cli) -> Result<()> {
             cmover::ccm::run(&config)
         }
         Command::Sim(SimCommand::Election(args)) => sim_cli::election(&args),
-        Command::Demo { dir } => {
+        Command::Demo { dir, segments, agents_per_segment, http, staging, once, offline } => {
             let dir = match dir {
                 Some(d) => d,
                 None => tempfile::Builder::new().prefix("cmover-demo-").tempdir()?.keep(),
             };
-            demo::run(&dir, &config, &mut std::io::stdout().lock())?;
+            if offline {
+                demo::run(&dir, &config, &mut std::io::stdout().lock())?;
+            } else {
+                let opts =
+                    demo::DemoOptions { dir, segments, per_segment: agents_per_segment, http, staging, once };
+                demo::run_cluster(opts, &mut std::io::stdout())?;
+            }
             Ok(())
         }
         Command::Diff { old, new, output, serial, base_serial, job_id, site, encrypt_key, json } => {

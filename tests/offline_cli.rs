@@ -132,9 +132,9 @@ fn config_check_names_key_problem_and_fix() {
 }
 
 #[test]
-fn demo_runs_and_verifies_itself() {
+fn offline_demo_runs_and_verifies_itself() {
     let t = tempfile::tempdir().unwrap();
-    let out = ok(&cmover(&[&"demo", &"--dir", &t.path()]));
+    let out = ok(&cmover(&[&"demo", &"--offline", &"--dir", &t.path()]));
     assert_eq!(out.matches("verified:").count(), 3, "{out}");
     assert_eq!(fs::read_link(t.path().join("site/live")).unwrap(), Path::new("releases/1"));
 }

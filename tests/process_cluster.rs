@@ -80,7 +80,7 @@ async fn a_ccm_and_four_agent_processes_publish_and_update_a_site() {
     }
     let admin = AdminClient::new(&plan.ccm.ccm.url(), &plan.ccm.ccm.admin_token);
     let ids: Vec<u64> = plan.agents.keys().copied().collect();
-    admin.wait_segments(&expected_segments(&opts, ids.iter().copied()), LIMIT).await.unwrap();
+    admin.wait_segments(&expected_segments(&opts, ids.iter().copied()), 0, LIMIT).await.unwrap();
 
     let staging = tmp.path().join("staging");
     corpus::generate(&staging, 31, &CorpusSpec::small()).unwrap();

@@ -178,10 +178,12 @@ impl AdminClient {
     }
 
     /// Waits until the CCM knows segments `want` (name → member ids), each
-    /// with exactly those members.
+    /// with exactly those members, reported at or after `since_ms` (Unix ms;
+    /// records from before a restart do not count).
     pub async fn wait_segments(
         &self,
         want: &[(String, Vec<u64>)],
+        since_ms: u64,
         limit: Duration,
     ) -> Result<Vec<SegmentRecord>, AdminError> {
         let start = Instant::now();
@@ -190,6 +192,7 @@ impl AdminClient {
                 let complete = want.iter().all(|(name, ids)| {
                     segs.iter().any(|r| {
                         r.name == *name
+                            && r.updated_ms >= since_ms
                             && r.members.len() == ids.len()
                             && ids.iter().all(|id| r.members.iter().any(|m| m.id.0 == *id))
                     })

@@ -238,11 +238,13 @@ impl Distribution {
         }
     }
 
-    /// A segment has a new leader: unless it has reported, notify the new one.
+    /// A segment has a new leader, or its leader a new address (it
+    /// restarted): unless it has reported, notify the new one.
     pub fn handle_leader_changed(&mut self, segment: &str, leader: NodeId, url: &str) {
         if let Some(i) = self.find(segment) {
             let e = &mut self.entries[i];
-            if e.target.leader == leader || matches!(e.stage, Stage::Reported { .. }) {
+            let same = e.target.leader == leader && e.target.url == url;
+            if same || matches!(e.stage, Stage::Reported { .. }) {
                 return;
             }
             e.target.leader = leader;
@@ -385,6 +387,16 @@ mod tests {
         d.handle_notify_failed(t, "s3", "connection reset");
         assert_eq!(d.next_hop(t, NodeId(20)), None);
         assert_eq!(d.next_hop(t + Duration::from_secs(1), NodeId(20)).unwrap().segment, "s3");
+    }
+
+    #[test]
+    fn a_leader_back_on_a_new_address_is_notified_there() {
+        let mut d = Distribution::new(cfg(), targets(1));
+        assert_eq!(d.ccm_hops(Time::ZERO)[0].url, "http://gl1");
+        d.handle_leader_changed("s1", NodeId(10), "http://gl1");
+        assert!(d.ccm_hops(Time::ZERO).is_empty(), "same leader, same address: nothing new");
+        d.handle_leader_changed("s1", NodeId(10), "http://gl1-restarted");
+        assert_eq!(d.ccm_hops(Time::ZERO)[0].url, "http://gl1-restarted");
     }
 
     #[test]
