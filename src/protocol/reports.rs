@@ -179,6 +179,9 @@ struct Collection {
     requests: u32,
 }
 
+/// Reports kept for collections not started yet, at most.
+const EARLY_MAX: usize = 4096;
+
 /// The group leader's report collector (sans-IO).
 ///
 /// Call order: [`Collector::collect`] when the assignment has been handed
@@ -189,6 +192,10 @@ struct Collection {
 pub struct Collector {
     cfg: CollectorConfig,
     collections: BTreeMap<AssignmentSerial, Collection>,
+    /// Reports that arrived before their collection started (a member that
+    /// applied quickly reports while the leader still waits for the
+    /// transfer's acknowledgements), kept for [`Collector::collect`].
+    early: BTreeMap<AssignmentSerial, BTreeMap<NodeId, Result<(), String>>>,
     transmits: VecDeque<(Dest, Message)>,
     events: VecDeque<Outcome>,
 }
@@ -196,16 +203,23 @@ pub struct Collector {
 impl Collector {
     /// A collector. (`seed` is accepted for symmetry; the collector draws nothing random.)
     pub fn new(cfg: CollectorConfig, _seed: u64) -> Self {
-        Collector { cfg, collections: BTreeMap::new(), transmits: VecDeque::new(), events: VecDeque::new() }
+        Collector {
+            cfg,
+            collections: BTreeMap::new(),
+            early: BTreeMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
     }
 
     /// Starts waiting for `members`' reports on `assignment`.
     pub fn collect(&mut self, now: Time, assignment: AssignmentSerial, members: Vec<NodeId>) {
         let spread = self.cfg.interval * self.cfg.slots.max(1);
+        let mut early = self.early.remove(&assignment).unwrap_or_default();
         self.collections.insert(
             assignment,
             Collection {
-                members: members.into_iter().map(|m| (m, None)).collect(),
+                members: members.into_iter().map(|m| (m, early.remove(&m))).collect(),
                 deadline: now + spread + self.cfg.grace,
                 requests: 0,
             },
@@ -219,6 +233,12 @@ impl Collector {
             return;
         };
         let Some(c) = self.collections.get_mut(&assignment) else {
+            // Kept for a collection that may start soon; bounded, oldest
+            // assignments dropped first.
+            self.early.entry(assignment).or_default().insert(from, result);
+            while self.early.values().map(BTreeMap::len).sum::<usize>() > EARLY_MAX {
+                self.early.pop_first();
+            }
             return;
         };
         if let Some(slot) = c.members.get_mut(&from) {
@@ -426,6 +446,42 @@ mod tests {
     /// Patent: "The Group Leader sends a unicast request to any participating
     /// group member who did not report"; more than a few missing: one
     /// multicast request with the shorter list.
+    #[test]
+    fn reports_that_arrive_before_the_collection_count() {
+        let a = AssignmentSerial(5);
+        let mut c = Collector::new(CollectorConfig::default(), 0);
+        c.handle_datagram(Time::ZERO, NodeId(1), Message::Report { assignment: a, result: Ok(()) });
+        c.handle_datagram(
+            Time::ZERO,
+            NodeId(2),
+            Message::Report { assignment: a, result: Err("disk".into()) },
+        );
+        // A report for another assignment, and one from a stranger, do not count.
+        c.handle_datagram(
+            Time::ZERO,
+            NodeId(3),
+            Message::Report { assignment: AssignmentSerial(6), result: Ok(()) },
+        );
+        c.handle_datagram(Time::ZERO, NodeId(9), Message::Report { assignment: a, result: Ok(()) });
+        c.collect(Time::ZERO, a, vec![NodeId(1), NodeId(2), NodeId(3)]);
+        assert!(c.poll_event().is_none(), "3 has not reported on 5");
+        c.handle_datagram(Time::ZERO, NodeId(3), Message::Report { assignment: a, result: Ok(()) });
+        let o = c.poll_event().unwrap();
+        assert_eq!(
+            (o.succeeded, o.failed, o.requests),
+            (vec![NodeId(1), NodeId(3)], vec![(NodeId(2), "disk".into())], 0)
+        );
+        // Early reports are bounded.
+        for i in 0..(EARLY_MAX as u64 + 10) {
+            c.handle_datagram(
+                Time::ZERO,
+                NodeId(i),
+                Message::Report { assignment: AssignmentSerial(7 + i % 3), result: Ok(()) },
+            );
+        }
+        assert!(c.early.values().map(BTreeMap::len).sum::<usize>() <= EARLY_MAX);
+    }
+
     #[test]
     fn requests_are_unicast_when_few_and_one_multicast_when_many() {
         let cfg = CollectorConfig::default();
