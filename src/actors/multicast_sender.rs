@@ -2,7 +2,11 @@
 //! channel and the assignment files.
 //!
 //! Frames are read from the assignment file at the moment they are sent
-//! (positioned reads), so the leader holds no copy in memory either.
+//! (positioned reads, straight into the datagram being sealed), so the
+//! leader holds no copy in memory either. Consecutive frames of one size
+//! are sealed one after the other into one buffer and leave together, one
+//! segmented send per destination ([`DataChannel::send_sealed`]): the
+//! same datagrams, for a fraction of the system calls.
 //! Datagrams of the report protocol that arrive on the same socket are
 //! forwarded to the [`ReportCollector`](super::report_collector) if one is
 //! connected.
@@ -19,13 +23,14 @@ use bytes::Bytes;
 
 use crate::protocol::ids::{AssignmentSerial, NodeId};
 use crate::protocol::mctp::{
-    msg::is_mctp_tag, Announce, FrameSource, Message, Outcome, Sender, SenderConfig, SenderEvent, SessionId,
+    msg::is_mctp_tag, Announce, Dest, FrameSource, Message, Outcome, Payload, Sender, SenderConfig,
+    SenderEvent, SessionId, Transmit, FRAME_HEADER_LEN,
 };
 use crate::protocol::reports;
 use crate::protocol::time::Time;
-use crate::protocol::wire::Received;
+use crate::protocol::wire;
 
-use super::data_channel::{DataChannel, Incoming};
+use super::data_channel::{Batch, DataChannel, Incoming, MAX_SEGMENTED_BYTES, MAX_SEGMENTS};
 use super::{arm_timer, Driven, DriverTimer};
 
 /// Sends an assignment file to `targets` (command).
@@ -96,7 +101,45 @@ pub struct MulticastSender {
     current: Option<(SessionId, AssignmentSerial)>,
     sent_to: Option<Recipient<AssignmentSent>>,
     reports_to: Option<Recipient<ReportDatagram>>,
+    /// Sealed frames waiting to leave together (see [`FrameRun`]).
+    run: FrameRun,
+}
+
+/// Sealed datagrams of one size laid end to end (the last may be shorter):
+/// what one segmented send carries.
+#[derive(Debug, Default)]
+struct FrameRun {
     buf: Vec<u8>,
+    segment: usize,
+    count: usize,
+    /// A shorter datagram ended the run: nothing may follow it.
+    closed: bool,
+}
+
+impl FrameRun {
+    /// True when a datagram of `len` bytes may join the run.
+    fn fits(&self, len: usize) -> bool {
+        self.count == 0
+            || (!self.closed
+                && len <= self.segment
+                && self.count < MAX_SEGMENTS
+                && self.buf.len() + len <= MAX_SEGMENTED_BYTES)
+    }
+
+    fn push(&mut self, len: usize) {
+        if self.count == 0 {
+            self.segment = len;
+        } else if len < self.segment {
+            self.closed = true;
+        }
+        self.count += 1;
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.count = 0;
+        self.closed = false;
+    }
 }
 
 impl MulticastSender {
@@ -120,7 +163,7 @@ impl MulticastSender {
             current: None,
             sent_to,
             reports_to,
-            buf: Vec::with_capacity(2048),
+            run: FrameRun::default(),
         }
     }
 
@@ -169,19 +212,54 @@ impl MulticastSender {
         let now = self.now();
         self.drain_events();
         while let Some(t) = self.core.poll_transmit(now) {
-            self.buf.clear();
-            let file = self.current.and_then(|(_, a)| self.files.get(&a));
-            let encoded = match file {
-                Some(f) => t.encode(&mut FileSource(f), &mut self.buf),
-                None => t.encode(&mut Vec::new(), &mut self.buf),
-            };
-            if let Err(e) = encoded.and_then(|_| self.channel.send(t.dest, &self.buf)) {
-                tracing::warn!(event = "mctp_send_failed", error = %e);
-            }
+            self.transmit(t);
         }
+        self.flush_run();
         self.drain_events();
         let at = self.core.poll_timeout();
         arm_timer(self, ctx, now, at);
+    }
+
+    /// Sends one transmit: frames for the group join the run of frames
+    /// (sent when it is full or something else must go first), anything
+    /// else goes at once, after the run.
+    fn transmit(&mut self, t: Transmit) {
+        if let (Payload::Frame { len, .. }, Dest::Group) = (&t.payload, t.dest) {
+            let wire_len = FRAME_HEADER_LEN + *len + wire::HEADER_LEN + wire::TAG_LEN;
+            if !self.run.fits(wire_len) {
+                self.flush_run();
+            }
+            let file = self.current.and_then(|(_, a)| self.files.get(&a));
+            let sealed = match file {
+                Some(f) => self.channel.seal_into(&mut self.run.buf, |out| t.encode(&mut FileSource(f), out)),
+                None => self.channel.seal_into(&mut self.run.buf, |out| t.encode(&mut Vec::new(), out)),
+            };
+            match sealed {
+                Ok(n) => self.run.push(n),
+                Err(e) => tracing::warn!(event = "mctp_send_failed", error = %e),
+            }
+            return;
+        }
+        self.flush_run();
+        let file = self.current.and_then(|(_, a)| self.files.get(&a));
+        let mut buf = Vec::new();
+        let encoded = match file {
+            Some(f) => t.encode(&mut FileSource(f), &mut buf),
+            None => t.encode(&mut Vec::new(), &mut buf),
+        };
+        if let Err(e) = encoded.and_then(|_| self.channel.send(t.dest, &buf)) {
+            tracing::warn!(event = "mctp_send_failed", error = %e);
+        }
+    }
+
+    /// Sends the run of frames, if any.
+    fn flush_run(&mut self) {
+        if self.run.count > 0 {
+            if let Err(e) = self.channel.send_sealed(Dest::Group, &self.run.buf, self.run.segment) {
+                tracing::warn!(event = "mctp_send_failed", error = %e);
+            }
+        }
+        self.run.clear();
     }
 }
 
@@ -207,12 +285,12 @@ impl Actor for MulticastSender {
     }
 }
 
-impl StreamHandler<io::Result<(Received, std::net::SocketAddr)>> for MulticastSender {
-    fn handle(&mut self, item: io::Result<(Received, std::net::SocketAddr)>, ctx: &mut Context<Self>) {
-        let Some((from, payload)) = self.channel.accept(item) else {
-            return;
-        };
-        handle_payload(self, from, payload);
+impl StreamHandler<Batch> for MulticastSender {
+    fn handle(&mut self, batch: Batch, ctx: &mut Context<Self>) {
+        let channel = self.channel.clone();
+        for (from, payload) in channel.accept_batch(batch) {
+            handle_payload(self, from, payload);
+        }
         self.drive(ctx);
     }
 
