@@ -408,6 +408,14 @@ impl DataChannel {
         Ok(out.len() - start)
     }
 
+    /// Seals a datagram laid out in `datagram` (header room, payload, tag
+    /// room: see [`wire::seal_slice`]) with the channel's next envelope.
+    pub fn seal_datagram(&self, datagram: &mut [u8]) -> io::Result<()> {
+        let env = lock(&self.0.seq).next(Channel::Data, unix_ms());
+        wire::seal_slice(&self.0.key, &env, datagram)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    }
+
     fn addresses(&self, dest: Dest) -> io::Result<Vec<SocketAddr>> {
         Ok(match (dest, self.0.group) {
             (Dest::Group, Some(g)) => vec![g],

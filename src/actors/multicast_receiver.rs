@@ -226,12 +226,20 @@ impl MulticastReceiver {
     }
 
     fn handle_event(&mut self, ev: ReceiverEvent, ctx: &mut Context<Self>) {
+        // The common case first, and without reading the clock.
+        let ev = match ev {
+            ReceiverEvent::Write { session, offset, data } => {
+                if let Err(data) = self.writes.extend(session, offset, data) {
+                    self.flush_writes();
+                    let _ = self.writes.extend(session, offset, data);
+                }
+                return;
+            }
+            ev => ev,
+        };
+        // Whatever comes next (a read-back, a rename) needs the frames on disk.
+        self.flush_writes();
         let now = self.now();
-        if !matches!(ev, ReceiverEvent::Write { .. }) {
-            // Whatever comes next (a read-back, a rename) needs the frames
-            // on disk.
-            self.flush_writes();
-        }
         match ev {
             ReceiverEvent::Started { session, sender, assignment, size, .. } => {
                 let path = self.dir.join(format!("{assignment}.{session}.part"));
@@ -254,12 +262,7 @@ impl MulticastReceiver {
                     ),
                 }
             }
-            ReceiverEvent::Write { session, offset, data } => {
-                if let Err(data) = self.writes.extend(session, offset, data) {
-                    self.flush_writes();
-                    let _ = self.writes.extend(session, offset, data);
-                }
-            }
+            ReceiverEvent::Write { .. } => {}
             ReceiverEvent::Verify { session, from, hasher } => {
                 let Some(r) = self.files.get(&session) else {
                     return;

@@ -2,18 +2,19 @@
 //! channel and the assignment files.
 //!
 //! Frames are read from the assignment file at the moment they are sent
-//! (positioned reads, straight into the datagram being sealed), so the
+//! (positioned reads, straight into the datagrams being sealed), so the
 //! leader holds no copy in memory either. Consecutive frames of one size
-//! are sealed one after the other into one buffer and leave together, one
-//! segmented send per destination ([`DataChannel::send_sealed`]): the
-//! same datagrams, for a fraction of the system calls.
+//! are laid out as sealed datagrams end to end in one buffer, their
+//! payloads read with one `preadv`, and leave together, one segmented send
+//! per destination ([`DataChannel::send_sealed`]): the same datagrams, for
+//! a fraction of the system calls.
 //! Datagrams of the report protocol that arrive on the same socket are
 //! forwarded to the [`ReportCollector`](super::report_collector) if one is
 //! connected.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
@@ -23,8 +24,9 @@ use bytes::Bytes;
 
 use crate::protocol::ids::{AssignmentSerial, NodeId};
 use crate::protocol::mctp::{
-    msg::is_mctp_tag, Announce, Dest, FrameSource, Message, Outcome, Payload, Sender, SenderConfig,
-    SenderEvent, SessionId, Transmit, FRAME_HEADER_LEN,
+    msg::{frame_header, is_mctp_tag},
+    Announce, Dest, FrameSource, Message, Outcome, Payload, Sender, SenderConfig, SenderEvent, SessionId,
+    Transmit, FRAME_HEADER_LEN,
 };
 use crate::protocol::reports;
 use crate::protocol::time::Time;
@@ -105,41 +107,108 @@ pub struct MulticastSender {
     run: FrameRun,
 }
 
-/// Sealed datagrams of one size laid end to end (the last may be shorter):
-/// what one segmented send carries.
+/// A frame waiting in a [`FrameRun`].
+#[derive(Debug, Clone, Copy)]
+struct RunFrame {
+    session: SessionId,
+    pass: u32,
+    seq: u32,
+    offset: u64,
+    len: usize,
+}
+
+/// Frames for the group waiting to leave together: laid out as sealed
+/// datagrams of one size end to end (the last may be shorter), what one
+/// segmented send carries.
 #[derive(Debug, Default)]
 struct FrameRun {
-    buf: Vec<u8>,
+    frames: Vec<RunFrame>,
+    /// Datagram size (of all but the last).
     segment: usize,
-    count: usize,
+    /// Bytes of all the datagrams.
+    bytes: usize,
     /// A shorter datagram ended the run: nothing may follow it.
     closed: bool,
+    buf: Vec<u8>,
+}
+
+/// Where a frame's payload starts in its datagram.
+const PAYLOAD_AT: usize = wire::HEADER_LEN + FRAME_HEADER_LEN;
+
+fn datagram_len(payload: usize) -> usize {
+    PAYLOAD_AT + payload + wire::TAG_LEN
 }
 
 impl FrameRun {
     /// True when a datagram of `len` bytes may join the run.
     fn fits(&self, len: usize) -> bool {
-        self.count == 0
+        self.frames.is_empty()
             || (!self.closed
                 && len <= self.segment
-                && self.count < MAX_SEGMENTS
-                && self.buf.len() + len <= MAX_SEGMENTED_BYTES)
+                && self.frames.len() < MAX_SEGMENTS
+                && self.bytes + len <= MAX_SEGMENTED_BYTES)
     }
 
-    fn push(&mut self, len: usize) {
-        if self.count == 0 {
+    fn push(&mut self, frame: RunFrame) {
+        let len = datagram_len(frame.len);
+        if self.frames.is_empty() {
             self.segment = len;
         } else if len < self.segment {
             self.closed = true;
         }
-        self.count += 1;
+        self.bytes += len;
+        self.frames.push(frame);
+    }
+
+    /// Lays the run out in `buf`: payloads read from `file` (one `preadv`
+    /// per stretch of consecutive frames, straight into the datagrams),
+    /// then each frame's header and each datagram's seal.
+    fn build(&mut self, file: &File, channel: &DataChannel) -> io::Result<()> {
+        self.buf.clear();
+        self.buf.resize(self.bytes, 0);
+        let segment = self.segment.max(1);
+        {
+            let mut slots: Vec<IoSliceMut<'_>> = Vec::with_capacity(self.frames.len());
+            let mut from = self.frames.first().map_or(0, |f| f.offset);
+            let mut next = from;
+            for (datagram, f) in self.buf.chunks_mut(segment).zip(&self.frames) {
+                if f.offset != next {
+                    read_exact_vectored_at(file, &mut slots, from)?;
+                    slots.clear();
+                    from = f.offset;
+                }
+                slots.push(IoSliceMut::new(&mut datagram[PAYLOAD_AT..PAYLOAD_AT + f.len]));
+                next = f.offset + f.len as u64;
+            }
+            read_exact_vectored_at(file, &mut slots, from)?;
+        }
+        for (datagram, f) in self.buf.chunks_mut(segment).zip(&self.frames) {
+            let header = frame_header(f.session, f.pass, f.seq, &datagram[PAYLOAD_AT..PAYLOAD_AT + f.len]);
+            datagram[wire::HEADER_LEN..PAYLOAD_AT].copy_from_slice(&header);
+            channel.seal_datagram(datagram)?;
+        }
+        Ok(())
     }
 
     fn clear(&mut self) {
-        self.buf.clear();
-        self.count = 0;
+        self.frames.clear();
+        self.bytes = 0;
         self.closed = false;
     }
+}
+
+/// Fills `bufs` from `file` at `offset`, in as few reads as the kernel allows.
+fn read_exact_vectored_at(file: &File, mut bufs: &mut [IoSliceMut<'_>], mut offset: u64) -> io::Result<()> {
+    while bufs.iter().any(|b| !b.is_empty()) {
+        let at = i64::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let n = nix::sys::uio::preadv(file, bufs, at).map_err(io::Error::from)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        offset += n as u64;
+        IoSliceMut::advance_slices(&mut bufs, n);
+    }
+    Ok(())
 }
 
 impl MulticastSender {
@@ -224,20 +293,12 @@ impl MulticastSender {
     /// (sent when it is full or something else must go first), anything
     /// else goes at once, after the run.
     fn transmit(&mut self, t: Transmit) {
-        if let (Payload::Frame { len, .. }, Dest::Group) = (&t.payload, t.dest) {
-            let wire_len = FRAME_HEADER_LEN + *len + wire::HEADER_LEN + wire::TAG_LEN;
-            if !self.run.fits(wire_len) {
+        if let (Payload::Frame { session, pass, seq, offset, len }, Dest::Group) = (&t.payload, t.dest) {
+            let frame = RunFrame { session: *session, pass: *pass, seq: *seq, offset: *offset, len: *len };
+            if !self.run.fits(datagram_len(frame.len)) {
                 self.flush_run();
             }
-            let file = self.current.and_then(|(_, a)| self.files.get(&a));
-            let sealed = match file {
-                Some(f) => self.channel.seal_into(&mut self.run.buf, |out| t.encode(&mut FileSource(f), out)),
-                None => self.channel.seal_into(&mut self.run.buf, |out| t.encode(&mut Vec::new(), out)),
-            };
-            match sealed {
-                Ok(n) => self.run.push(n),
-                Err(e) => tracing::warn!(event = "mctp_send_failed", error = %e),
-            }
+            self.run.push(frame);
             return;
         }
         self.flush_run();
@@ -254,10 +315,17 @@ impl MulticastSender {
 
     /// Sends the run of frames, if any.
     fn flush_run(&mut self) {
-        if self.run.count > 0 {
-            if let Err(e) = self.channel.send_sealed(Dest::Group, &self.run.buf, self.run.segment) {
-                tracing::warn!(event = "mctp_send_failed", error = %e);
-            }
+        if self.run.frames.is_empty() {
+            return;
+        }
+        let file = self.current.and_then(|(_, a)| self.files.get(&a));
+        let built = match file {
+            Some(f) => self.run.build(f, &self.channel),
+            None => Err(io::Error::new(io::ErrorKind::NotFound, "the session's assignment file is not open")),
+        };
+        let sent = built.and_then(|_| self.channel.send_sealed(Dest::Group, &self.run.buf, self.run.segment));
+        if let Err(e) = sent {
+            tracing::warn!(event = "mctp_send_failed", frames = self.run.frames.len(), error = %e);
         }
         self.run.clear();
     }

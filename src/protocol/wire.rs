@@ -204,14 +204,28 @@ pub fn begin_in_place(out: &mut Vec<u8>) -> usize {
 /// the bytes are exactly those [`seal`] produces. On error `out` is cut
 /// back to `start`.
 pub fn seal_in_place(key: &MacKey, env: &Envelope, out: &mut Vec<u8>, start: usize) -> Result<(), WireError> {
-    let payload_len = out.len().saturating_sub(start + HEADER_LEN);
-    if out.len() < start + HEADER_LEN || payload_len > MAX_PAYLOAD {
+    out.resize(out.len().max(start + HEADER_LEN) + TAG_LEN, 0);
+    let sealed = seal_slice(key, env, &mut out[start..]);
+    if sealed.is_err() {
         out.truncate(start);
+    }
+    sealed
+}
+
+/// Seals a datagram laid out in `datagram`: `HEADER_LEN` bytes for the
+/// header, the payload, `TAG_LEN` bytes for the tag. Writes header and tag;
+/// the bytes are exactly those [`seal`] produces for that payload. For a
+/// driver that lays several datagrams out before filling them (frames read
+/// from a file with one system call).
+pub fn seal_slice(key: &MacKey, env: &Envelope, datagram: &mut [u8]) -> Result<(), WireError> {
+    let payload_len = datagram.len().saturating_sub(HEADER_LEN + TAG_LEN);
+    if datagram.len() < HEADER_LEN + TAG_LEN || payload_len > MAX_PAYLOAD {
         return Err(WireError::TooLarge(payload_len));
     }
-    out[start..start + HEADER_LEN].copy_from_slice(&header(env, payload_len));
-    let tag = key.sign(&[&out[start..]]);
-    out.extend_from_slice(&tag[..TAG_LEN]);
+    let tag_at = datagram.len() - TAG_LEN;
+    datagram[..HEADER_LEN].copy_from_slice(&header(env, payload_len));
+    let tag = key.sign(&[&datagram[..tag_at]]);
+    datagram[tag_at..].copy_from_slice(&tag[..TAG_LEN]);
     Ok(())
 }
 
