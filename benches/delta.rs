@@ -40,6 +40,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn opts(serial: u64, base: u64) -> PackOptions {
     let config = cmover::config::Config::default();
     PackOptions {
+        site: cmover::offline::default_site(),
         serial: AssignmentSerial(serial),
         base_serial: AssignmentSerial(base),
         job_id: JobId(0),

@@ -74,6 +74,119 @@ pub struct Config {
     pub election: ElectionConfig,
     /// Segment membership.
     pub membership: MembershipConfig,
+    /// The controller (`cmover ccm`).
+    pub ccm: CcmConfig,
+    /// The agent process: where it keeps things, whom it talks to.
+    pub agent: AgentConfig,
+    /// The data channel that carries assignments inside a segment.
+    pub data: DataConfig,
+}
+
+/// `[agent]`: the agent process (`cmover agent`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Where the agent keeps assignments (`assignments/<id>.cma`) and its state store.
+    pub data_dir: PathBuf,
+    /// Site `S` lives at `sites_root/S/{live,releases,incoming}`.
+    pub sites_root: PathBuf,
+    /// Name of this node's segment, reported to the CCM.
+    pub segment: String,
+    /// Where the segment is (free text: data centre, time zone…), reported to the CCM.
+    pub location: String,
+    /// Base URL of the CCM's node API (`http://host:port`).
+    pub ccm_url: String,
+    /// Address of the node HTTP server (port 0 picks one); `node.advertise_http`
+    /// is what other nodes use, and defaults to this address once bound.
+    pub http_bind: SocketAddr,
+    /// A leader reports its segment to the CCM this often (and on every change).
+    #[serde(with = "humantime_serde")]
+    pub segment_report_interval: Duration,
+    /// Time limit of a small node API request (notify, next-hop, report…).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// A download that receives nothing for this long is broken (and resumed).
+    #[serde(with = "humantime_serde")]
+    pub fetch_idle_timeout: Duration,
+    /// Broken downloads resumed (with `Range`) before the fetch fails.
+    pub fetch_retries: u32,
+    /// Copies with a wrong SHA-256 deleted and fetched again before the fetch fails.
+    pub fetch_hash_retries: u32,
+    /// First delay before a failed request to the CCM is repeated; it doubles up to 30 s.
+    #[serde(with = "humantime_serde")]
+    pub retry_delay: Duration,
+    /// Largest clock difference accepted on a signed node API request.
+    #[serde(with = "humantime_serde")]
+    pub api_max_skew: Duration,
+    /// How long a leader keeps asking members that received an assignment
+    /// for their result (a large release takes a while to build) before it
+    /// reports them silent.
+    #[serde(with = "humantime_serde")]
+    pub report_timeout: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            data_dir: PathBuf::from("/var/lib/cmover/agent"),
+            sites_root: PathBuf::from("/srv/cmover/sites"),
+            segment: "default".into(),
+            location: String::new(),
+            ccm_url: "http://127.0.0.1:7480".into(),
+            http_bind: SocketAddr::from(([0, 0, 0, 0], 7481)),
+            segment_report_interval: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            fetch_idle_timeout: Duration::from_secs(30),
+            fetch_retries: 5,
+            fetch_hash_retries: 3,
+            retry_delay: Duration::from_millis(500),
+            api_max_skew: Duration::from_secs(30),
+            report_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// How the data channel reaches the members of the segment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataChannelMode {
+    /// One multicast group (TTL 1) for the whole segment.
+    #[default]
+    Multicast,
+    /// One copy per registered member, for networks without multicast.
+    Unicast,
+}
+
+/// `[data]`: the data channel (MCTP and job status reports).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// `multicast` or `unicast`.
+    pub mode: DataChannelMode,
+    /// Multicast group of the data channel.
+    pub group: Ipv4Addr,
+    /// UDP port of the group (multicast mode).
+    pub port: u16,
+    /// Address of the interface that joins the group; 0.0.0.0 lets the system choose.
+    pub interface: Ipv4Addr,
+    /// Local address of the member's unicast data socket (port 0 picks one).
+    pub bind: SocketAddr,
+    /// The data address (`host:port`) announced to the leader; empty: the
+    /// host of `node.advertise_http` (or of `data.bind`) with the bound port.
+    pub advertise: String,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            mode: DataChannelMode::Multicast,
+            group: Ipv4Addr::new(239, 192, 70, 2),
+            port: 7402,
+            interface: Ipv4Addr::UNSPECIFIED,
+            bind: SocketAddr::from(([0, 0, 0, 0], 7401)),
+            advertise: String::new(),
+        }
+    }
 }
 
 /// `[node]`.
@@ -339,6 +452,103 @@ pub struct ReleasesConfig {
     pub keep_releases: u32,
     /// Free space that must remain on the site's file system after an apply.
     pub min_free_disk: ByteSize,
+}
+
+/// `[ccm]`: the controller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CcmConfig {
+    /// Database, assignments, shadow copies.
+    pub data_dir: PathBuf,
+    /// Address of the HTTP server (admin REST API and node API).
+    pub http_bind: SocketAddr,
+    /// Base URL agents reach the CCM at; empty means `http://<http_bind>`.
+    pub advertise_url: String,
+    /// Bearer token of the admin REST API; empty disables the API.
+    pub admin_token: String,
+    /// Group leaders the CCM sends an assignment to itself; the rest get it
+    /// from each other.
+    pub fanout: u32,
+    /// Time a notified leader has to confirm it holds the copy.
+    #[serde(with = "humantime_serde")]
+    pub notify_timeout: Duration,
+    /// Notifications of a leader before its segment is given up.
+    pub max_attempts: u32,
+    /// Time segments have to report an assignment's outcome; later ones count as silent.
+    #[serde(with = "humantime_serde")]
+    pub report_timeout: Duration,
+    /// Segment names in the order their leaders should be served (admin
+    /// static order); segments not listed follow, by CPU and free disk.
+    pub tree_order: Vec<String>,
+    /// Largest clock difference accepted on signed node requests.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+    /// Encrypt assignment data with the content key derived from the cluster secret.
+    pub encrypt: bool,
+}
+
+impl Default for CcmConfig {
+    fn default() -> Self {
+        CcmConfig {
+            data_dir: PathBuf::from("/var/lib/cmover/ccm"),
+            http_bind: SocketAddr::from(([127, 0, 0, 1], 7480)),
+            advertise_url: String::new(),
+            admin_token: String::new(),
+            fanout: 2,
+            notify_timeout: Duration::from_secs(30),
+            max_attempts: 3,
+            report_timeout: Duration::from_secs(300),
+            tree_order: Vec::new(),
+            max_clock_skew: Duration::from_secs(30),
+            encrypt: false,
+        }
+    }
+}
+
+impl CcmConfig {
+    /// The URL agents reach the CCM at.
+    pub fn url(&self) -> String {
+        if self.advertise_url.is_empty() {
+            format!("http://{}", self.http_bind)
+        } else {
+            self.advertise_url.trim_end_matches('/').to_owned()
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.fanout == 0 {
+            return Err(invalid(
+                "ccm.fanout",
+                "0 sends the assignment nowhere",
+                "give 1 or more (the default is 2)",
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(invalid(
+                "ccm.max_attempts",
+                "0 never notifies anyone",
+                "give 1 or more (the default is 3)",
+            ));
+        }
+        if self.advertise_url.is_empty() && self.http_bind.ip().is_unspecified() {
+            return Err(invalid(
+                "ccm.advertise_url",
+                format!(
+                    "http_bind {} listens everywhere, so agents cannot be told one address",
+                    self.http_bind
+                ),
+                "set advertise_url to the URL agents use, e.g. \"http://10.0.0.1:7480\"",
+            ));
+        }
+        if !self.advertise_url.is_empty() && !self.advertise_url.starts_with("http://") {
+            return Err(invalid(
+                "ccm.advertise_url",
+                format!("{:?} is not an http:// URL", self.advertise_url),
+                "give a URL such as \"http://10.0.0.1:7480\"",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for ReleasesConfig {
@@ -666,6 +876,66 @@ impl Config {
         }
         self.mctp.validate()?;
         self.reports.validate()?;
+        self.ccm.validate()?;
+        self.validate_agent()?;
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_agent(&self) -> Result<(), ConfigError> {
+        let a = &self.agent;
+        if a.segment.trim().is_empty() {
+            return Err(invalid(
+                "agent.segment",
+                "the segment name is empty",
+                "name the LAN segment this agent sits in, e.g. segment = \"dc1-rack4\"",
+            ));
+        }
+        let rest = a.ccm_url.strip_prefix("http://").unwrap_or("");
+        if rest.is_empty() || rest.contains(['/', '?', '#']) && !rest.ends_with('/') {
+            return Err(invalid(
+                "agent.ccm_url",
+                format!("{:?} is not a base URL of the form http://host:port", a.ccm_url),
+                "give the CCM's node API address, e.g. \"http://10.0.0.1:7480\" (plain http; requests are signed)",
+            ));
+        }
+        if a.segment_report_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "agent.segment_report_interval",
+                format!("{:?} would flood the CCM", a.segment_report_interval),
+                "give at least \"100ms\" (the default is \"10s\")",
+            ));
+        }
+        for (key, d) in [
+            ("agent.request_timeout", a.request_timeout),
+            ("agent.fetch_idle_timeout", a.fetch_idle_timeout),
+            ("agent.retry_delay", a.retry_delay),
+            ("agent.api_max_skew", a.api_max_skew),
+            ("agent.report_timeout", a.report_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "zero", "give a duration such as \"10s\""));
+            }
+        }
+        let d = &self.data;
+        if !d.group.is_multicast() {
+            return Err(invalid(
+                "data.group",
+                format!("{} is not a multicast address", d.group),
+                "use an address in 239.0.0.0/8, such as the default 239.192.70.2",
+            ));
+        }
+        if d.port == 0 {
+            return Err(invalid("data.port", "port 0", "give the UDP port of the group, such as 7402"));
+        }
+        if !d.advertise.is_empty() && d.advertise.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "data.advertise",
+                format!("{:?} is not an IP address and port", d.advertise),
+                "give this node's data address as HOST:PORT, e.g. \"10.0.0.5:7401\", or leave it empty",
+            ));
+        }
         Ok(())
     }
 }
@@ -844,6 +1114,8 @@ mod tests {
             ("[mctp]\nquorum = 0.0\n", "mctp.quorum"),
             ("[mctp]\nrate = \"500 MB\"\n", "mctp.rate"),
             ("[reports]\nslots = 0\n", "reports.slots"),
+            ("[ccm]\nfanout = 0\n", "ccm.fanout"),
+            ("[ccm]\nhttp_bind = \"0.0.0.0:7480\"\n", "ccm.advertise_url"),
             (
                 "[election]\nclaim_delay_min = \"1s\"\nclaim_delay_max = \"100ms\"\n",
                 "election.claim_delay_min",
@@ -851,6 +1123,14 @@ mod tests {
             ("[election]\ncpu = 101\n", "election.cpu"),
             ("[membership]\nalive_interval = \"100ms\"\n", "membership.alive_interval"),
             ("[membership]\nmember_timeout = \"2s\"\n", "membership.member_timeout"),
+            ("[agent]\nsegment = \"\"\n", "agent.segment"),
+            ("[agent]\nccm_url = \"https://ccm:7480\"\n", "agent.ccm_url"),
+            ("[agent]\nccm_url = \"ccm:7480\"\n", "agent.ccm_url"),
+            ("[agent]\nsegment_report_interval = \"1ms\"\n", "agent.segment_report_interval"),
+            ("[agent]\nfetch_idle_timeout = \"0s\"\n", "agent.fetch_idle_timeout"),
+            ("[data]\ngroup = \"10.1.1.1\"\n", "data.group"),
+            ("[data]\nport = 0\n", "data.port"),
+            ("[data]\nadvertise = \"here\"\n", "data.advertise"),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(text, "f.toml").unwrap_err();

@@ -28,20 +28,30 @@
 //! - [`storage`]: the file system and the database: [`storage::tree`]
 //!   (scanning trees), [`storage::pack`] (building assignments),
 //!   [`storage::assignment_file`] (verified reading), [`storage::releases`]
-//!   (a BES site: apply, commit, rollback), [`storage::db`] (typed tables).
+//!   (a BES site: apply, commit, rollback), [`storage::db`] (typed tables),
+//!   [`storage::agent_state`] (what an agent has carried out and holds).
 //! - [`actors`]: actix actors that run the cores on real sockets and files
 //!   ([`actors::elector`], `multicast_sender`, `multicast_receiver`,
-//!   `report_collector`, and the shared `data_channel` sockets).
+//!   `report_collector`, and the shared `data_channel` sockets),
+//!   [`actors::content_interpreter`] (carries assignments out, once each),
+//!   [`actors::group_leader`] (fetch, forward, deliver, report).
+//! - [`http`]: the node API: [`http::signed`] (signed requests),
+//!   [`http::files`] (serving and fetching assignment files),
+//!   [`http::node_api`] (the agent's routes).
 //! - [`agent`]: the `cmover agent` process, wired from the configuration.
+//! - [`ccm`]: the `cmover ccm` process (orchestrator, database, HTTP API).
+//! - [`http`]: the node API (signed requests) and the admin REST API.
 //! - [`sim`]: the seeded virtual-time network that drives the cores, and the
 //!   simulations built on it ([`sim::election`], [`sim::mctp`]).
 //! - [`udp`]: multicast and unicast UDP sockets for the channels.
 
 pub mod actors;
 pub mod agent;
+pub mod ccm;
 pub mod config;
 pub mod corpus;
 pub mod demo;
+pub mod http;
 pub mod logging;
 pub mod offline;
 pub mod protocol;

@@ -11,6 +11,7 @@ use cmover::demo;
 use cmover::logging::{self, LogTarget};
 use cmover::offline::{self, DiffArgs};
 use cmover::protocol::ids::AssignmentSerial;
+use cmover::protocol::paths::SiteName;
 use cmover::storage::assignment_file::AssignmentFile;
 use cmover::storage::releases::{Outcome, SiteRoot};
 
@@ -58,6 +59,9 @@ enum Command {
         /// Job id recorded in the header.
         #[arg(long, default_value_t = 0)]
         job_id: u64,
+        /// Site name recorded in the header (default: `default`).
+        #[arg(long)]
+        site: Option<String>,
         /// Encrypt the data with this key file (see `cmover keygen`).
         #[arg(long)]
         encrypt_key: Option<PathBuf>,
@@ -123,7 +127,10 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
-    /// Run this server's agent (the elector on the control channel) until Ctrl-C.
+    /// Run the controller (CCM): orchestrator, database, REST and node API, until Ctrl-C.
+    Ccm,
+    /// Run this server's agent until Ctrl-C or SIGTERM: elector, group-leader duties, multicast,
+    /// content interpreter and node HTTP API (see [agent] and [data] in config.example.toml).
     Agent,
     /// Deterministic simulations of the protocols, for tests and for sizing timers.
     #[command(subcommand)]
@@ -201,7 +208,7 @@ fn run(cli: Cli) -> Result<()> {
     // Services log to stdout at the configured level; one-shot tools print
     // their own results on stdout and log only warnings, to stderr.
     let (target, level) = match cli.command {
-        Command::Agent => (LogTarget::Stdout, config.log.level.as_str()),
+        Command::Agent | Command::Ccm => (LogTarget::Stdout, config.log.level.as_str()),
         _ => (LogTarget::Stderr, "warn"),
     };
     logging::init(format, cli.log_level.as_deref(), level, target).map_err(anyhow::Error::msg)?;
@@ -216,6 +223,12 @@ fn run(cli: Cli) -> Result<()> {
             }
             cmover::agent::run(&config)
         }
+        Command::Ccm => {
+            if cli.config.is_none() {
+                anyhow::bail!("cmover ccm needs a configuration: --config FILE (see config.example.toml)");
+            }
+            cmover::ccm::run(&config)
+        }
         Command::Sim(SimCommand::Election(args)) => sim_cli::election(&args),
         Command::Demo { dir } => {
             let dir = match dir {
@@ -225,8 +238,9 @@ fn run(cli: Cli) -> Result<()> {
             demo::run(&dir, &config, &mut std::io::stdout().lock())?;
             Ok(())
         }
-        Command::Diff { old, new, output, serial, base_serial, job_id, encrypt_key, json } => {
-            let args = DiffArgs { serial, base_serial, job_id, key: key(encrypt_key)? };
+        Command::Diff { old, new, output, serial, base_serial, job_id, site, encrypt_key, json } => {
+            let site = site.map(|s| SiteName::new(&s)).transpose().context("--site")?;
+            let args = DiffArgs { site, serial, base_serial, job_id, key: key(encrypt_key)? };
             let summary = offline::diff(&old, &new, &output, args, &config)?;
             if json {
                 println!("{}", serde_json::to_string(&summary)?);

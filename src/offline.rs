@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::protocol::assignment::{Command, Kind};
 use crate::protocol::crypto::{parse_key_file, ContentKey, CryptoError};
 use crate::protocol::ids::{AssignmentSerial, JobId};
+use crate::protocol::paths::SiteName;
 use crate::storage::assignment_file::{AssignmentError, AssignmentFile};
 use crate::storage::pack::{pack, PackError, PackOptions, PackSummary};
 use crate::storage::releases::{Outcome, ReleaseError, SiteOptions, SiteRoot};
@@ -59,6 +60,8 @@ pub fn now_ms() -> u64 {
 /// Options of `cmover diff`.
 #[derive(Debug, Clone, Default)]
 pub struct DiffArgs {
+    /// The site name recorded in the header (default `default`).
+    pub site: Option<SiteName>,
     /// Serial of the release to build; default 1 for an empty OLD, else 2.
     pub serial: Option<u64>,
     /// Serial of the release OLD is; default serial − 1.
@@ -92,6 +95,7 @@ pub fn diff(
         None => None,
     };
     let opts = PackOptions {
+        site: args.site.unwrap_or_else(default_site),
         serial: AssignmentSerial(serial),
         base_serial: AssignmentSerial(base),
         job_id: JobId(args.job_id),
@@ -107,6 +111,11 @@ pub fn diff(
         encrypt,
     };
     Ok(pack(old, new, out, &opts)?)
+}
+
+/// The site name of assignments built without one.
+pub fn default_site() -> SiteName {
+    SiteName::new("default").unwrap_or_else(|_| unreachable!("a valid name"))
 }
 
 /// Site options from the configuration.
@@ -163,6 +172,7 @@ pub fn inspect_text(a: &AssignmentFile) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "assignment   {}", a.path().display());
     let _ = writeln!(s, "kind         {:?}", h.kind);
+    let _ = writeln!(s, "site         {}", h.site);
     let _ = writeln!(s, "serial       {}", h.serial);
     let base = if h.is_delta() { format!("{}", h.base_serial) } else { "none (full release)".into() };
     let _ = writeln!(s, "base         {base}");

@@ -52,6 +52,7 @@ fn config(id: u64, preempt: bool) -> ElectorConfig {
         priority: PriorityInputs { preference: (id * 20) as u8, ..PriorityInputs::default() },
         info: MemberInfo {
             http: format!("127.0.0.1:{}", 18000 + id),
+            data: String::new(),
             name: format!("web-{id}"),
             serials: vec![],
         },

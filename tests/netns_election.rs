@@ -108,7 +108,16 @@ alive_interval = "200ms"
 member_timeout = "2s"
 list_delay = "300ms"
 register_jitter = "100ms"
+[agent]
+data_dir = "{agent_dir}/data"
+sites_root = "{agent_dir}/sites"
+http_bind = "127.0.0.1:0"
+[data]
+group = "239.192.70.10"
+interface = "127.0.0.1"
+bind = "127.0.0.1:0"
 "#,
+        agent_dir = dir.join(format!("agent{id}")).display(),
         secret = secret.display(),
         pref = id * 10,
     );

@@ -24,6 +24,7 @@ use cmover::storage::tree::{compare_trees, copy_tree, hash_file, TreeFilter};
 
 fn opts(serial: u64, base: u64, key: Option<&ContentKey>) -> PackOptions {
     PackOptions {
+        site: cmover::offline::default_site(),
         serial: AssignmentSerial(serial),
         base_serial: AssignmentSerial(base),
         job_id: JobId(1),
@@ -228,7 +229,13 @@ fn a_wrong_or_missing_key_is_rejected_and_changes_nothing() {
 
 /// Writes a correctly hashed assignment whose body is `body` verbatim.
 fn raw_assignment(path: &Path, serial: u64, base: u64, count: u32, body: &[u8]) {
-    let mut h = Header::control(Kind::Content, AssignmentSerial(serial), JobId(0), 0);
+    let mut h = Header::control(
+        Kind::Content,
+        cmover::offline::default_site(),
+        AssignmentSerial(serial),
+        JobId(0),
+        0,
+    );
     h.base_serial = AssignmentSerial(base);
     h.command_count = count;
     h.body_len = body.len() as u64;
@@ -272,6 +279,7 @@ fn crafted(
     commands: impl FnOnce(cmover::protocol::assignment::DataRef) -> Vec<Command>,
 ) -> PathBuf {
     let params = NewAssignment {
+        site: cmover::offline::default_site(),
         serial: AssignmentSerial(2),
         base_serial: AssignmentSerial(1),
         job_id: JobId(0),

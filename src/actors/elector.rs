@@ -23,7 +23,7 @@ use actix::prelude::*;
 use tokio::net::UdpSocket;
 use tokio_util::udp::UdpFramed;
 
-use crate::protocol::control::{ControlCodec, ControlGate, ReceivedControl};
+use crate::protocol::control::{ControlCodec, ControlGate, MemberInfo, ReceivedControl};
 use crate::protocol::election::{Dest, Elector, ElectorConfig, ElectorStats, Event, State, Transmit};
 use crate::protocol::ids::NodeId;
 use crate::protocol::time::Time;
@@ -106,6 +106,13 @@ pub struct GetStatus;
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct UpdateConfig(pub ElectorConfig);
+
+/// Replaces what this node registers with (its [`MemberInfo`]: live
+/// serials, addresses); a member re-registers, a leader reports its segment
+/// changed.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct UpdateInfo(pub MemberInfo);
 
 /// (Leader) moves the segment to another control channel; false if not leader.
 #[derive(Debug, Clone, Copy, Message)]
@@ -349,6 +356,17 @@ impl Handler<UpdateConfig> for ElectorActor {
     fn handle(&mut self, msg: UpdateConfig, ctx: &mut Self::Context) {
         let now = self.now();
         self.core.handle_config(now, msg.0);
+        self.drive(ctx);
+    }
+}
+
+impl Handler<UpdateInfo> for ElectorActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: UpdateInfo, ctx: &mut Self::Context) {
+        let now = self.now();
+        let config = ElectorConfig { info: msg.0, ..self.core.config().clone() };
+        self.core.handle_config(now, config);
         self.drive(ctx);
     }
 }

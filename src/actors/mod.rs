@@ -8,11 +8,16 @@
 
 #![warn(missing_docs)]
 
+pub mod assignment_creator;
+pub mod ccm;
+pub mod content_interpreter;
 pub mod data_channel;
 pub mod elector;
+pub mod group_leader;
 pub mod multicast_receiver;
 pub mod multicast_sender;
 pub mod report_collector;
+pub mod tree_planner;
 
 use actix::{Actor, AsyncContext, Context, SpawnHandle};
 

@@ -7,13 +7,14 @@
 //! +--------+----------------------------+------------------+---------+
 //! | header | data part (sections)        | body (commands)  | trailer |
 //! +--------+----------------------------+------------------+---------+
-//!   136 B    header.data_len bytes          header.body_len    40 B
+//!   200 B    header.data_len bytes          header.body_len    40 B
 //! ```
 //!
 //! - The **header** holds the administrative data: magic, format version,
 //!   kind, serial, the serial it is a delta against, job id, creation time,
 //!   command count, the lengths of body and data, the SHA-256 of the data
-//!   part, and (when encrypted) the key's fingerprint and a random salt.
+//!   part, (when encrypted) the key's fingerprint and a random salt, and the
+//!   name of the site it belongs to.
 //! - The **data part** is a sequence of *sections*, one per command that
 //!   carries bytes (a new file's content, a patch's delta ops). A section is a
 //!   run of *chunks* of at most [`CHUNK_SIZE`] raw bytes, each lz4-compressed
@@ -47,7 +48,7 @@ use thiserror::Error;
 use super::bytes::{DecodeError, Reader};
 use super::crypto::{ChunkCipher, ContentKey, CryptoError, Digest, Sha256, AEAD_TAG_LEN};
 use super::ids::{AssignmentSerial, JobId};
-use super::paths::{check_symlink_target, PathError, SitePath, MAX_PATH_LEN};
+use super::paths::{check_symlink_target, PathError, SiteName, SitePath, MAX_PATH_LEN};
 
 /// First bytes of every assignment.
 pub const MAGIC: [u8; 8] = *b"CMASSIGN";
@@ -56,7 +57,9 @@ pub const TRAILER_MAGIC: [u8; 8] = *b"CMTRAILR";
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u16 = 1;
 /// Bytes of the header.
-pub const HEADER_LEN: usize = 8 + 2 + 1 + 1 + 8 + 8 + 8 + 8 + 4 + 8 + 8 + 32 + 8 + 32;
+pub const HEADER_LEN: usize = 8 + 2 + 1 + 1 + 8 + 8 + 8 + 8 + 4 + 8 + 8 + 32 + 8 + 32 + SITE_FIELD_LEN;
+/// Bytes of the header's site name field (the name, NUL-padded).
+pub const SITE_FIELD_LEN: usize = super::paths::MAX_SITE_NAME;
 /// Bytes of the trailer.
 pub const TRAILER_LEN: usize = 8 + 32;
 /// Largest body accepted (commands), 256 MiB: about two million files.
@@ -194,6 +197,8 @@ fn hex_ser<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
 pub struct Header {
     /// What the assignment does.
     pub kind: Kind,
+    /// The hosted site it belongs to (its directory name on every server).
+    pub site: SiteName,
     /// Its serial; a content assignment produces release `serial`.
     pub serial: AssignmentSerial,
     /// The release it is a delta against; 0 for a full assignment.
@@ -216,9 +221,16 @@ pub struct Header {
 
 impl Header {
     /// A header-only assignment (`commit`, `abort` or `rollback`).
-    pub fn control(kind: Kind, serial: AssignmentSerial, job_id: JobId, created_ms: u64) -> Header {
+    pub fn control(
+        kind: Kind,
+        site: SiteName,
+        serial: AssignmentSerial,
+        job_id: JobId,
+        created_ms: u64,
+    ) -> Header {
         Header {
             kind,
+            site,
             serial,
             base_serial: AssignmentSerial(0),
             job_id,
@@ -264,6 +276,9 @@ impl Header {
         let enc = self.encryption.unwrap_or(Encryption { key_id: [0; 8], salt: [0; 32] });
         v.put_slice(&enc.key_id);
         v.put_slice(&enc.salt);
+        let mut site = [0u8; SITE_FIELD_LEN];
+        site[..self.site.as_str().len()].copy_from_slice(self.site.as_str().as_bytes());
+        v.put_slice(&site);
         let mut out = [0u8; HEADER_LEN];
         out.copy_from_slice(&v);
         out
@@ -294,7 +309,16 @@ impl Header {
         let data_sha256 = Digest(r.array("data hash")?);
         let key_id = r.array::<8>("key id")?;
         let salt = r.array::<32>("salt")?;
+        let site_field = r.array::<SITE_FIELD_LEN>("site")?;
         r.finish("header")?;
+        let end = site_field.iter().position(|&b| b == 0).unwrap_or(SITE_FIELD_LEN);
+        if site_field[end..].iter().any(|&b| b != 0) {
+            return Err(invalid("the site field has bytes after its NUL padding"));
+        }
+        let site = std::str::from_utf8(&site_field[..end])
+            .ok()
+            .and_then(|s| SiteName::new(s).ok())
+            .ok_or_else(|| invalid("the site field is not a valid site name"))?;
         let encryption = if flags & FLAG_ENCRYPTED != 0 {
             Some(Encryption { key_id, salt })
         } else if key_id != [0; 8] || salt != [0; 32] {
@@ -304,6 +328,7 @@ impl Header {
         };
         let h = Header {
             kind,
+            site,
             serial,
             base_serial,
             job_id,
@@ -756,6 +781,8 @@ pub struct SectionStats {
 /// Parameters of a new content assignment.
 #[derive(Debug, Clone)]
 pub struct NewAssignment {
+    /// The site.
+    pub site: SiteName,
     /// Serial of the release it builds.
     pub serial: AssignmentSerial,
     /// Release it is a delta against, 0 for a full assignment.
@@ -871,6 +898,7 @@ impl<W: Write + Seek> AssignmentWriter<W> {
     pub fn finish(mut self) -> io::Result<(Header, W)> {
         let header = Header {
             kind: Kind::Content,
+            site: self.params.site.clone(),
             serial: self.params.serial,
             base_serial: self.params.base_serial,
             job_id: self.params.job_id,
@@ -1083,8 +1111,13 @@ mod tests {
         SitePath::new(s).unwrap()
     }
 
+    fn site() -> SiteName {
+        SiteName::new("www").unwrap()
+    }
+
     fn params(serial: u64, base: u64) -> NewAssignment {
         NewAssignment {
+            site: site(),
             serial: AssignmentSerial(serial),
             base_serial: AssignmentSerial(base),
             job_id: JobId(7),
@@ -1226,7 +1259,7 @@ mod tests {
             body.put_u8(TAG_REMOVE);
             body.put_u16_le(bad.len() as u16);
             body.put_slice(bad.as_bytes());
-            let mut h = Header::control(Kind::Content, AssignmentSerial(1), JobId(0), 0);
+            let mut h = Header::control(Kind::Content, site(), AssignmentSerial(1), JobId(0), 0);
             h.command_count = 1;
             h.body_len = body.len() as u64;
             let head = h.encode();
@@ -1239,7 +1272,7 @@ mod tests {
         let out = Command::Symlink { path: p("a/l"), target: "../../etc".into() };
         let mut body = Vec::new();
         out.encode(&mut body);
-        let mut h = Header::control(Kind::Content, AssignmentSerial(1), JobId(0), 0);
+        let mut h = Header::control(Kind::Content, site(), AssignmentSerial(1), JobId(0), 0);
         h.command_count = 1;
         h.body_len = body.len() as u64;
         let head = h.encode();
@@ -1296,7 +1329,7 @@ mod tests {
 
     #[test]
     fn control_assignments_round_trip() {
-        let h = Header::control(Kind::Commit, AssignmentSerial(9), JobId(3), 42);
+        let h = Header::control(Kind::Commit, site(), AssignmentSerial(9), JobId(3), 42);
         let bytes = encode_control(&h);
         assert_eq!(bytes.len(), HEADER_LEN + TRAILER_LEN);
         let d = decode(&bytes).unwrap();
@@ -1378,7 +1411,7 @@ mod tests {
 
         #[test]
         fn random_bodies_behind_a_valid_hash_never_panic(body in proptest::collection::vec(any::<u8>(), 0..400), count in 0u32..20) {
-            let mut h = Header::control(Kind::Content, AssignmentSerial(2), JobId(0), 0);
+            let mut h = Header::control(Kind::Content, site(), AssignmentSerial(2), JobId(0), 0);
             h.base_serial = AssignmentSerial(1);
             h.command_count = count.min(body.len() as u32);
             h.body_len = body.len() as u64;

@@ -68,6 +68,10 @@ pub struct SiteSerial {
 pub struct MemberInfo {
     /// The member's node HTTP address (`host:port`), for the leader and the CCM.
     pub http: String,
+    /// The member's data-channel address (`host:port`), where the leader
+    /// sends assignments in unicast fan-out; empty when the data channel is
+    /// multicast.
+    pub data: String,
     /// A human name for logs and the UI.
     pub name: String,
     /// The live serial of every site the member holds.
@@ -164,6 +168,7 @@ impl MemberInfo {
     pub fn bounded(&self) -> MemberInfo {
         MemberInfo {
             http: cut(&self.http).to_string(),
+            data: cut(&self.data).to_string(),
             name: cut(&self.name).to_string(),
             serials: self
                 .serials
@@ -204,6 +209,7 @@ impl ControlMsg {
             ControlMsg::Register(info) => {
                 out.put_u8(TAG_REGISTER);
                 put_text(out, &info.http);
+                put_text(out, &info.data);
                 put_text(out, &info.name);
                 let sites = &info.serials[..info.serials.len().min(MAX_SITES)];
                 out.put_u16_le(sites.len() as u16);
@@ -253,6 +259,7 @@ impl ControlMsg {
             TAG_LC => ControlMsg::LeaderClaim { priority: read_priority(&mut r)? },
             TAG_REGISTER => {
                 let http = r.str_u16("http address", MAX_TEXT)?.to_string();
+                let data = r.str_u16("data address", MAX_TEXT)?.to_string();
                 let name = r.str_u16("name", MAX_TEXT)?.to_string();
                 let n = read_count(&mut r, "site count", MAX_SITES)?;
                 let mut serials = Vec::with_capacity(n);
@@ -262,7 +269,7 @@ impl ControlMsg {
                         serial: r.u64("serial")?,
                     });
                 }
-                ControlMsg::Register(MemberInfo { http, name, serials })
+                ControlMsg::Register(MemberInfo { http, data, name, serials })
             }
             TAG_LIST => {
                 let version = r.u64("list version")?;
@@ -427,6 +434,7 @@ mod tests {
             ControlMsg::LeaderClaim { priority: Priority { base: u32::MAX, full: 0 } },
             ControlMsg::Register(MemberInfo {
                 http: "10.0.0.7:7480".into(),
+                data: "10.0.0.7:7401".into(),
                 name: "web-7 ünïcode".into(),
                 serials: vec![SiteSerial { site: "www".into(), serial: 17 }],
             }),
@@ -469,6 +477,7 @@ mod tests {
     fn oversized_info_is_cut_to_what_decodes() {
         let info = MemberInfo {
             http: "é".repeat(200),
+            data: String::new(),
             name: "n".repeat(1000),
             serials: vec![SiteSerial { site: "s".into(), serial: 1 }; MAX_SITES + 5],
         };
@@ -535,9 +544,10 @@ mod tests {
             (prio.clone(), any::<u64>())
                 .prop_map(|(priority, list_version)| { ControlMsg::LeaderAlive { priority, list_version } }),
             prio.prop_map(|priority| ControlMsg::LeaderClaim { priority }),
-            (text, text, proptest::collection::vec((text, any::<u64>()), 0..5)).prop_map(
-                |(http, name, s)| ControlMsg::Register(MemberInfo {
+            (text, text, text, proptest::collection::vec((text, any::<u64>()), 0..5)).prop_map(
+                |(http, data, name, s)| ControlMsg::Register(MemberInfo {
                     http,
+                    data,
                     name,
                     serials: s.into_iter().map(|(site, serial)| SiteSerial { site, serial }).collect(),
                 })

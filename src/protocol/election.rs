@@ -433,6 +433,11 @@ pub struct Elector {
     list: Option<HeldList>,
     /// The last channel move reported, to report each once.
     moved_to: Option<(Ipv4Addr, u16)>,
+    /// Member: the leader this core has sent its registration to. A list
+    /// naming this node proves only that *some* incarnation of it
+    /// registered (a restarted agent is still listed, with its old details),
+    /// so it stops registering only once it has registered itself.
+    registered_with: Option<NodeId>,
     /// The leader last reported in an event.
     announced: Option<NodeId>,
     transmits: VecDeque<Transmit>,
@@ -470,6 +475,7 @@ impl Elector {
             channel_move: None,
             list: None,
             moved_to: None,
+            registered_with: None,
             announced: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -750,7 +756,8 @@ impl Elector {
         self.stop_timers(&[Timer::Claim, Timer::VotingWindow, Timer::ClaimRepeat, Timer::Concede]);
         self.timers.set(Timer::LeaderTimeout, now + self.config.timers.leader_timeout());
         self.lost = None;
-        let listed = self.list.as_ref().is_some_and(|l| l.leader == leader && l.members.contains(&self.me));
+        let listed = self.registered_with == Some(leader)
+            && self.list.as_ref().is_some_and(|l| l.leader == leader && l.members.contains(&self.me));
         if previous != Some(leader) && !listed {
             // A new leader: register with it.
             let reg = now + self.jitter();
@@ -909,6 +916,7 @@ impl Elector {
             (Timer::Register, State::LeaderKnown(leader)) => {
                 let info = self.config.info.bounded();
                 self.send(Dest::Node(leader), ControlMsg::Register(info));
+                self.registered_with = Some(leader);
                 // Registered for sure only once a list names us; until then
                 // retry, after the time the leader takes to send its list.
                 let retry = m.list_delay + m.register_jitter + self.jitter();
@@ -1124,9 +1132,10 @@ impl Elector {
             self.events.push_back(Event::MemberListChanged { leader: from, members: members.clone() });
         }
         self.list = Some(HeldList { leader: from, version, members });
-        if listed {
+        if listed && self.registered_with == Some(from) {
             self.timers.stop(Timer::Register);
-        } else {
+        } else if !listed || self.timers.get(Timer::Register).is_none() {
+            // Missing, or listed from an earlier life: register (again).
             let at = now + self.jitter();
             self.timers.set(Timer::Register, at);
         }

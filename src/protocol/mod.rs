@@ -8,11 +8,13 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod assignment;
 pub mod bytes;
 pub mod control;
 pub mod crypto;
 pub mod delta;
+pub mod distribution;
 pub mod election;
 pub mod ids;
 pub mod mctp;

@@ -55,6 +55,12 @@ pub enum PathError {
         /// The path.
         path: String,
     },
+    /// Not a valid site name.
+    #[error("{name:?} is not a site name: use 1 to 64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit")]
+    BadSiteName {
+        /// The name.
+        name: String,
+    },
     /// Not UTF-8 (only raised when converting from an OS path).
     #[error("path {path:?} is not valid UTF-8")]
     NotUtf8 {
@@ -162,6 +168,55 @@ impl From<SitePath> for String {
     }
 }
 
+/// Longest site name, in bytes.
+pub const MAX_SITE_NAME: usize = 64;
+
+/// The name of a hosted site: also its directory name on every server, so
+/// it is one safe path component: ASCII letters, digits, `.`, `_`, `-`,
+/// starting with a letter or digit, at most [`MAX_SITE_NAME`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SiteName(String);
+
+impl SiteName {
+    /// Checks `s` and wraps it.
+    pub fn new(s: &str) -> Result<Self, PathError> {
+        let ok = !s.is_empty()
+            && s.len() <= MAX_SITE_NAME
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if ok {
+            Ok(SiteName(s.to_owned()))
+        } else {
+            Err(PathError::BadSiteName { name: s.to_owned() })
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SiteName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for SiteName {
+    type Error = PathError;
+    fn try_from(s: String) -> Result<Self, PathError> {
+        SiteName::new(&s)
+    }
+}
+
+impl From<SiteName> for String {
+    fn from(n: SiteName) -> String {
+        n.0
+    }
+}
+
 /// Checks that a symlink at `link` with target `target` stays inside the site:
 /// the target is relative, and resolving it lexically from the link's
 /// directory never climbs above the root.
@@ -222,6 +277,16 @@ mod tests {
         assert_eq!(p.depth(), 3);
         assert_eq!(p.extension().as_deref(), Some("txt"));
         assert_eq!(SitePath::new(".bashrc").unwrap().extension(), None);
+    }
+
+    #[test]
+    fn site_names_are_single_safe_components() {
+        for ok in ["www", "shop.example.com", "a_b-1", "9"] {
+            assert_eq!(SiteName::new(ok).unwrap().as_str(), ok);
+        }
+        for bad in ["", ".hidden", "-x", "a/b", "..", "a b", "ü", &"x".repeat(65)] {
+            assert!(SiteName::new(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

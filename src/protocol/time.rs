@@ -9,7 +9,7 @@ use std::ops::{Add, AddAssign, Sub};
 use std::time::Duration;
 
 /// A point in time, in microseconds since the driver's epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize)]
 pub struct Time(u64);
 
 impl Time {

@@ -395,6 +395,7 @@ pub fn run_one(config: &SimConfig, seed: u64) -> RunOutcome {
                 priority: random_inputs(&mut rng),
                 info: MemberInfo {
                     http: format!("10.0.0.{id}:7480"),
+                    data: String::new(),
                     name: format!("node-{id}"),
                     serials: Vec::new(),
                 },

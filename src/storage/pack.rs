@@ -22,7 +22,7 @@ use crate::protocol::assignment::{AssignmentWriter, Command, FileMeta, NewAssign
 use crate::protocol::crypto::{ContentKey, Digest, Sha256};
 use crate::protocol::delta::{self, EntryKind, Manifest, Side};
 use crate::protocol::ids::{AssignmentSerial, JobId};
-use crate::protocol::paths::SitePath;
+use crate::protocol::paths::{SiteName, SitePath};
 
 /// Why an assignment could not be built.
 #[derive(Debug, Error)]
@@ -50,6 +50,8 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
 /// How to build an assignment.
 #[derive(Debug, Clone)]
 pub struct PackOptions {
+    /// The site the assignment belongs to.
+    pub site: SiteName,
     /// Serial of the release the assignment builds.
     pub serial: AssignmentSerial,
     /// Serial of the release built from the old tree. Ignored (0) when the
@@ -70,7 +72,7 @@ pub struct PackOptions {
 }
 
 /// What went into an assignment.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PackSummary {
     /// Serial of the release it builds.
     pub serial: u64,
@@ -193,6 +195,7 @@ fn write(
 ) -> Result<PackSummary, PackError> {
     let file = fs::File::create(tmp).map_err(io_at(tmp))?;
     let params = NewAssignment {
+        site: opts.site.clone(),
         serial: opts.serial,
         base_serial,
         job_id: opts.job_id,

@@ -37,7 +37,12 @@ fn config() -> ElectorConfig {
         preempt: false,
         gl_capable: true,
         priority: PriorityInputs::default(),
-        info: MemberInfo { http: "127.0.0.1:7480".into(), name: "five".into(), serials: vec![] },
+        info: MemberInfo {
+            http: "127.0.0.1:7480".into(),
+            data: String::new(),
+            name: "five".into(),
+            serials: vec![],
+        },
     }
 }
 
@@ -485,10 +490,30 @@ fn design5_a_member_missing_from_the_list_registers_again_within_the_jitter() {
 #[test]
 fn design5_a_member_that_missed_a_list_asks_again_when_an_la_announces_a_newer_one() {
     let mut m = follower_of(HIGH);
-    m.handle_datagram(at(50), HIGH, ControlMsg::MemberList { version: 1, members: vec![ME, HIGH] });
-    assert!(run_until(&mut m, at(99)).iter().all(|s| s.msg.kind() != "register"));
-    m.handle_datagram(at(100), HIGH, ControlMsg::LeaderAlive { priority: prio(1000), list_version: 2 });
-    assert!(run_until(&mut m, at(200)).iter().any(|s| s.msg.kind() == "register"));
+    assert!(run_until(&mut m, at(100)).iter().any(|s| s.msg.kind() == "register"));
+    m.handle_datagram(at(110), HIGH, ControlMsg::MemberList { version: 1, members: vec![ME, HIGH] });
+    assert!(run_until(&mut m, at(199)).iter().all(|s| s.msg.kind() != "register"));
+    m.handle_datagram(at(200), HIGH, ControlMsg::LeaderAlive { priority: prio(1000), list_version: 2 });
+    assert!(run_until(&mut m, at(300)).iter().any(|s| s.msg.kind() == "register"));
+}
+
+#[test]
+fn design5_a_restarted_member_still_listed_registers_its_new_details() {
+    // The leader still lists the member from before its restart, and sends
+    // that list before the new incarnation's registration jitter runs out:
+    // the new details (addresses, live serials) must reach the leader anyway.
+    let mut c = config();
+    c.info.http = "127.0.0.1:9999".into();
+    let mut m = Elector::new(c.clone(), ME, 8);
+    m.handle_timeout(Time::ZERO);
+    m.handle_datagram(Time::ZERO, HIGH, la(1000));
+    m.handle_datagram(at(1), HIGH, ControlMsg::MemberList { version: 4, members: vec![ME, HIGH] });
+    let sent = run_until(&mut m, at(150));
+    assert!(sent.iter().any(|s| s.msg == ControlMsg::Register(c.info.clone())), "{:?}", kinds(&sent));
+    // Once it has registered, a list naming it ends the retries.
+    m.handle_datagram(at(160), HIGH, ControlMsg::MemberList { version: 5, members: vec![ME, HIGH] });
+    let sent = run_until(&mut m, at(1000));
+    assert!(!kinds(&sent).contains(&"register"), "{:?}", kinds(&sent));
 }
 
 #[test]

@@ -1,0 +1,1056 @@
+//! Ccm: the controller's job orchestration (DESIGN §4 steps 2–9).
+//!
+//! A run goes: check the quorum can be met → pack the change (the
+//! `AssignmentCreator`) → distribute the content assignment along the
+//! store-and-forward tree (a `Distribution` core per assignment; the
+//! `TreePlanner` orders the leaders) → collect one `SegmentResult` per
+//! segment → if enough servers of the content group hold the release,
+//! distribute a commit (every server switches `live`), otherwise an abort
+//! (nothing goes live anywhere) → record the snapshot, update the shadow
+//! copy, append to the history.
+//!
+//! Every change to a run is written to the database, and flushed before it
+//! is acknowledged to a client or a peer. On start the actor resumes runs
+//! that were committing (a commit is idempotent on the servers) and fails
+//! cleanly, with an abort, the runs that had not reached the commit.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use actix::prelude::*;
+use thiserror::Error;
+
+use super::assignment_creator::{pack_options, AssignmentCreator, CreateContent, CreateControl, Created};
+use super::tree_planner::{PlanTree, TreePlanner};
+use crate::config::Config;
+use crate::http::signed::{unix_ms, ClientError, NodeClient};
+use crate::protocol::api::{
+    AssignmentRef, HopTarget, MemberReport, NextHop, Notify, SegmentReport, SegmentResult, ServerOutcome,
+    CCM_NODE,
+};
+use crate::protocol::assignment::Kind;
+use crate::protocol::crypto::ContentKey;
+use crate::protocol::distribution::{Distribution, DistributionConfig, Stage, Target};
+use crate::protocol::ids::{AssignmentSerial, JobId, NodeId};
+use crate::protocol::paths::SiteName;
+use crate::protocol::time::Time;
+use crate::storage::assignment_file::AssignmentFile;
+use crate::storage::db::{Db, DbError, Table};
+use crate::storage::records::{
+    AssignmentRecord, GroupRecord, HistoryRecord, JobKind, JobRecord, Phase, RunRecord, RunState,
+    SegmentProgress, SegmentRecord, ServerRecord, SiteRecord, SnapshotRecord,
+};
+use crate::storage::releases::{SiteOptions, SiteRoot};
+
+/// Why the CCM refused or failed something; the API maps these to 4xx/5xx.
+#[derive(Debug, Error)]
+pub enum CcmError {
+    /// Something named does not exist.
+    #[error("{what} {name:?} does not exist")]
+    NotFound {
+        /// What kind of thing.
+        what: &'static str,
+        /// Its name or id.
+        name: String,
+    },
+    /// The request conflicts with the state (a run already in progress…).
+    #[error("{0}")]
+    Conflict(String),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Runs job `job` now; answers the new run's id once it is recorded.
+#[derive(Message)]
+#[rtype(result = "Result<u64, CcmError>")]
+pub struct RunJob {
+    /// The job.
+    pub job: JobId,
+}
+
+/// A leader's segment report arrived.
+#[derive(Message)]
+#[rtype(result = "Result<(), CcmError>")]
+pub struct SegmentReported(pub SegmentReport);
+
+/// A leader holding assignment `assignment` asks for its next hop.
+#[derive(Message)]
+#[rtype(result = "NextHop")]
+pub struct NextHopAsked {
+    /// The leader.
+    pub node: NodeId,
+    /// The assignment.
+    pub assignment: u64,
+}
+
+/// A segment's result for an assignment arrived.
+#[derive(Message)]
+#[rtype(result = "Result<(), CcmError>")]
+pub struct SegmentResultReceived {
+    /// The leader that sent it.
+    pub node: NodeId,
+    /// The result.
+    pub result: SegmentResult,
+}
+
+/// Stops the orchestrator (runs in flight stay in the database and are
+/// recovered by the next start).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// The path of assignment file `id`, if the CCM made it.
+#[derive(Message)]
+#[rtype(result = "Option<PathBuf>")]
+pub struct AssignmentPath(pub u64);
+
+/// Which assignment a run is distributing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wave {
+    Content,
+    Control(Kind),
+}
+
+/// A run in progress.
+struct Active {
+    run: RunRecord,
+    /// The content group's servers.
+    group: Vec<NodeId>,
+    /// Servers needed for the quorum.
+    needed: usize,
+    wave: Wave,
+    dist: Option<Distribution>,
+    assignment: Option<AssignmentRecord>,
+    deadline: Option<Time>,
+}
+
+/// The actor. See the module docs.
+pub struct Ccm {
+    config: Config,
+    db: Db,
+    secret: Vec<u8>,
+    client: NodeClient,
+    creator: Addr<AssignmentCreator>,
+    planner: Addr<TreePlanner>,
+    epoch: actix::clock::Instant,
+    active: HashMap<u64, Active>,
+    by_assignment: HashMap<u64, u64>,
+}
+
+fn table<R: crate::storage::db::Record>(db: &Db) -> Table<R> {
+    // Opening a tree of an open database only fails on I/O errors, which
+    // every later access reports too.
+    db.table::<R>().unwrap_or_else(|e| panic!("database table {}: {e}", R::TABLE))
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Content => "content",
+        Kind::Commit => "commit",
+        Kind::Abort => "abort",
+        Kind::Rollback => "rollback",
+    }
+}
+
+impl Ccm {
+    /// A controller over an open database. `secret` is the cluster secret.
+    pub fn new(config: Config, db: Db, secret: Vec<u8>) -> Self {
+        let client = NodeClient::new(&secret, CCM_NODE, Duration::from_secs(30));
+        let dir = config.ccm.data_dir.join("assignments");
+        let creator = AssignmentCreator::new(dir).start();
+        let planner = TreePlanner::new(config.ccm.tree_order.clone()).start();
+        Ccm {
+            config,
+            db,
+            secret,
+            client,
+            creator,
+            planner,
+            epoch: actix::clock::Instant::now(),
+            active: HashMap::new(),
+            by_assignment: HashMap::new(),
+        }
+    }
+
+    fn now(&self) -> Time {
+        Time::from_micros(self.epoch.elapsed().as_micros() as u64)
+    }
+
+    fn shadow(&self, site: &str) -> SiteRoot {
+        let opts = SiteOptions { min_free_disk: 0, ..SiteOptions::default() };
+        SiteRoot::new(self.config.ccm.data_dir.join("shadow").join(site), opts)
+    }
+
+    fn content_key(&self) -> Option<ContentKey> {
+        ContentKey::from_secret(&self.secret).ok()
+    }
+
+    fn history(&self, kind: &str, message: String, run: Option<u64>, site: Option<&str>) {
+        let id = match self.db.next("history") {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot number a history entry");
+                return;
+            }
+        };
+        let rec = HistoryRecord {
+            id,
+            at_ms: unix_ms(),
+            kind: kind.into(),
+            message,
+            run,
+            site: site.map(Into::into),
+        };
+        if let Err(e) = table::<HistoryRecord>(&self.db).put(&rec) {
+            tracing::error!(error = %e, "cannot append to the history");
+        }
+    }
+
+    /// Writes the run record (and flushes when `durable`).
+    fn save(&self, run: &RunRecord, durable: bool) {
+        let result =
+            table::<RunRecord>(&self.db)
+                .put(run)
+                .and_then(|_| if durable { self.db.flush() } else { Ok(()) });
+        if let Err(e) = result {
+            tracing::error!(run = run.id, error = %e, "cannot save the run");
+        }
+    }
+
+    fn phase(run: &mut RunRecord, name: &str) {
+        run.phases.push(Phase { name: name.into(), at_ms: unix_ms() });
+    }
+
+    fn start_run(&mut self, job_id: JobId, ctx: &mut Context<Self>) -> Result<u64, CcmError> {
+        let job = table::<JobRecord>(&self.db)
+            .get(&job_id)?
+            .ok_or(CcmError::NotFound { what: "job", name: job_id.to_string() })?;
+        let site = table::<SiteRecord>(&self.db)
+            .get(&job.site)?
+            .ok_or(CcmError::NotFound { what: "site", name: job.site.clone() })?;
+        let group = table::<GroupRecord>(&self.db)
+            .get(&job.group)?
+            .ok_or(CcmError::NotFound { what: "content group", name: job.group.clone() })?;
+        if let Some(other) = self.active.values().find(|a| a.run.site == site.name) {
+            return Err(CcmError::Conflict(format!(
+                "run {} of site {} is in progress; wait for it or cancel it",
+                other.run.id, site.name
+            )));
+        }
+        let id = self.db.next("run")?;
+        let sync = job.kind == JobKind::Synchronize;
+        // A synchronize targets the servers of the group whose live release
+        // lags the site's, and needs no quorum: each one that succeeds is in sync.
+        let members: Vec<NodeId> = if sync {
+            let servers = table::<ServerRecord>(&self.db);
+            let mut lagging = Vec::new();
+            for s in &group.servers {
+                if let Some(rec) = servers.get(s)? {
+                    if rec.online && rec.live.get(&site.name).copied().unwrap_or(0) != site.live_serial {
+                        lagging.push(*s);
+                    }
+                }
+            }
+            lagging
+        } else {
+            group.servers.clone()
+        };
+        let needed = if sync { 1 } else { group.quorum.needed(group.servers.len()) };
+        let (serial, base) =
+            if sync { (site.live_serial, 0) } else { (site.live_serial + 1, site.live_serial) };
+        let mut run = RunRecord {
+            id,
+            job: job.id,
+            site: site.name.clone(),
+            group: group.name.clone(),
+            kind: job.kind,
+            state: RunState::Packing,
+            serial,
+            base_serial: base,
+            content_assignment: None,
+            control_assignment: None,
+            summary: None,
+            phases: Vec::new(),
+            segments: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            switched: BTreeMap::new(),
+            failed_servers: Vec::new(),
+            error: None,
+            started_ms: unix_ms(),
+            finished_ms: None,
+        };
+        Self::phase(&mut run, "check");
+        // Which servers of the group are reachable now.
+        let servers = table::<ServerRecord>(&self.db);
+        let mut online = 0;
+        let mut offline = Vec::new();
+        for s in &members {
+            match servers.get(s)? {
+                Some(rec) if rec.online => online += 1,
+                _ => {
+                    offline.push(*s);
+                    run.applied.insert(*s, ServerOutcome::Failed { error: "offline".into() });
+                }
+            }
+        }
+        table::<JobRecord>(&self.db).update(&job.id, |j| {
+            j.map(|mut j| {
+                j.runs.push(id);
+                j
+            })
+        })?;
+        if sync && (members.is_empty() || site.live_serial == 0) {
+            run.state = RunState::Unchanged;
+            run.finished_ms = Some(unix_ms());
+            self.save(&run, true);
+            self.history(
+                "unchanged",
+                format!("every server of {} is in sync", group.name),
+                Some(id),
+                Some(&run.site),
+            );
+            return Ok(id);
+        }
+        if online < needed || members.is_empty() {
+            run.state = RunState::Failed;
+            run.error = Some(format!(
+                "quorum cannot be met: {needed} of {} servers needed, {online} online (offline: {offline:?})",
+                group.servers.len()
+            ));
+            run.failed_servers = group.servers.clone();
+            run.finished_ms = Some(unix_ms());
+            self.save(&run, true);
+            self.history("run_failed", run.error.clone().unwrap_or_default(), Some(id), Some(&run.site));
+            return Ok(id);
+        }
+        Self::phase(&mut run, "pack");
+        self.save(&run, true);
+        self.history(
+            "run_started",
+            format!("run {id} of job {} publishes site {} to group {}", job.id, site.name, group.name),
+            Some(id),
+            Some(&site.name),
+        );
+        tracing::info!(event = "run_started", run = id, job = job.id.0, site = %site.name, serial = run.serial);
+        self.active.insert(
+            id,
+            Active {
+                run,
+                group: group.servers.clone(),
+                needed,
+                wave: Wave::Content,
+                dist: None,
+                assignment: None,
+                deadline: None,
+            },
+        );
+        self.pack(id, site, job.id, ctx);
+        Ok(id)
+    }
+
+    fn pack(&mut self, run_id: u64, site: SiteRecord, job: JobId, ctx: &mut Context<Self>) {
+        let Some(a) = self.active.get(&run_id) else { return };
+        let (serial, base) = (a.run.serial, a.run.base_serial);
+        let fail = move |act: &mut Ccm, msg: String| {
+            if let Some(a) = act.active.get_mut(&run_id) {
+                a.run.error = Some(msg);
+                a.run.state = RunState::Failed;
+            }
+            act.finish(run_id);
+        };
+        let id = match self.db.next("assignment") {
+            Ok(id) => id,
+            Err(e) => return fail(self, e.to_string()),
+        };
+        let name = match SiteName::new(&site.name) {
+            Ok(n) => n,
+            Err(e) => return fail(self, e.to_string()),
+        };
+        let key = if self.config.ccm.encrypt {
+            let mut salt = [0u8; 32];
+            if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt).is_err() {
+                return fail(self, "no system randomness for the encryption salt".into());
+            }
+            self.content_key().map(|k| (k, salt))
+        } else {
+            None
+        };
+        let options = match pack_options(&self.config, name, serial, base, job, unix_ms(), key) {
+            Ok(o) => o,
+            Err(e) => return fail(self, e.to_string()),
+        };
+        let live = self.shadow(&site.name).root().join(crate::storage::releases::LIVE);
+        // A synchronize sends the whole live release (from nothing); a publish the change.
+        let (old, new) = if a.run.kind == JobKind::Synchronize {
+            (self.config.ccm.data_dir.join("nothing"), live)
+        } else {
+            (live, site.staging.clone())
+        };
+        let msg = CreateContent { id, options, shadow: old, staging: new };
+        self.creator
+            .send(msg)
+            .into_actor(self)
+            .map(move |res, act, ctx| match res {
+                Ok(Ok(created)) => act.packed(run_id, id, created, ctx),
+                Ok(Err(e)) => fail(act, format!("packing failed: {e}")),
+                Err(e) => fail(act, format!("packing failed: {e}")),
+            })
+            .spawn(ctx);
+    }
+
+    fn packed(&mut self, run_id: u64, id: u64, created: Created, ctx: &mut Context<Self>) {
+        let Some(a) = self.active.get_mut(&run_id) else { return };
+        let summary = created.summary.clone().unwrap_or_default();
+        tracing::info!(event = "packed", run = run_id, assignment = id, bytes = created.size, summary = %summary);
+        a.run.summary = created.summary.clone();
+        if summary.commands == 0 {
+            let _ = std::fs::remove_file(&created.path);
+            a.run.state = RunState::Unchanged;
+            self.finish(run_id);
+            return;
+        }
+        let rec = AssignmentRecord {
+            id,
+            site: a.run.site.clone(),
+            serial: a.run.serial,
+            kind: "content".into(),
+            run: run_id,
+            size: created.size,
+            sha256: created.sha256,
+            created_ms: unix_ms(),
+        };
+        a.run.content_assignment = Some(id);
+        if let Err(e) = table::<AssignmentRecord>(&self.db).put(&rec) {
+            a.run.error = Some(e.to_string());
+            a.run.state = RunState::Failed;
+            self.finish(run_id);
+            return;
+        }
+        let servers: Vec<NodeId> = a
+            .group
+            .iter()
+            .copied()
+            .filter(|s| !matches!(a.run.applied.get(s), Some(ServerOutcome::Failed { .. })))
+            .collect();
+        a.run.state = RunState::Distributing;
+        Self::phase(&mut a.run, "distribute");
+        self.distribute(run_id, rec, Wave::Content, servers, ctx);
+    }
+
+    /// Starts distributing `rec` to the segments holding `servers`.
+    fn distribute(
+        &mut self,
+        run_id: u64,
+        rec: AssignmentRecord,
+        wave: Wave,
+        servers: Vec<NodeId>,
+        ctx: &mut Context<Self>,
+    ) {
+        let server_table = table::<ServerRecord>(&self.db);
+        let mut by_segment: BTreeMap<String, Vec<NodeId>> = BTreeMap::new();
+        for s in &servers {
+            if let Ok(Some(r)) = server_table.get(s) {
+                by_segment.entry(r.segment.clone()).or_default().push(*s);
+            }
+        }
+        let segments: Vec<SegmentRecord> = by_segment
+            .keys()
+            .filter_map(|name| table::<SegmentRecord>(&self.db).get(name).ok().flatten())
+            .collect();
+        self.planner
+            .send(PlanTree { segments })
+            .into_actor(self)
+            .map(move |ordered, act, ctx| {
+                let ordered = ordered.unwrap_or_default();
+                let targets: Vec<Target> = ordered
+                    .into_iter()
+                    .map(|s| Target {
+                        servers: by_segment.get(&s.name).cloned().unwrap_or_default(),
+                        url: format!("http://{}", s.leader_http),
+                        leader: s.leader,
+                        segment: s.name,
+                    })
+                    .collect();
+                let cfg = DistributionConfig {
+                    fanout: act.config.ccm.fanout as usize,
+                    notify_timeout: act.config.ccm.notify_timeout,
+                    max_attempts: act.config.ccm.max_attempts,
+                };
+                let deadline = act.now() + act.config.ccm.report_timeout;
+                let Some(a) = act.active.get_mut(&run_id) else { return };
+                a.wave = wave;
+                a.run.segments =
+                    targets.iter().map(|t| (t.segment.clone(), SegmentProgress::default())).collect();
+                a.dist = Some(Distribution::new(cfg, targets));
+                a.deadline = Some(deadline);
+                act.by_assignment.insert(rec.id, run_id);
+                a.assignment = Some(rec);
+                act.drive(run_id, ctx);
+            })
+            .spawn(ctx);
+    }
+
+    fn notify_of(&self, a: &Active, target: &Target, fetch_from: String) -> Option<Notify> {
+        let rec = a.assignment.as_ref()?;
+        Some(Notify {
+            assignment: AssignmentRef {
+                id: rec.id,
+                site: rec.site.clone(),
+                serial: rec.serial,
+                kind: rec.kind.clone(),
+                size: rec.size,
+                sha256: rec.sha256.clone(),
+            },
+            fetch_from,
+            run: a.run.id,
+            targets: target.servers.clone(),
+        })
+    }
+
+    /// Sends the CCM's own notifications, mirrors progress into the run
+    /// record, and moves on when every segment has reported or time is up.
+    fn drive(&mut self, run_id: u64, ctx: &mut Context<Self>) {
+        let now = self.now();
+        let ccm_url = self.config.ccm.url();
+        let Some(a) = self.active.get_mut(&run_id) else { return };
+        let Some(dist) = a.dist.as_mut() else { return };
+        dist.handle_timeout(now);
+        let hops = dist.ccm_hops(now);
+        let a = &self.active[&run_id];
+        let notifies: Vec<(Target, Notify)> =
+            hops.into_iter().filter_map(|t| self.notify_of(a, &t, ccm_url.clone()).map(|n| (t, n))).collect();
+        for (target, notify) in notifies {
+            let client = self.client.clone();
+            let segment = target.segment.clone();
+            tracing::info!(event = "notify", run = run_id, assignment = notify.assignment.id, segment = %segment, leader = %target.leader, from = "ccm");
+            async move { client.post_json::<_, serde_json::Value>(&target.url, "/node/v1/notify", &notify).await }
+                .into_actor(self)
+                .map(move |res: Result<serde_json::Value, ClientError>, act, ctx| {
+                    if let Err(e) = res {
+                        tracing::warn!(event = "notify_failed", run = run_id, segment = %segment, error = %e);
+                        if let Some(d) = act.active.get_mut(&run_id).and_then(|a| a.dist.as_mut()) {
+                            d.handle_notify_failed(&segment, &e.to_string());
+                        }
+                        act.drive(run_id, ctx);
+                    }
+                })
+                .spawn(ctx);
+        }
+        self.mirror(run_id);
+        let Some(a) = self.active.get(&run_id) else { return };
+        let done = a.dist.as_ref().is_some_and(Distribution::is_done);
+        let late = a.deadline.is_some_and(|d| now >= d);
+        if done || late {
+            self.wave_finished(run_id, ctx);
+        }
+    }
+
+    /// Copies the distribution's progress into the run record.
+    fn mirror(&mut self, run_id: u64) {
+        let Some(a) = self.active.get_mut(&run_id) else { return };
+        let Some(dist) = a.dist.as_ref() else { return };
+        let mut changed = false;
+        for e in dist.entries() {
+            let p = a.run.segments.entry(e.target.segment.clone()).or_default();
+            let (state, from) = match &e.stage {
+                Stage::Pending => ("pending", None),
+                Stage::Notified { by, .. } => ("notified", Some(*by)),
+                Stage::Holding { from, .. } => ("holding", Some(*from)),
+                Stage::Reported { from } => ("reported", Some(*from)),
+                Stage::Failed { .. } => ("failed", None),
+            };
+            if p.state != state || p.leader != Some(e.target.leader) {
+                changed = true;
+                p.state = state.into();
+                p.leader = Some(e.target.leader);
+                if from.is_some() {
+                    p.fetched_from = from;
+                }
+                match state {
+                    "notified" => p.notified_ms = Some(unix_ms()),
+                    "reported" => p.reported_ms = Some(unix_ms()),
+                    _ => {}
+                }
+            }
+        }
+        if changed {
+            let run = a.run.clone();
+            self.save(&run, false);
+        }
+    }
+
+    /// Every segment has reported (or time is up) for the current wave.
+    fn wave_finished(&mut self, run_id: u64, ctx: &mut Context<Self>) {
+        let Some(mut a) = self.active.remove(&run_id) else { return };
+        if let Some(rec) = &a.assignment {
+            self.by_assignment.remove(&rec.id);
+        }
+        let failed_segments: Vec<(String, String)> = a
+            .dist
+            .as_ref()
+            .map(|d| d.failed().into_iter().map(|(t, r)| (t.segment.clone(), r.to_owned())).collect())
+            .unwrap_or_default();
+        let targeted: Vec<NodeId> = a
+            .dist
+            .as_ref()
+            .map(|d| d.entries().iter().flat_map(|e| e.target.servers.clone()).collect())
+            .unwrap_or_default();
+        let outcomes = match a.wave {
+            Wave::Content => &mut a.run.applied,
+            Wave::Control(_) => &mut a.run.switched,
+        };
+        for s in &targeted {
+            outcomes.entry(*s).or_insert(ServerOutcome::Silent);
+        }
+        let succeeded: Vec<NodeId> = targeted
+            .iter()
+            .copied()
+            .filter(|s| outcomes.get(s) == Some(&ServerOutcome::Succeeded))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        a.dist = None;
+        match a.wave {
+            Wave::Content => {
+                let total = a.group.len();
+                if succeeded.len() >= a.needed && !succeeded.is_empty() {
+                    Self::phase(&mut a.run, "commit");
+                    a.run.state = RunState::Committing;
+                    self.history(
+                        "quorum_met",
+                        format!(
+                            "{} of {total} servers hold release {} (need {})",
+                            succeeded.len(),
+                            a.run.serial,
+                            a.needed
+                        ),
+                        Some(run_id),
+                        Some(&a.run.site),
+                    );
+                    self.control(a, Kind::Commit, succeeded, ctx);
+                } else {
+                    let failing: Vec<String> = a
+                        .run
+                        .applied
+                        .iter()
+                        .filter(|(_, o)| **o != ServerOutcome::Succeeded)
+                        .map(|(s, o)| match o {
+                            ServerOutcome::Failed { error } => format!("{s}: {error}"),
+                            _ => format!("{s}: silent"),
+                        })
+                        .collect();
+                    let mut msg = format!(
+                        "quorum not met: {} of {total} servers hold release {} (need {}); {}",
+                        succeeded.len(),
+                        a.run.serial,
+                        a.needed,
+                        failing.join("; ")
+                    );
+                    if !failed_segments.is_empty() {
+                        msg.push_str(&format!("; segments given up: {failed_segments:?}"));
+                    }
+                    a.run.error = Some(msg);
+                    Self::phase(&mut a.run, "abort");
+                    a.run.state = RunState::Aborting;
+                    // Everyone that may have built the release discards it.
+                    let group = a.group.clone();
+                    self.control(a, Kind::Abort, group, ctx);
+                }
+            }
+            Wave::Control(Kind::Commit) => {
+                a.run.state = if succeeded.is_empty() { RunState::Failed } else { RunState::Committed };
+                if succeeded.is_empty() {
+                    a.run.error.get_or_insert_with(|| "the commit reached no server".into());
+                }
+                a.run.failed_servers = a.group.iter().copied().filter(|s| !succeeded.contains(s)).collect();
+                let id = a.run.id;
+                self.active.insert(id, a);
+                self.committed(id, ctx);
+            }
+            Wave::Control(_) => {
+                a.run.state = RunState::Failed;
+                a.run.failed_servers = a.group.clone();
+                let id = a.run.id;
+                self.active.insert(id, a);
+                self.finish(id);
+            }
+        }
+    }
+
+    /// Makes and distributes a commit or abort for `a`'s release.
+    fn control(&mut self, mut a: Active, kind: Kind, servers: Vec<NodeId>, ctx: &mut Context<Self>) {
+        let run_id = a.run.id;
+        let (site, serial, job) = (a.run.site.clone(), a.run.serial, a.run.job);
+        let id = match self.db.next("assignment") {
+            Ok(id) => id,
+            Err(e) => {
+                a.run.error = Some(e.to_string());
+                a.run.state = RunState::Failed;
+                self.active.insert(run_id, a);
+                return self.finish(run_id);
+            }
+        };
+        a.run.control_assignment = Some(id);
+        a.wave = Wave::Control(kind);
+        self.save(&a.run, true);
+        self.active.insert(run_id, a);
+        let Ok(name) = SiteName::new(&site) else { return };
+        let msg = CreateControl {
+            id,
+            kind,
+            site: name,
+            serial: AssignmentSerial(serial),
+            job,
+            created_ms: unix_ms(),
+        };
+        self.creator
+            .send(msg)
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                let created = match res {
+                    Ok(Ok(c)) => c,
+                    other => {
+                        let e = match other {
+                            Ok(Err(e)) => e.to_string(),
+                            Err(e) => e.to_string(),
+                            Ok(Ok(_)) => unreachable!(),
+                        };
+                        if let Some(a) = act.active.get_mut(&run_id) {
+                            a.run.error =
+                                Some(format!("cannot make the {} assignment: {e}", kind_name(kind)));
+                            a.run.state = RunState::Failed;
+                        }
+                        return act.finish(run_id);
+                    }
+                };
+                let rec = AssignmentRecord {
+                    id,
+                    site: site.clone(),
+                    serial,
+                    kind: kind_name(kind).into(),
+                    run: run_id,
+                    size: created.size,
+                    sha256: created.sha256,
+                    created_ms: unix_ms(),
+                };
+                if let Err(e) = table::<AssignmentRecord>(&act.db).put(&rec).and_then(|_| act.db.flush()) {
+                    tracing::error!(error = %e, "cannot record the assignment");
+                }
+                act.distribute(run_id, rec, Wave::Control(kind), servers.clone(), ctx);
+            })
+            .spawn(ctx);
+    }
+
+    /// The commit wave is over: record the release and bring the shadow copy up to date.
+    fn committed(&mut self, run_id: u64, ctx: &mut Context<Self>) {
+        let Some(a) = self.active.get(&run_id) else { return };
+        if a.run.state != RunState::Committed || a.run.kind == JobKind::Synchronize {
+            return self.finish(run_id);
+        }
+        let (site, serial, job) = (a.run.site.clone(), a.run.serial, a.run.job);
+        let content = a.run.content_assignment.unwrap_or_default();
+        let summary = a.run.summary.clone();
+        let shadow = self.shadow(&site);
+        let path = AssignmentCreator::path_of(&self.config.ccm.data_dir.join("assignments"), content);
+        let key = self.content_key();
+        let update = async move {
+            tokio::task::spawn_blocking(move || -> Result<(), String> {
+                let file = AssignmentFile::open(&path, key.as_ref()).map_err(|e| e.to_string())?;
+                shadow.apply(&file).map_err(|e| e.to_string())?;
+                shadow.commit(AssignmentSerial(serial)).map_err(|e| e.to_string())?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+        };
+        update
+            .into_actor(self)
+            .map(move |res, act, _| {
+                if let Err(e) = res {
+                    tracing::error!(event = "shadow_failed", site = %site, serial, error = %e);
+                    act.history(
+                        "shadow_failed",
+                        format!("shadow copy of {site} not updated: {e}"),
+                        Some(run_id),
+                        Some(&site),
+                    );
+                }
+                let sites = table::<SiteRecord>(&act.db);
+                let _ = sites.update(&site, |s| {
+                    s.map(|mut s| {
+                        s.live_serial = serial;
+                        s
+                    })
+                });
+                let snap = SnapshotRecord {
+                    site: site.clone(),
+                    serial,
+                    job,
+                    run: run_id,
+                    assignment: content,
+                    at_ms: unix_ms(),
+                    summary,
+                };
+                let _ = table::<SnapshotRecord>(&act.db).put(&snap);
+                act.finish(run_id);
+            })
+            .spawn(ctx);
+    }
+
+    /// Ends a run: final state, history, flush.
+    fn finish(&mut self, run_id: u64) {
+        let Some(mut a) = self.active.remove(&run_id) else { return };
+        if let Some(rec) = &a.assignment {
+            self.by_assignment.remove(&rec.id);
+        }
+        let run = &mut a.run;
+        if !run.state.is_final() {
+            run.state = RunState::Failed;
+        }
+        Self::phase(run, "done");
+        run.finished_ms = Some(unix_ms());
+        let (kind, message) = match run.state {
+            RunState::Committed if run.failed_servers.is_empty() => {
+                ("committed", format!("release {} of {} is live on every server", run.serial, run.site))
+            }
+            RunState::Committed => (
+                "committed",
+                format!(
+                    "release {} of {} is live; failed servers: {:?}",
+                    run.serial, run.site, run.failed_servers
+                ),
+            ),
+            RunState::Unchanged => ("unchanged", format!("nothing to publish for {}", run.site)),
+            _ => ("run_failed", run.error.clone().unwrap_or_else(|| "failed".into())),
+        };
+        tracing::info!(event = kind, run = run_id, site = %run.site, serial = run.serial, failed = ?run.failed_servers, error = ?run.error);
+        let run = run.clone();
+        self.history(kind, message, Some(run_id), Some(&run.site));
+        self.save(&run, true);
+    }
+
+    fn record_segment(&mut self, report: &SegmentReport) -> Result<(), CcmError> {
+        let now = unix_ms();
+        let segments = table::<SegmentRecord>(&self.db);
+        let old = segments.get(&report.segment)?;
+        let rec = SegmentRecord {
+            name: report.segment.clone(),
+            leader: report.leader,
+            leader_http: report.leader_http.clone(),
+            location: report.location.clone(),
+            cpus: report.cpus,
+            disk_free: report.disk_free,
+            members: report.members.clone(),
+            updated_ms: now,
+        };
+        segments.put(&rec)?;
+        let servers = table::<ServerRecord>(&self.db);
+        let listed: BTreeSet<NodeId> = report.members.iter().map(|m| m.id).collect();
+        for m in &report.members {
+            let MemberReport { id, name, http, live } = m.clone();
+            let first = servers.get(&id)?.map_or(now, |s| s.first_seen_ms);
+            if first == now {
+                self.history(
+                    "server_discovered",
+                    format!("server {id} ({name}) in segment {}", report.segment),
+                    None,
+                    None,
+                );
+            }
+            servers.put(&ServerRecord {
+                id,
+                name,
+                http,
+                segment: report.segment.clone(),
+                live,
+                online: true,
+                first_seen_ms: first,
+                last_seen_ms: now,
+            })?;
+        }
+        for s in servers.all()? {
+            if s.segment == report.segment && s.online && !listed.contains(&s.id) {
+                servers.put(&ServerRecord { online: false, ..s })?;
+            }
+        }
+        if old.as_ref().map(|o| o.leader) != Some(report.leader) {
+            self.history(
+                "leader_changed",
+                format!("segment {} is led by {}", report.segment, report.leader),
+                None,
+                None,
+            );
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Restart: resume committing runs, fail the others cleanly.
+    fn recover(&mut self, ctx: &mut Context<Self>) {
+        let runs = match table::<RunRecord>(&self.db).all() {
+            Ok(r) => r,
+            Err(e) => return tracing::error!(error = %e, "cannot read runs to recover"),
+        };
+        for mut run in runs.into_iter().filter(|r| !r.state.is_final()) {
+            let group = table::<GroupRecord>(&self.db).get(&run.group).ok().flatten();
+            let servers = group.as_ref().map(|g| g.servers.clone()).unwrap_or_default();
+            let needed = group.as_ref().map_or(0, |g| g.quorum.needed(g.servers.len()));
+            tracing::warn!(event = "run_recovered", run = run.id, state = ?run.state);
+            let resume_commit = run.state == RunState::Committing;
+            if !resume_commit {
+                run.error =
+                    Some(format!("the CCM restarted while the run was {:?}; nothing went live", run.state));
+            }
+            let a = Active {
+                run: run.clone(),
+                group: servers.clone(),
+                needed,
+                wave: Wave::Content,
+                dist: None,
+                assignment: None,
+                deadline: None,
+            };
+            let id = run.id;
+            if resume_commit {
+                let succeeded: Vec<NodeId> = run
+                    .applied
+                    .iter()
+                    .filter(|(_, o)| **o == ServerOutcome::Succeeded)
+                    .map(|(s, _)| *s)
+                    .collect();
+                self.history(
+                    "run_resumed",
+                    format!("run {id}: commit resumed after a restart"),
+                    Some(id),
+                    Some(&run.site),
+                );
+                self.control(a, Kind::Commit, succeeded, ctx);
+            } else if run.content_assignment.is_some() {
+                let mut a = a;
+                a.run.state = RunState::Aborting;
+                self.control(a, Kind::Abort, servers, ctx);
+            } else {
+                self.active.insert(id, a);
+                self.finish(id);
+            }
+        }
+    }
+}
+
+impl Actor for Ccm {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.recover(ctx);
+        ctx.run_interval(Duration::from_millis(250), |act, ctx| {
+            let ids: Vec<u64> = act.active.keys().copied().collect();
+            for id in ids {
+                act.drive(id, ctx);
+            }
+        });
+    }
+}
+
+impl Handler<RunJob> for Ccm {
+    type Result = Result<u64, CcmError>;
+
+    fn handle(&mut self, msg: RunJob, ctx: &mut Context<Self>) -> Self::Result {
+        self.start_run(msg.job, ctx)
+    }
+}
+
+impl Handler<SegmentReported> for Ccm {
+    type Result = Result<(), CcmError>;
+
+    fn handle(&mut self, msg: SegmentReported, ctx: &mut Context<Self>) -> Self::Result {
+        let report = msg.0;
+        self.record_segment(&report)?;
+        tracing::debug!(event = "segment_reported", segment = %report.segment, leader = %report.leader, members = report.members.len());
+        let url = format!("http://{}", report.leader_http);
+        let ids: Vec<u64> = self.active.keys().copied().collect();
+        for id in ids {
+            if let Some(d) = self.active.get_mut(&id).and_then(|a| a.dist.as_mut()) {
+                d.handle_leader_changed(&report.segment, report.leader, &url);
+            }
+            self.drive(id, ctx);
+        }
+        Ok(())
+    }
+}
+
+impl Handler<NextHopAsked> for Ccm {
+    type Result = MessageResult<NextHopAsked>;
+
+    fn handle(&mut self, msg: NextHopAsked, ctx: &mut Context<Self>) -> Self::Result {
+        let now = self.now();
+        let Some(&run_id) = self.by_assignment.get(&msg.assignment) else {
+            return MessageResult(NextHop { target: None });
+        };
+        let Some(a) = self.active.get_mut(&run_id) else { return MessageResult(NextHop { target: None }) };
+        let Some(dist) = a.dist.as_mut() else { return MessageResult(NextHop { target: None }) };
+        let holder_url =
+            dist.entries().iter().find(|e| e.target.leader == msg.node).map(|e| e.target.url.clone());
+        let next = dist.next_hop(now, msg.node);
+        let a = &self.active[&run_id];
+        let target = match (next, holder_url) {
+            (Some(t), Some(from)) => self.notify_of(a, &t, from).map(|notify| {
+                tracing::info!(event = "next_hop", run = run_id, assignment = msg.assignment, from = %msg.node, to = %t.leader, segment = %t.segment);
+                HopTarget { node: t.leader, url: t.url.clone(), notify }
+            }),
+            _ => None,
+        };
+        self.drive(run_id, ctx);
+        MessageResult(NextHop { target })
+    }
+}
+
+impl Handler<SegmentResultReceived> for Ccm {
+    type Result = Result<(), CcmError>;
+
+    fn handle(&mut self, msg: SegmentResultReceived, ctx: &mut Context<Self>) -> Self::Result {
+        let r = msg.result;
+        let Some(&run_id) = self.by_assignment.get(&r.assignment) else {
+            // A late or repeated report for a wave that is over: acknowledged, ignored.
+            return Ok(());
+        };
+        let Some(a) = self.active.get_mut(&run_id) else { return Ok(()) };
+        let outcomes = match a.wave {
+            Wave::Content => &mut a.run.applied,
+            Wave::Control(_) => &mut a.run.switched,
+        };
+        for (server, outcome) in &r.servers {
+            outcomes.insert(*server, outcome.clone());
+        }
+        if let Some(d) = a.dist.as_mut() {
+            d.handle_reported(&r.segment);
+        }
+        tracing::info!(event = "segment_result", run = run_id, assignment = r.assignment, segment = %r.segment, leader = %msg.node,
+            succeeded = r.servers.values().filter(|o| **o == ServerOutcome::Succeeded).count(), servers = r.servers.len());
+        let run = a.run.clone();
+        self.save(&run, true);
+        self.drive(run_id, ctx);
+        Ok(())
+    }
+}
+
+impl Handler<AssignmentPath> for Ccm {
+    type Result = Option<PathBuf>;
+
+    fn handle(&mut self, msg: AssignmentPath, _: &mut Context<Self>) -> Self::Result {
+        let rec = table::<AssignmentRecord>(&self.db).get(&msg.0).ok().flatten()?;
+        Some(AssignmentCreator::path_of(&self.config.ccm.data_dir.join("assignments"), rec.id))
+    }
+}
+
+impl Handler<Shutdown> for Ccm {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+        tracing::info!(event = "ccm_shutdown", runs_in_flight = self.active.len());
+        let _ = self.db.flush();
+        ctx.stop();
+    }
+}

@@ -1,0 +1,285 @@
+//! Signed node-to-node requests: the actix-web extractor that checks them
+//! and the `awc` client that makes them.
+//!
+//! The signature scheme itself is pure and lives in `protocol::api`; this
+//! module only moves headers and bodies.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::dev::Payload;
+use actix_web::http::StatusCode;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::protocol::api::{self, AuthError, ErrorBody};
+use crate::protocol::crypto::MacKey;
+use crate::protocol::ids::NodeId;
+
+/// Largest signed request body accepted.
+pub const MAX_BODY: usize = 4 << 20;
+
+/// Unix time in milliseconds.
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the server needs to check signatures (`app_data`).
+#[derive(Clone, Debug)]
+pub struct NodeAuth {
+    /// The node API key.
+    pub key: MacKey,
+    /// Largest clock difference accepted.
+    pub max_skew: Duration,
+}
+
+impl NodeAuth {
+    /// The node API key derived from the cluster secret.
+    pub fn from_secret(secret: &[u8], max_skew: Duration) -> Self {
+        NodeAuth { key: MacKey::derive(secret, api::NODE_KEY_LABEL), max_skew }
+    }
+}
+
+/// A refused or malformed node request, answered as JSON.
+#[derive(Debug, Error)]
+pub enum SignedError {
+    /// Missing or bad signature: 401.
+    #[error("unauthenticated node request: {0}")]
+    Auth(#[from] AuthError),
+    /// The body could not be read or is too large: 400 / 413.
+    #[error("{0}")]
+    Body(String),
+    /// The body is not the expected JSON: 400.
+    #[error("bad request body: {0}")]
+    Json(String),
+    /// The server was set up without a [`NodeAuth`]: 500.
+    #[error("node authentication is not configured")]
+    NotConfigured,
+}
+
+impl ResponseError for SignedError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            SignedError::Auth(_) => StatusCode::UNAUTHORIZED,
+            SignedError::Body(m) if m.contains("too large") => StatusCode::PAYLOAD_TOO_LARGE,
+            SignedError::Body(_) | SignedError::Json(_) => StatusCode::BAD_REQUEST,
+            SignedError::NotConfigured => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code()).json(ErrorBody { error: self.to_string(), field: None })
+    }
+}
+
+/// An authenticated request: who sent it and its body.
+#[derive(Debug)]
+pub struct Signed {
+    /// The sender.
+    pub node: NodeId,
+    /// The raw body.
+    pub body: Bytes,
+}
+
+impl Signed {
+    /// The body as JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, SignedError> {
+        serde_json::from_slice(&self.body).map_err(|e| SignedError::Json(e.to_string()))
+    }
+}
+
+impl FromRequest for Signed {
+    type Error = SignedError;
+    type Future = Pin<Box<dyn Future<Output = Result<Signed, SignedError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        let mut payload = payload.take();
+        Box::pin(async move {
+            let auth = req.app_data::<web::Data<NodeAuth>>().ok_or(SignedError::NotConfigured)?.clone();
+            let mut body = BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|e| SignedError::Body(e.to_string()))?;
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(SignedError::Body(format!("request body too large (over {MAX_BODY} bytes)")));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+            let path = req.uri().path_and_query().map_or(req.path(), |p| p.as_str());
+            let node = api::verify(
+                &auth.key,
+                (header(api::NODE_HEADER), header(api::TIME_HEADER), header(api::SIGNATURE_HEADER)),
+                unix_ms(),
+                auth.max_skew.as_millis() as u64,
+                req.method().as_str(),
+                path,
+                &body,
+            )?;
+            Ok(Signed { node, body: body.freeze() })
+        })
+    }
+}
+
+/// Why a node request failed on the client side.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// No answer (connection refused, timeout…).
+    #[error("{url}: {message}")]
+    Send {
+        /// The URL.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// An answer other than 2xx.
+    #[error("{url}: HTTP {status}: {body}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status.
+        status: u16,
+        /// The body (JSON error, usually).
+        body: String,
+    },
+    /// A 2xx answer that is not the expected JSON.
+    #[error("{url}: bad answer: {message}")]
+    Decode {
+        /// The URL.
+        url: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Makes signed requests as one node.
+#[derive(Clone)]
+pub struct NodeClient {
+    key: MacKey,
+    node: NodeId,
+    client: awc::Client,
+}
+
+impl std::fmt::Debug for NodeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeClient(node {})", self.node)
+    }
+}
+
+impl NodeClient {
+    /// A client signing as `node` with the cluster secret; requests time out after `timeout`.
+    pub fn new(secret: &[u8], node: NodeId, timeout: Duration) -> Self {
+        let client = awc::Client::builder().timeout(timeout).disable_redirects().finish();
+        NodeClient { key: MacKey::derive(secret, api::NODE_KEY_LABEL), node, client }
+    }
+
+    /// A signed request builder for `method` on `base` + `path` with `body`.
+    pub fn request(
+        &self,
+        method: awc::http::Method,
+        base: &str,
+        path: &str,
+        body: &[u8],
+    ) -> awc::ClientRequest {
+        let (n, t, s) = api::sign(&self.key, self.node, unix_ms(), method.as_str(), path, body);
+        self.client
+            .request(method, format!("{}{path}", base.trim_end_matches('/')))
+            .insert_header((api::NODE_HEADER, n))
+            .insert_header((api::TIME_HEADER, t))
+            .insert_header((api::SIGNATURE_HEADER, s))
+    }
+
+    /// POSTs `body` as JSON and decodes the JSON answer.
+    pub async fn post_json<T: Serialize, R: DeserializeOwned>(
+        &self,
+        base: &str,
+        path: &str,
+        body: &T,
+    ) -> Result<R, ClientError> {
+        let url = format!("{base}{path}");
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| ClientError::Decode { url: url.clone(), message: e.to_string() })?;
+        let mut resp = self
+            .request(awc::http::Method::POST, base, path, &bytes)
+            .content_type("application/json")
+            .send_body(bytes)
+            .await
+            .map_err(|e| ClientError::Send { url: url.clone(), message: e.to_string() })?;
+        let status = resp.status();
+        let answer = resp
+            .body()
+            .limit(MAX_BODY)
+            .await
+            .map_err(|e| ClientError::Send { url: url.clone(), message: e.to_string() })?;
+        if !status.is_success() {
+            return Err(ClientError::Status {
+                url,
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&answer).into_owned(),
+            });
+        }
+        let answer: &[u8] = if answer.is_empty() { b"null" } else { &answer };
+        serde_json::from_slice(answer).map_err(|e| ClientError::Decode { url, message: e.to_string() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::{test, App};
+
+    async fn echo(signed: Signed) -> Result<HttpResponse, SignedError> {
+        let v: serde_json::Value = signed.json()?;
+        Ok(HttpResponse::Ok().json(serde_json::json!({ "node": signed.node, "got": v })))
+    }
+
+    fn app_auth(secret: &[u8]) -> web::Data<NodeAuth> {
+        web::Data::new(NodeAuth::from_secret(secret, Duration::from_secs(30)))
+    }
+
+    #[actix_web::test]
+    async fn signed_requests_pass_and_others_get_401() {
+        let secret = b"cluster secret for the http tests";
+        let app =
+            test::init_service(App::new().app_data(app_auth(secret)).route("/x", web::post().to(echo))).await;
+        let key = MacKey::derive(secret, api::NODE_KEY_LABEL);
+        let body = br#"{"a":1}"#;
+        let (n, t, s) = api::sign(&key, NodeId(3), unix_ms(), "POST", "/x", body);
+        let signed = || {
+            test::TestRequest::post()
+                .uri("/x")
+                .insert_header((api::NODE_HEADER, n.clone()))
+                .insert_header((api::TIME_HEADER, t.clone()))
+                .insert_header((api::SIGNATURE_HEADER, s.clone()))
+        };
+        let resp = test::call_service(&app, signed().set_payload(&body[..]).to_request()).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let v: serde_json::Value = test::read_body_json(resp).await;
+        assert_eq!(v["node"], 3);
+        assert_eq!(v["got"]["a"], 1);
+
+        let resp = test::call_service(&app, signed().set_payload(&br#"{"a":2}"#[..]).to_request()).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "tampered body");
+        let resp =
+            test::call_service(&app, test::TestRequest::post().uri("/x").set_payload(&body[..]).to_request())
+                .await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "unsigned");
+        let old = api::sign(&key, NodeId(3), unix_ms() - 60_000, "POST", "/x", body);
+        let req = test::TestRequest::post()
+            .uri("/x")
+            .insert_header((api::NODE_HEADER, old.0))
+            .insert_header((api::TIME_HEADER, old.1))
+            .insert_header((api::SIGNATURE_HEADER, old.2))
+            .set_payload(&body[..])
+            .to_request();
+        let resp = test::call_service(&app, req).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "stale");
+        let v: ErrorBody = test::read_body_json(resp).await;
+        assert!(v.error.contains("clock"), "{}", v.error);
+    }
+}

@@ -1,0 +1,305 @@
+//! JSON types of the HTTP APIs, shared by servers and clients, and the
+//! signature that authenticates every node-to-node request.
+//!
+//! # The node API (`/node/v1/…`), and how an assignment travels
+//!
+//! Every request between nodes (CCM ↔ group leader, leader ↔ leader) carries
+//! three headers: [`NODE_HEADER`] (the sender's id, `0` for the CCM),
+//! [`TIME_HEADER`] (its Unix time in ms) and [`SIGNATURE_HEADER`] (hex
+//! HMAC-SHA256, keyed from the cluster secret with [`NODE_KEY_LABEL`], over
+//! method, path and query, time, sender and the SHA-256 of the body; see
+//! [`signing_input`]). A request unsigned, wrongly signed, or stamped outside
+//! the allowed clock skew gets `401`.
+//!
+//! On the CCM:
+//! - `POST /node/v1/segment` ← [`SegmentReport`]: a group leader describes
+//!   its segment (on election, on membership change, and periodically).
+//! - `GET /node/v1/assignments/{id}`: the assignment file, streamed; `Range`
+//!   requests resume a broken transfer.
+//! - `POST /node/v1/next-hop` ← [`NextHopRequest`] → [`NextHop`]: a leader
+//!   that holds assignment `id` asks whom to forward it to next.
+//! - `POST /node/v1/report` ← [`SegmentResult`]: a leader reports the
+//!   outcome of assignment `id` in its segment, naming every server.
+//!
+//! On every agent that may lead (the same routes serve both roles):
+//! - `POST /node/v1/notify` ← [`Notify`] → `202` (or `409` with
+//!   [`NotLeader`] when this node does not lead its segment now): fetch
+//!   assignment `id` from `fetch_from`, then forward and deliver it.
+//! - `GET /node/v1/assignments/{id}`: a stored copy, for other leaders.
+//! - `GET /node/v1/status` → [`NodeStatus`].
+//!
+//! A notified leader fetches the file (verifying its SHA-256, resuming with
+//! `Range`, fetching again if the hash is wrong), then asks the CCM for its
+//! next hop and notifies that leader (with itself as `fetch_from`), until
+//! the CCM answers `None`; then it multicasts the assignment to its members,
+//! applies it itself, collects every member's result and posts one
+//! [`SegmentResult`]. Content, commit and abort assignments all travel this
+//! way; commit and abort ones are header-only and tiny.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::crypto::{Digest, MacKey};
+use super::ids::NodeId;
+
+/// Header with the sender's node id (`0` for the CCM).
+pub const NODE_HEADER: &str = "x-cmover-node";
+/// Header with the sender's Unix time in milliseconds.
+pub const TIME_HEADER: &str = "x-cmover-time";
+/// Header with the hex HMAC-SHA256 signature.
+pub const SIGNATURE_HEADER: &str = "x-cmover-signature";
+/// HKDF label of the node API key.
+pub const NODE_KEY_LABEL: &str = "node api";
+/// The node id the CCM signs with.
+pub const CCM_NODE: NodeId = NodeId(0);
+
+/// Why a request's signature was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AuthError {
+    /// A header is missing or malformed.
+    #[error("missing or malformed {0} header")]
+    Header(&'static str),
+    /// Stamped too far from the receiver's clock.
+    #[error("request time is {skew_ms} ms away from this node's clock (at most {max_ms} allowed)")]
+    Skew {
+        /// Distance.
+        skew_ms: u64,
+        /// Allowed.
+        max_ms: u64,
+    },
+    /// The signature does not verify.
+    #[error("bad signature")]
+    BadSignature,
+}
+
+/// The bytes that are signed.
+pub fn signing_input(method: &str, path_and_query: &str, time_ms: u64, node: NodeId, body: &[u8]) -> Vec<u8> {
+    format!("{method}\n{path_and_query}\n{time_ms}\n{node}\n{}", Digest::of(body)).into_bytes()
+}
+
+/// Signs a request; returns the three header values (node, time, signature).
+pub fn sign(
+    key: &MacKey,
+    node: NodeId,
+    now_ms: u64,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+) -> (String, String, String) {
+    let tag = key.sign(&[&signing_input(method, path_and_query, now_ms, node, body)]);
+    (node.to_string(), now_ms.to_string(), hex::encode(tag))
+}
+
+/// Checks a request's headers against its method, path, body and the
+/// receiver's clock; returns the sender.
+pub fn verify(
+    key: &MacKey,
+    headers: (Option<&str>, Option<&str>, Option<&str>),
+    now_ms: u64,
+    max_skew_ms: u64,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+) -> Result<NodeId, AuthError> {
+    let node = headers.0.and_then(|v| v.parse::<u64>().ok()).ok_or(AuthError::Header(NODE_HEADER))?;
+    let time = headers.1.and_then(|v| v.parse::<u64>().ok()).ok_or(AuthError::Header(TIME_HEADER))?;
+    let sig = headers
+        .2
+        .and_then(|v| hex::decode(v).ok())
+        .filter(|s| s.len() == 32)
+        .ok_or(AuthError::Header(SIGNATURE_HEADER))?;
+    let skew_ms = time.abs_diff(now_ms);
+    if skew_ms > max_skew_ms {
+        return Err(AuthError::Skew { skew_ms, max_ms: max_skew_ms });
+    }
+    let node = NodeId(node);
+    if !key.verify(&[&signing_input(method, path_and_query, time, node, body)], &sig) {
+        return Err(AuthError::BadSignature);
+    }
+    Ok(node)
+}
+
+/// One server of a segment, as its leader reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberReport {
+    /// The server.
+    pub id: NodeId,
+    /// Its name.
+    pub name: String,
+    /// Its node HTTP address (`host:port`), possibly empty.
+    pub http: String,
+    /// Live serial per site.
+    pub live: BTreeMap<String, u64>,
+}
+
+/// `POST /node/v1/segment`: a leader describes its segment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentReport {
+    /// The segment's name (from the leader's configuration).
+    pub segment: String,
+    /// The leader.
+    pub leader: NodeId,
+    /// The leader's node HTTP address (`host:port`).
+    pub leader_http: String,
+    /// Where the segment is (free text, e.g. a data centre or time zone).
+    pub location: String,
+    /// CPU cores of the leader.
+    pub cpus: u32,
+    /// Free bytes on the leader's data disk.
+    pub disk_free: u64,
+    /// Every online server, the leader included.
+    pub members: Vec<MemberReport>,
+}
+
+/// What an assignment is, as the node API refers to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentRef {
+    /// Cluster-wide id of this assignment file (content, commit and abort
+    /// assignments of one run have different ids).
+    pub id: u64,
+    /// The site.
+    pub site: String,
+    /// The release serial it concerns.
+    pub serial: u64,
+    /// `content`, `commit`, `abort` or `rollback`.
+    pub kind: String,
+    /// Size of the file in bytes.
+    pub size: u64,
+    /// SHA-256 of the whole file, hex.
+    pub sha256: String,
+}
+
+/// `POST /node/v1/notify`: fetch an assignment and pass it on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notify {
+    /// The assignment.
+    pub assignment: AssignmentRef,
+    /// Base URL of a holder (`http://host:port`) to fetch it from.
+    pub fetch_from: String,
+    /// The run it belongs to.
+    pub run: u64,
+    /// The servers of the notified segment that must receive it (the
+    /// content group's members there); empty means every member.
+    pub targets: Vec<NodeId>,
+}
+
+/// `409` answer to a notify: this node does not lead its segment now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotLeader {
+    /// The leader it knows, if any.
+    pub leader: Option<NodeId>,
+}
+
+/// `POST /node/v1/next-hop`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextHopRequest {
+    /// The assignment the asker now holds.
+    pub assignment: u64,
+}
+
+/// A leader to notify.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HopTarget {
+    /// The leader.
+    pub node: NodeId,
+    /// Its base URL (`http://host:port`).
+    pub url: String,
+    /// What to send it.
+    pub notify: Notify,
+}
+
+/// Answer to `next-hop`: the next leader to notify, or none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextHop {
+    /// The next target, or `None` when this holder is done forwarding.
+    pub target: Option<HopTarget>,
+}
+
+/// What happened to an assignment on one server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ServerOutcome {
+    /// Applied (content), switched (commit), discarded (abort).
+    Succeeded,
+    /// It failed; the error says why.
+    Failed {
+        /// What went wrong.
+        error: String,
+    },
+    /// No report came.
+    Silent,
+}
+
+/// `POST /node/v1/report`: the outcome of an assignment in a segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentResult {
+    /// The assignment.
+    pub assignment: u64,
+    /// The run.
+    pub run: u64,
+    /// The segment.
+    pub segment: String,
+    /// Its leader.
+    pub leader: NodeId,
+    /// One entry per targeted server (the leader included when targeted).
+    pub servers: BTreeMap<NodeId, ServerOutcome>,
+}
+
+/// `GET /node/v1/status`: what an agent knows about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub id: NodeId,
+    /// Its segment.
+    pub segment: String,
+    /// The leader it knows.
+    pub leader: Option<NodeId>,
+    /// Live serial per site.
+    pub live: BTreeMap<String, u64>,
+    /// Assignment ids it holds a verified copy of.
+    pub held: Vec<u64>,
+}
+
+/// The JSON body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: String,
+    /// The request field at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_bind_method_path_time_node_and_body() {
+        let key = MacKey::derive(b"cluster secret cluster secret", NODE_KEY_LABEL);
+        let (n, t, s) = sign(&key, NodeId(4), 1_000_000, "POST", "/node/v1/report", b"{}");
+        let h = (Some(n.as_str()), Some(t.as_str()), Some(s.as_str()));
+        assert_eq!(verify(&key, h, 1_000_500, 30_000, "POST", "/node/v1/report", b"{}"), Ok(NodeId(4)));
+        let bad = |m: &str, p: &str, b: &[u8], now: u64| verify(&key, h, now, 30_000, m, p, b);
+        assert_eq!(bad("GET", "/node/v1/report", b"{}", 1_000_000), Err(AuthError::BadSignature));
+        assert_eq!(bad("POST", "/node/v1/notify", b"{}", 1_000_000), Err(AuthError::BadSignature));
+        assert_eq!(bad("POST", "/node/v1/report", b"{ }", 1_000_000), Err(AuthError::BadSignature));
+        assert!(matches!(bad("POST", "/node/v1/report", b"{}", 1_040_000), Err(AuthError::Skew { .. })));
+        let other = MacKey::derive(b"another secret another secret", NODE_KEY_LABEL);
+        assert_eq!(
+            verify(&other, h, 1_000_000, 30_000, "POST", "/node/v1/report", b"{}"),
+            Err(AuthError::BadSignature)
+        );
+        let forged = (Some("5"), h.1, h.2);
+        assert_eq!(
+            verify(&key, forged, 1_000_000, 30_000, "POST", "/node/v1/report", b"{}"),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            verify(&key, (None, h.1, h.2), 1_000_000, 30_000, "POST", "/", b""),
+            Err(AuthError::Header(NODE_HEADER))
+        );
+    }
+}

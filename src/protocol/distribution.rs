@@ -1,0 +1,374 @@
+//! Store-and-forward distribution of one assignment to the group leaders
+//! of a run (patent FIG. 7), as a pure state machine the `Ccm` actor drives.
+//!
+//! The CCM notifies the first `fanout` leaders itself. Every leader that
+//! holds a copy asks for its next hop ([`Distribution::next_hop`]) and is
+//! given the next leader still waiting, until none is left; so copies spread
+//! as a tree and the CCM's uplink sends each byte about `fanout` times.
+//! A leader that does not show it holds the copy within `notify_timeout`
+//! (by asking for a next hop or reporting) is notified again, by the CCM
+//! if no leader is still forwarding; after `max_attempts` it is given up and
+//! named. A segment whose leader changes is notified afresh.
+//!
+//! Call order: [`Distribution::new`], then on every event the matching
+//! `handle_*`, then [`Distribution::ccm_hops`] to learn whom the CCM must
+//! notify itself; [`Distribution::poll_timeout`] says when to call
+//! [`Distribution::handle_timeout`].
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::api::CCM_NODE;
+use super::ids::NodeId;
+use super::time::Time;
+
+/// A segment to deliver to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Target {
+    /// The segment.
+    pub segment: String,
+    /// Its leader.
+    pub leader: NodeId,
+    /// The leader's base URL.
+    pub url: String,
+    /// Its servers that must receive the assignment.
+    pub servers: Vec<NodeId>,
+}
+
+/// Where a target is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "stage", rename_all = "snake_case")]
+pub enum Stage {
+    /// Waiting to be notified.
+    Pending,
+    /// Notified by `by` (the CCM is node 0) at `at`, copy not yet confirmed.
+    Notified {
+        /// Who notified it.
+        by: NodeId,
+        /// When.
+        at: Time,
+    },
+    /// Holds a verified copy; `forwarding` until told there is no next hop.
+    Holding {
+        /// Who it got the copy from.
+        from: NodeId,
+        /// Still asking for next hops.
+        forwarding: bool,
+    },
+    /// Reported its segment's result.
+    Reported {
+        /// Who it got the copy from.
+        from: NodeId,
+    },
+    /// Given up.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One target and its progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    /// The target.
+    pub target: Target,
+    /// Where it is.
+    pub stage: Stage,
+    /// Notifications sent so far.
+    pub attempts: u32,
+}
+
+/// Settings.
+#[derive(Debug, Clone, Copy)]
+pub struct DistributionConfig {
+    /// Leaders the CCM notifies itself.
+    pub fanout: usize,
+    /// Time a notified leader has to show it holds the copy.
+    pub notify_timeout: Duration,
+    /// Notifications per target before it is given up.
+    pub max_attempts: u32,
+}
+
+impl Default for DistributionConfig {
+    fn default() -> Self {
+        DistributionConfig { fanout: 2, notify_timeout: Duration::from_secs(30), max_attempts: 3 }
+    }
+}
+
+/// The distribution of one assignment. See the module docs.
+#[derive(Debug, Clone)]
+pub struct Distribution {
+    cfg: DistributionConfig,
+    entries: Vec<Entry>,
+}
+
+impl Distribution {
+    /// Targets in the order the tree planner chose.
+    pub fn new(cfg: DistributionConfig, targets: Vec<Target>) -> Self {
+        let entries =
+            targets.into_iter().map(|target| Entry { target, stage: Stage::Pending, attempts: 0 }).collect();
+        Distribution { cfg, entries }
+    }
+
+    /// Every target and its stage.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    fn find(&self, segment: &str) -> Option<usize> {
+        self.entries.iter().position(|e| e.target.segment == segment)
+    }
+
+    fn by_leader(&self, leader: NodeId) -> Option<usize> {
+        self.entries.iter().position(|e| e.target.leader == leader)
+    }
+
+    fn notify(&mut self, i: usize, by: NodeId, now: Time) {
+        let e = &mut self.entries[i];
+        e.attempts += 1;
+        e.stage = Stage::Notified { by, at: now };
+    }
+
+    /// Targets the CCM must notify itself now (marked notified by the CCM):
+    /// pending ones, while the CCM has fewer than `fanout` in flight and no
+    /// leader is still forwarding (a forwarding leader will take them).
+    pub fn ccm_hops(&mut self, now: Time) -> Vec<Target> {
+        let forwarding =
+            self.entries.iter().any(|e| matches!(e.stage, Stage::Holding { forwarding: true, .. }));
+        let mut in_flight = self
+            .entries
+            .iter()
+            .filter(|e| matches!(e.stage, Stage::Notified { by, .. } if by == CCM_NODE))
+            .count();
+        let mut out = Vec::new();
+        if forwarding {
+            return out;
+        }
+        for i in 0..self.entries.len() {
+            if in_flight >= self.cfg.fanout.max(1) {
+                break;
+            }
+            if self.entries[i].stage == Stage::Pending {
+                self.notify(i, CCM_NODE, now);
+                in_flight += 1;
+                out.push(self.entries[i].target.clone());
+            }
+        }
+        out
+    }
+
+    fn confirm_holding(&mut self, i: usize) {
+        if let Stage::Notified { by, .. } = self.entries[i].stage {
+            self.entries[i].stage = Stage::Holding { from: by, forwarding: true };
+        }
+    }
+
+    /// `holder` holds a copy and asks whom to forward it to: the next
+    /// pending target (now notified by `holder`), or `None`.
+    pub fn next_hop(&mut self, now: Time, holder: NodeId) -> Option<Target> {
+        let me = self.by_leader(holder);
+        if let Some(i) = me {
+            self.confirm_holding(i);
+        }
+        let next = self.entries.iter().position(|e| e.stage == Stage::Pending);
+        match next {
+            Some(j) => {
+                self.notify(j, holder, now);
+                Some(self.entries[j].target.clone())
+            }
+            None => {
+                if let Some(i) = me {
+                    if let Stage::Holding { from, .. } = self.entries[i].stage {
+                        self.entries[i].stage = Stage::Holding { from, forwarding: false };
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// A notification could not be delivered (connection refused, not the leader…).
+    pub fn handle_notify_failed(&mut self, segment: &str, reason: &str) {
+        if let Some(i) = self.find(segment) {
+            if matches!(self.entries[i].stage, Stage::Notified { .. }) {
+                self.retry_or_fail(i, reason);
+            }
+        }
+    }
+
+    fn retry_or_fail(&mut self, i: usize, reason: &str) {
+        let e = &mut self.entries[i];
+        e.stage = if e.attempts >= self.cfg.max_attempts {
+            Stage::Failed { reason: format!("{reason} (after {} attempts)", e.attempts) }
+        } else {
+            Stage::Pending
+        };
+    }
+
+    /// A segment reported its result.
+    pub fn handle_reported(&mut self, segment: &str) {
+        if let Some(i) = self.find(segment) {
+            let from = match &self.entries[i].stage {
+                Stage::Notified { by, .. } => *by,
+                Stage::Holding { from, .. } | Stage::Reported { from } => *from,
+                _ => CCM_NODE,
+            };
+            self.entries[i].stage = Stage::Reported { from };
+        }
+    }
+
+    /// A segment has a new leader: unless it has reported, notify the new one.
+    pub fn handle_leader_changed(&mut self, segment: &str, leader: NodeId, url: &str) {
+        if let Some(i) = self.find(segment) {
+            let e = &mut self.entries[i];
+            if e.target.leader == leader || matches!(e.stage, Stage::Reported { .. }) {
+                return;
+            }
+            e.target.leader = leader;
+            e.target.url = url.to_owned();
+            e.stage = Stage::Pending;
+            e.attempts = 0;
+        }
+    }
+
+    /// When [`Distribution::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.entries
+            .iter()
+            .filter_map(|e| match e.stage {
+                Stage::Notified { at, .. } => Some(at + self.cfg.notify_timeout),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Notified targets that did not confirm in time go back to pending.
+    pub fn handle_timeout(&mut self, now: Time) {
+        for i in 0..self.entries.len() {
+            if let Stage::Notified { at, .. } = self.entries[i].stage {
+                if now >= at + self.cfg.notify_timeout {
+                    self.retry_or_fail(i, "no copy confirmed in time");
+                }
+            }
+        }
+    }
+
+    /// True when every target has reported or been given up.
+    pub fn is_done(&self) -> bool {
+        self.entries.iter().all(|e| matches!(e.stage, Stage::Reported { .. } | Stage::Failed { .. }))
+    }
+
+    /// Targets given up, with the reason.
+    pub fn failed(&self) -> Vec<(&Target, &str)> {
+        self.entries
+            .iter()
+            .filter_map(|e| match &e.stage {
+                Stage::Failed { reason } => Some((&e.target, reason.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn targets(n: u64) -> Vec<Target> {
+        (1..=n)
+            .map(|i| Target {
+                segment: format!("s{i}"),
+                leader: NodeId(i * 10),
+                url: format!("http://gl{i}"),
+                servers: vec![NodeId(i * 10)],
+            })
+            .collect()
+    }
+
+    fn cfg() -> DistributionConfig {
+        DistributionConfig { fanout: 2, notify_timeout: Duration::from_secs(5), max_attempts: 2 }
+    }
+
+    fn segs(t: &[Target]) -> Vec<&str> {
+        t.iter().map(|t| t.segment.as_str()).collect()
+    }
+
+    /// Patent FIG. 7: the CCM sends to the first leaders, holders forward to
+    /// the rest, each target gets the assignment once.
+    #[test]
+    fn fig7_copies_spread_as_a_tree_from_fanout_first_hops() {
+        let mut d = Distribution::new(cfg(), targets(6));
+        let t0 = Time::ZERO;
+        assert_eq!(segs(&d.ccm_hops(t0)), ["s1", "s2"]);
+        assert!(d.ccm_hops(t0).is_empty(), "fanout reached");
+        assert_eq!(d.next_hop(t0, NodeId(10)).unwrap().segment, "s3");
+        assert_eq!(d.next_hop(t0, NodeId(20)).unwrap().segment, "s4");
+        assert!(d.ccm_hops(t0).is_empty(), "leaders are forwarding");
+        assert_eq!(d.next_hop(t0, NodeId(30)).unwrap().segment, "s5");
+        assert_eq!(d.next_hop(t0, NodeId(10)).unwrap().segment, "s6");
+        for leader in [20, 40, 50, 60, 30, 10] {
+            assert_eq!(d.next_hop(t0, NodeId(leader)), None);
+        }
+        for s in 1..=6 {
+            assert!(!d.is_done());
+            d.handle_reported(&format!("s{s}"));
+        }
+        assert!(d.is_done());
+        let from: Vec<NodeId> = d
+            .entries()
+            .iter()
+            .map(|e| match e.stage {
+                Stage::Reported { from } => from,
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(from, [NodeId(0), NodeId(0), NodeId(10), NodeId(20), NodeId(30), NodeId(10)]);
+    }
+
+    #[test]
+    fn a_silent_leader_is_renotified_then_given_up() {
+        let mut d = Distribution::new(cfg(), targets(1));
+        assert_eq!(d.ccm_hops(Time::ZERO).len(), 1);
+        assert_eq!(d.poll_timeout(), Some(Time::ZERO + Duration::from_secs(5)));
+        d.handle_timeout(Time::from_millis(4_999));
+        assert!(d.ccm_hops(Time::from_millis(4_999)).is_empty());
+        d.handle_timeout(Time::from_millis(5_000));
+        assert_eq!(d.ccm_hops(Time::from_millis(5_000)).len(), 1, "notified again");
+        d.handle_notify_failed("s1", "connection refused");
+        assert!(d.is_done());
+        assert_eq!(d.failed()[0].1, "connection refused (after 2 attempts)");
+    }
+
+    #[test]
+    fn a_failed_hop_is_taken_over_by_the_ccm_once_nobody_forwards() {
+        let mut d = Distribution::new(DistributionConfig { fanout: 1, max_attempts: 3, ..cfg() }, targets(3));
+        let t = Time::ZERO;
+        assert_eq!(segs(&d.ccm_hops(t)), ["s1"]);
+        assert_eq!(d.next_hop(t, NodeId(10)).unwrap().segment, "s2");
+        d.handle_notify_failed("s2", "refused");
+        // s1 still forwards: it takes s2 again.
+        assert_eq!(d.next_hop(t, NodeId(10)).unwrap().segment, "s2");
+        assert_eq!(d.next_hop(t, NodeId(20)).unwrap().segment, "s3");
+        d.handle_notify_failed("s3", "s2's hop died");
+        assert_eq!(d.next_hop(t, NodeId(10)).unwrap().segment, "s3");
+        assert_eq!(d.next_hop(t, NodeId(10)), None);
+        assert_eq!(d.next_hop(t, NodeId(20)), None);
+        d.handle_timeout(t + Duration::from_secs(6));
+        // Nobody forwards any more: the CCM itself notifies s3.
+        assert_eq!(segs(&d.ccm_hops(t)), ["s3"]);
+    }
+
+    #[test]
+    fn a_new_leader_is_notified_afresh_unless_reported() {
+        let mut d = Distribution::new(cfg(), targets(2));
+        d.ccm_hops(Time::ZERO);
+        d.handle_reported("s2");
+        d.handle_leader_changed("s1", NodeId(11), "http://new");
+        d.handle_leader_changed("s2", NodeId(21), "http://other");
+        let hops = d.ccm_hops(Time::ZERO);
+        assert_eq!(hops.len(), 1);
+        assert_eq!((hops[0].leader, hops[0].url.as_str()), (NodeId(11), "http://new"));
+        assert_eq!(d.entries()[1].target.leader, NodeId(20), "reported segment unchanged");
+    }
+}

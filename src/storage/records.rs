@@ -1,0 +1,383 @@
+//! The CCM's records: one struct per table of the database ([`super::db`]).
+//!
+//! Each is plain data with a schema version; the `Ccm` actor and the HTTP
+//! API read and write them through typed tables, never raw sled.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::db::Record;
+use super::pack::PackSummary;
+use crate::protocol::api::{MemberReport, ServerOutcome};
+use crate::protocol::ids::{JobId, NodeId};
+
+/// A hosted site: where its content is staged, and what is live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiteRecord {
+    /// Its name (also its directory name on every server).
+    pub name: String,
+    /// The staging directory published from.
+    pub staging: PathBuf,
+    /// The serial of the release live on the servers (0: none yet).
+    pub live_serial: u64,
+    /// When it was created, Unix ms.
+    pub created_ms: u64,
+}
+
+impl Record for SiteRecord {
+    const TABLE: &'static str = "sites";
+    const VERSION: u64 = 1;
+    type Key = String;
+    fn key(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// How many servers of a content group must hold a release for it to go live.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+pub enum Quorum {
+    /// Every server of the group.
+    #[default]
+    All,
+    /// At least this many servers.
+    Count(u32),
+    /// At least this percentage of the group (rounded up).
+    Percent(f64),
+}
+
+impl Quorum {
+    /// Servers needed out of `total`.
+    pub fn needed(&self, total: usize) -> usize {
+        match *self {
+            Quorum::All => total,
+            Quorum::Count(n) => (n as usize).min(total),
+            Quorum::Percent(p) => ((p.clamp(0.0, 100.0) / 100.0) * total as f64).ceil() as usize,
+        }
+    }
+}
+
+/// A content group: the servers that receive one site's content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// Its name.
+    pub name: String,
+    /// The site.
+    pub site: String,
+    /// Its servers.
+    pub servers: Vec<NodeId>,
+    /// The go-live quorum.
+    pub quorum: Quorum,
+}
+
+impl Record for GroupRecord {
+    const TABLE: &'static str = "groups";
+    const VERSION: u64 = 1;
+    type Key = String;
+    fn key(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// A LAN segment, as its leader last reported it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentRecord {
+    /// Its name.
+    pub name: String,
+    /// Its leader.
+    pub leader: NodeId,
+    /// The leader's node HTTP address.
+    pub leader_http: String,
+    /// Where it is.
+    pub location: String,
+    /// The leader's CPU cores.
+    pub cpus: u32,
+    /// Free disk on the leader.
+    pub disk_free: u64,
+    /// Online servers.
+    pub members: Vec<MemberReport>,
+    /// When the report came, Unix ms.
+    pub updated_ms: u64,
+}
+
+impl Record for SegmentRecord {
+    const TABLE: &'static str = "segments";
+    const VERSION: u64 = 1;
+    type Key = String;
+    fn key(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// A back-end server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    /// Its id.
+    pub id: NodeId,
+    /// Its name.
+    pub name: String,
+    /// Its node HTTP address.
+    pub http: String,
+    /// Its segment.
+    pub segment: String,
+    /// Live serial per site, as last reported.
+    pub live: BTreeMap<String, u64>,
+    /// Whether its segment's leader lists it as online.
+    pub online: bool,
+    /// When it was first seen, Unix ms.
+    pub first_seen_ms: u64,
+    /// When it was last listed online, Unix ms.
+    pub last_seen_ms: u64,
+}
+
+impl Record for ServerRecord {
+    const TABLE: &'static str = "servers";
+    const VERSION: u64 = 1;
+    type Key = NodeId;
+    fn key(&self) -> NodeId {
+        self.id
+    }
+}
+
+/// What a job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Staging → servers.
+    #[default]
+    Publish,
+    /// Bring servers whose live release lags the site's up to date, with a
+    /// full copy of what is live (from the shadow copy).
+    Synchronize,
+}
+
+/// A job: a site, a content group, a kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Its id.
+    pub id: JobId,
+    /// The site.
+    pub site: String,
+    /// The content group.
+    pub group: String,
+    /// What it does.
+    pub kind: JobKind,
+    /// When it was created, Unix ms.
+    pub created_ms: u64,
+    /// Its runs, oldest first.
+    pub runs: Vec<u64>,
+}
+
+impl Record for JobRecord {
+    const TABLE: &'static str = "jobs";
+    const VERSION: u64 = 1;
+    type Key = JobId;
+    fn key(&self) -> JobId {
+        self.id
+    }
+}
+
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Building the assignment.
+    Packing,
+    /// Sending the content assignment to the segments.
+    Distributing,
+    /// Sending the commit.
+    Committing,
+    /// Sending the abort.
+    Aborting,
+    /// Live on the servers (those that failed are listed).
+    Committed,
+    /// Nothing to publish: staging equals what is live.
+    Unchanged,
+    /// Failed; nothing went live.
+    Failed,
+}
+
+impl RunState {
+    /// True once the run is over.
+    pub fn is_final(self) -> bool {
+        matches!(self, RunState::Committed | RunState::Unchanged | RunState::Failed)
+    }
+}
+
+/// A phase of a run and when it began.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Phase {
+    /// `pack`, `distribute`, `commit`, `abort`, `done`…
+    pub name: String,
+    /// When, Unix ms.
+    pub at_ms: u64,
+}
+
+/// One segment's part in a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SegmentProgress {
+    /// The leader notified.
+    pub leader: Option<NodeId>,
+    /// `pending`, `notified`, `holding`, `reported`, `failed`.
+    pub state: String,
+    /// Who it got the assignment from (the CCM is node 0), for the tree picture.
+    pub fetched_from: Option<NodeId>,
+    /// When it was notified, Unix ms.
+    pub notified_ms: Option<u64>,
+    /// When it reported, Unix ms.
+    pub reported_ms: Option<u64>,
+}
+
+/// A run of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Its id.
+    pub id: u64,
+    /// The job.
+    pub job: JobId,
+    /// The site.
+    pub site: String,
+    /// The content group.
+    pub group: String,
+    /// What the run does.
+    #[serde(default)]
+    pub kind: JobKind,
+    /// Where it is.
+    pub state: RunState,
+    /// The release it builds.
+    pub serial: u64,
+    /// The release it is a delta against.
+    pub base_serial: u64,
+    /// The content assignment's id.
+    pub content_assignment: Option<u64>,
+    /// The commit (or abort) assignment's id.
+    pub control_assignment: Option<u64>,
+    /// What went into the content assignment.
+    pub summary: Option<PackSummary>,
+    /// Phases, in order.
+    pub phases: Vec<Phase>,
+    /// Per segment.
+    pub segments: BTreeMap<String, SegmentProgress>,
+    /// Per server: the content assignment's outcome.
+    pub applied: BTreeMap<NodeId, ServerOutcome>,
+    /// Per server: the commit's (or abort's) outcome.
+    pub switched: BTreeMap<NodeId, ServerOutcome>,
+    /// Servers that did not end up with the release live.
+    pub failed_servers: Vec<NodeId>,
+    /// Why the run failed, if it did.
+    pub error: Option<String>,
+    /// When it started, Unix ms.
+    pub started_ms: u64,
+    /// When it ended, Unix ms.
+    pub finished_ms: Option<u64>,
+}
+
+impl Record for RunRecord {
+    const TABLE: &'static str = "runs";
+    const VERSION: u64 = 1;
+    type Key = u64;
+    fn key(&self) -> u64 {
+        self.id
+    }
+}
+
+/// An assignment file the CCM made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentRecord {
+    /// Cluster-wide id.
+    pub id: u64,
+    /// The site.
+    pub site: String,
+    /// The release serial.
+    pub serial: u64,
+    /// `content`, `commit`, `abort`.
+    pub kind: String,
+    /// The run.
+    pub run: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// When it was made, Unix ms.
+    pub created_ms: u64,
+}
+
+impl Record for AssignmentRecord {
+    const TABLE: &'static str = "assignments";
+    const VERSION: u64 = 1;
+    type Key = u64;
+    fn key(&self) -> u64 {
+        self.id
+    }
+}
+
+/// A release that went live: what, when, from which job (no content).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    /// The site.
+    pub site: String,
+    /// The release.
+    pub serial: u64,
+    /// The job.
+    pub job: JobId,
+    /// The run.
+    pub run: u64,
+    /// The content assignment.
+    pub assignment: u64,
+    /// When it went live, Unix ms.
+    pub at_ms: u64,
+    /// What changed.
+    pub summary: Option<PackSummary>,
+}
+
+impl Record for SnapshotRecord {
+    const TABLE: &'static str = "snapshots";
+    const VERSION: u64 = 1;
+    type Key = (String, u64);
+    fn key(&self) -> (String, u64) {
+        (self.site.clone(), self.serial)
+    }
+}
+
+/// One line of the history log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    /// Its id (increasing).
+    pub id: u64,
+    /// When, Unix ms.
+    pub at_ms: u64,
+    /// `run_started`, `committed`, `aborted`, `segment_changed`, `server_failed`…
+    pub kind: String,
+    /// For people.
+    pub message: String,
+    /// The run, if any.
+    pub run: Option<u64>,
+    /// The site, if any.
+    pub site: Option<String>,
+}
+
+impl Record for HistoryRecord {
+    const TABLE: &'static str = "history";
+    const VERSION: u64 = 1;
+    type Key = u64;
+    fn key(&self) -> u64 {
+        self.id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorum_counts() {
+        assert_eq!(Quorum::All.needed(6), 6);
+        assert_eq!(Quorum::Count(4).needed(6), 4);
+        assert_eq!(Quorum::Count(9).needed(6), 6);
+        assert_eq!(Quorum::Percent(50.0).needed(5), 3);
+        assert_eq!(Quorum::Percent(100.0).needed(5), 5);
+        assert_eq!(Quorum::Percent(0.0).needed(5), 0);
+    }
+}
