@@ -474,6 +474,10 @@ pub struct CcmConfig {
     pub notify_timeout: Duration,
     /// Notifications of a leader before its segment is given up.
     pub max_attempts: u32,
+    /// Wait after a notification fails (leader unreachable), times the
+    /// attempts so far: time for the segment to elect a new leader.
+    #[serde(with = "humantime_serde")]
+    pub retry_delay: Duration,
     /// Time segments have to report an assignment's outcome; later ones count as silent.
     #[serde(with = "humantime_serde")]
     pub report_timeout: Duration,
@@ -497,6 +501,7 @@ impl Default for CcmConfig {
             fanout: 2,
             notify_timeout: Duration::from_secs(30),
             max_attempts: 3,
+            retry_delay: Duration::from_secs(2),
             report_timeout: Duration::from_secs(300),
             tree_order: Vec::new(),
             max_clock_skew: Duration::from_secs(30),

@@ -245,7 +245,8 @@ pub fn generate(root: &Path, seed: u64, spec: &CorpusSpec) -> io::Result<u64> {
     for i in 0..spec.symlinks {
         let dir = dirs.choose(&mut rng).cloned().unwrap_or_else(|| root.to_owned());
         let link = dir.join(format!("link-{i}"));
-        let target = if i % 3 == 0 { dirs.choose(&mut rng) } else { files.choose(&mut rng) };
+        // Directory links point below the root: a link to the root itself would have an empty target.
+        let target = if i % 3 == 0 { dirs[1..].choose(&mut rng) } else { files.choose(&mut rng) };
         if let Some(t) = target {
             symlink(relative(root, &link, t), &link)?;
         }
@@ -370,4 +371,30 @@ pub fn mutate(root: &Path, seed: u64, spec: &EditSpec) -> io::Result<u64> {
         fs::create_dir_all(root.join("empty dir/also empty"))?;
     }
     Ok(edited)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_seed_generates_and_mutates_small_and_tiny_trees() {
+        let tiny = CorpusSpec {
+            dirs: 2,
+            small_files: 4,
+            small_max: 2_000,
+            large_files: 0,
+            large_size: 0,
+            symlinks: 3,
+        };
+        for seed in 0..40u64 {
+            for spec in [tiny.clone(), CorpusSpec::small()] {
+                let t = tempfile::tempdir().unwrap();
+                let root = t.path().join("tree");
+                generate(&root, seed, &spec).unwrap_or_else(|e| panic!("generate seed {seed}: {e}"));
+                mutate(&root, seed, &EditSpec::default())
+                    .unwrap_or_else(|e| panic!("mutate seed {seed} {spec:?}: {e}"));
+            }
+        }
+    }
 }

@@ -41,6 +41,7 @@
 //! - [`agent`]: the `cmover agent` process, wired from the configuration.
 //! - [`ccm`]: the `cmover ccm` process (orchestrator, database, HTTP API).
 //! - [`http`]: the node API (signed requests) and the admin REST API.
+//! - [`local_cluster`]: a CCM and agents in one process on 127.0.0.1 (demo, tests, benchmarks).
 //! - [`sim`]: the seeded virtual-time network that drives the cores, and the
 //!   simulations built on it ([`sim::election`], [`sim::mctp`]).
 //! - [`udp`]: multicast and unicast UDP sockets for the channels.
@@ -52,6 +53,7 @@ pub mod config;
 pub mod corpus;
 pub mod demo;
 pub mod http;
+pub mod local_cluster;
 pub mod logging;
 pub mod offline;
 pub mod protocol;

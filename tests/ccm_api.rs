@@ -397,7 +397,8 @@ async fn a_ccm_restart_fails_an_unfinished_distribution_cleanly_and_resumes_a_co
     ccm.stop().await;
     let ccm = cmover::ccm::start(w.config.clone()).await.unwrap();
     let c2 = wait_for("resumed commit notify", || got_a.lock().unwrap().get(4).cloned()).await;
-    assert_eq!((c2.assignment.kind.as_str(), c2.run, c2.assignment.serial), ("commit", run2, 1));
+    // Run 1 used serial 1 and failed; a serial is never used twice.
+    assert_eq!((c2.assignment.kind.as_str(), c2.run, c2.assignment.serial), ("commit", run2, 2));
     let hop = leader_round(&gl_a, &ccm.url, &c2, "a", &ok(&[1, 2, 3])).await.unwrap();
     leader_round(&gl_b, &ccm.url, &Notify { fetch_from: ccm.url.clone(), ..hop }, "b", &ok(&[4, 5, 6])).await;
     let r = wait_for_run(&ccm, run2, RunState::Committed).await;

@@ -410,3 +410,27 @@ fn old_releases_are_pruned_to_keep_releases_and_rollback_walks_back() {
     assert_identical(&t.path().join("site/live"), &t.path().join("v3"));
     assert!(matches!(site.rollback(), Err(ReleaseError::NoPrevious { .. })));
 }
+
+#[test]
+fn rollback_to_names_its_release_and_is_idempotent() {
+    let t = tempfile::tempdir().unwrap();
+    let site = site(&t.path().join("site"));
+    let mut prev = t.path().join("none");
+    for serial in 1..=4u64 {
+        let tree = t.path().join(format!("v{serial}"));
+        fs::create_dir_all(&tree).unwrap();
+        fs::write(tree.join("index.html"), format!("version {serial}")).unwrap();
+        let a = t.path().join(format!("{serial}.cma"));
+        pack(&prev, &tree, &a, &opts(serial, serial - 1, None)).unwrap();
+        publish(&site, &a, None).unwrap();
+        prev = tree;
+    }
+    // Releases 2, 3, 4 are kept; 1 was pruned.
+    assert_eq!(site.rollback_to(AssignmentSerial(2)).unwrap(), (AssignmentSerial(4), AssignmentSerial(2)));
+    assert_identical(&t.path().join("site/live"), &t.path().join("v2"));
+    assert_eq!(site.rollback_to(AssignmentSerial(2)).unwrap(), (AssignmentSerial(2), AssignmentSerial(2)));
+    let err = site.rollback_to(AssignmentSerial(1)).unwrap_err();
+    assert!(matches!(err, ReleaseError::NotKept { .. }), "{err}");
+    assert!(err.to_string().contains("kept: 2, 3, 4"), "{err}");
+    assert_identical(&t.path().join("site/live"), &t.path().join("v2"));
+}

@@ -223,6 +223,40 @@ impl Ccm {
         run.phases.push(Phase { name: name.into(), at_ms: unix_ms() });
     }
 
+    /// The release a rollback of `site` goes back to: the one the live
+    /// release was built on, if the shadow copy (and so the servers) keep it.
+    fn rollback_target(&self, site: &SiteRecord) -> Result<u64, CcmError> {
+        if site.live_serial == 0 {
+            return Err(CcmError::Conflict(format!("site {} has no live release to roll back", site.name)));
+        }
+        let base = table::<RunRecord>(&self.db)
+            .all()?
+            .into_iter()
+            .filter(|r| {
+                r.site == site.name
+                    && r.serial == site.live_serial
+                    && r.kind == JobKind::Publish
+                    && r.state == RunState::Committed
+            })
+            .map(|r| r.base_serial)
+            .max()
+            .unwrap_or(0);
+        if base == 0 {
+            return Err(CcmError::Conflict(format!(
+                "release {} of site {} is its first: there is nothing to roll back to",
+                site.live_serial, site.name
+            )));
+        }
+        let kept = self.shadow(&site.name).releases().unwrap_or_default();
+        if !kept.contains(&AssignmentSerial(base)) {
+            return Err(CcmError::Conflict(format!(
+                "release {base} of site {} is no longer kept (releases.keep_releases = {}); publish it again instead",
+                site.name, self.config.releases.keep_releases
+            )));
+        }
+        Ok(base)
+    }
+
     fn start_run(&mut self, job_id: JobId, ctx: &mut Context<Self>) -> Result<u64, CcmError> {
         let job = table::<JobRecord>(&self.db)
             .get(&job_id)?
@@ -239,6 +273,8 @@ impl Ccm {
                 other.run.id, site.name
             )));
         }
+        let rollback_to =
+            if job.kind == JobKind::Rollback { Some(self.rollback_target(&site)?) } else { None };
         let id = self.db.next("run")?;
         let sync = job.kind == JobKind::Synchronize;
         // A synchronize targets the servers of the group whose live release
@@ -258,8 +294,13 @@ impl Ccm {
             group.servers.clone()
         };
         let needed = if sync { 1 } else { group.quorum.needed(group.servers.len()) };
-        let (serial, base) =
-            if sync { (site.live_serial, 0) } else { (site.live_serial + 1, site.live_serial) };
+        // A new release takes a serial never used before, even if a rollback
+        // left newer ones on the servers.
+        let (serial, base) = match rollback_to {
+            Some(target) => (target, site.live_serial),
+            None if sync => (site.live_serial, 0),
+            None => (site.live_serial.max(site.last_serial) + 1, site.live_serial),
+        };
         let mut run = RunRecord {
             id,
             job: job.id,
@@ -325,28 +366,46 @@ impl Ccm {
             self.history("run_failed", run.error.clone().unwrap_or_default(), Some(id), Some(&run.site));
             return Ok(id);
         }
-        Self::phase(&mut run, "pack");
+        if job.kind == JobKind::Publish {
+            table::<SiteRecord>(&self.db).update(&site.name, |s| {
+                s.map(|mut s| {
+                    s.last_serial = s.last_serial.max(serial);
+                    s
+                })
+            })?;
+        }
+        let what = match job.kind {
+            JobKind::Publish => format!("publishes site {} to group {}", site.name, group.name),
+            JobKind::Synchronize => format!("synchronizes site {} on group {}", site.name, group.name),
+            JobKind::Rollback => {
+                format!("rolls site {} back to release {serial} on group {}", site.name, group.name)
+            }
+        };
+        Self::phase(&mut run, if rollback_to.is_some() { "rollback" } else { "pack" });
+        if rollback_to.is_some() {
+            run.state = RunState::Committing;
+        }
         self.save(&run, true);
-        self.history(
-            "run_started",
-            format!("run {id} of job {} publishes site {} to group {}", job.id, site.name, group.name),
-            Some(id),
-            Some(&site.name),
-        );
-        tracing::info!(event = "run_started", run = id, job = job.id.0, site = %site.name, serial = run.serial);
-        self.active.insert(
-            id,
-            Active {
-                run,
-                group: group.servers.clone(),
-                needed,
-                wave: Wave::Content,
-                dist: None,
-                assignment: None,
-                deadline: None,
-            },
-        );
-        self.pack(id, site, job.id, ctx);
+        self.history("run_started", format!("run {id} of job {} {what}", job.id), Some(id), Some(&site.name));
+        tracing::info!(event = "run_started", run = id, job = job.id.0, kind = ?job.kind, site = %site.name, serial = run.serial);
+        let a = Active {
+            run,
+            // A synchronize deals with the lagging servers only.
+            group: if sync { members.clone() } else { group.servers.clone() },
+            needed,
+            wave: Wave::Content,
+            dist: None,
+            assignment: None,
+            deadline: None,
+        };
+        if rollback_to.is_some() {
+            // Header-only: every reachable server switches back.
+            let targets: Vec<NodeId> = members.iter().copied().filter(|s| !offline.contains(s)).collect();
+            self.control(a, Kind::Rollback, targets, ctx);
+        } else {
+            self.active.insert(id, a);
+            self.pack(id, site, job.id, ctx);
+        }
         Ok(id)
     }
 
@@ -477,6 +536,7 @@ impl Ccm {
                     fanout: act.config.ccm.fanout as usize,
                     notify_timeout: act.config.ccm.notify_timeout,
                     max_attempts: act.config.ccm.max_attempts,
+                    retry_delay: act.config.ccm.retry_delay,
                 };
                 let deadline = act.now() + act.config.ccm.report_timeout;
                 let Some(a) = act.active.get_mut(&run_id) else { return };
@@ -530,8 +590,9 @@ impl Ccm {
                 .map(move |res: Result<serde_json::Value, ClientError>, act, ctx| {
                     if let Err(e) = res {
                         tracing::warn!(event = "notify_failed", run = run_id, segment = %segment, error = %e);
+                        let now = act.now();
                         if let Some(d) = act.active.get_mut(&run_id).and_then(|a| a.dist.as_mut()) {
-                            d.handle_notify_failed(&segment, &e.to_string());
+                            d.handle_notify_failed(now, &segment, &e.to_string());
                         }
                         act.drive(run_id, ctx);
                     }
@@ -669,6 +730,24 @@ impl Ccm {
                 self.active.insert(id, a);
                 self.committed(id, ctx);
             }
+            Wave::Control(Kind::Rollback) => {
+                let ok = succeeded.len() >= a.needed && !succeeded.is_empty();
+                a.run.state = if ok { RunState::Committed } else { RunState::Failed };
+                a.run.failed_servers = a.group.iter().copied().filter(|s| !succeeded.contains(s)).collect();
+                if !ok {
+                    a.run.error = Some(format!(
+                        "rollback reached {} of {} servers (need {}); those that switched serve release {}, the others {}",
+                        succeeded.len(),
+                        a.group.len(),
+                        a.needed,
+                        a.run.serial,
+                        a.run.base_serial
+                    ));
+                }
+                let id = a.run.id;
+                self.active.insert(id, a);
+                self.committed(id, ctx);
+            }
             Wave::Control(_) => {
                 a.run.state = RunState::Failed;
                 a.run.failed_servers = a.group.clone();
@@ -749,6 +828,9 @@ impl Ccm {
         if a.run.state != RunState::Committed || a.run.kind == JobKind::Synchronize {
             return self.finish(run_id);
         }
+        if a.run.kind == JobKind::Rollback {
+            return self.rolled_back(run_id, ctx);
+        }
         let (site, serial, job) = (a.run.site.clone(), a.run.serial, a.run.job);
         let content = a.run.content_assignment.unwrap_or_default();
         let summary = a.run.summary.clone();
@@ -800,6 +882,39 @@ impl Ccm {
             .spawn(ctx);
     }
 
+    /// The rollback wave is over: the shadow copy and the site follow.
+    fn rolled_back(&mut self, run_id: u64, ctx: &mut Context<Self>) {
+        let Some(a) = self.active.get(&run_id) else { return };
+        let (site, serial) = (a.run.site.clone(), a.run.serial);
+        let shadow = self.shadow(&site);
+        async move {
+            tokio::task::spawn_blocking(move || shadow.rollback_to(AssignmentSerial(serial)))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+        }
+        .into_actor(self)
+        .map(move |res, act, _| {
+            if let Err(e) = res {
+                tracing::error!(event = "shadow_failed", site = %site, serial, error = %e);
+                act.history(
+                    "shadow_failed",
+                    format!("shadow copy of {site} not rolled back: {e}"),
+                    Some(run_id),
+                    Some(&site),
+                );
+            }
+            let _ = table::<SiteRecord>(&act.db).update(&site, |s| {
+                s.map(|mut s| {
+                    s.live_serial = serial;
+                    s
+                })
+            });
+            act.finish(run_id);
+        })
+        .spawn(ctx);
+    }
+
     /// Ends a run: final state, history, flush.
     fn finish(&mut self, run_id: u64) {
         let Some(mut a) = self.active.remove(&run_id) else { return };
@@ -813,6 +928,13 @@ impl Ccm {
         Self::phase(run, "done");
         run.finished_ms = Some(unix_ms());
         let (kind, message) = match run.state {
+            RunState::Committed if run.kind == JobKind::Rollback => (
+                "rolled_back",
+                format!(
+                    "{} rolled back from release {} to {}; failed servers: {:?}",
+                    run.site, run.base_serial, run.serial, run.failed_servers
+                ),
+            ),
             RunState::Committed if run.failed_servers.is_empty() => {
                 ("committed", format!("release {} of {} is live on every server", run.serial, run.site))
             }
@@ -900,6 +1022,26 @@ impl Ccm {
             let needed = group.as_ref().map_or(0, |g| g.quorum.needed(g.servers.len()));
             tracing::warn!(event = "run_recovered", run = run.id, state = ?run.state);
             let resume_commit = run.state == RunState::Committing;
+            if resume_commit && run.kind == JobKind::Rollback {
+                // Rolling back to a named release is idempotent: send it again.
+                let a = Active {
+                    run: run.clone(),
+                    group: servers.clone(),
+                    needed,
+                    wave: Wave::Content,
+                    dist: None,
+                    assignment: None,
+                    deadline: None,
+                };
+                self.history(
+                    "run_resumed",
+                    format!("run {}: rollback resumed after a restart", run.id),
+                    Some(run.id),
+                    Some(&run.site),
+                );
+                self.control(a, Kind::Rollback, servers, ctx);
+                continue;
+            }
             if !resume_commit {
                 run.error =
                     Some(format!("the CCM restarted while the run was {:?}; nothing went live", run.state));

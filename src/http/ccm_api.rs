@@ -249,7 +249,7 @@ async fn create_site(
     if sites.get(&name)?.is_some() {
         return Err(ApiError::Conflict(format!("site {name} already exists")));
     }
-    let rec = SiteRecord { name, staging, live_serial: 0, created_ms: unix_ms() };
+    let rec = SiteRecord { name, staging, live_serial: 0, last_serial: 0, created_ms: unix_ms() };
     sites.put(&rec)?;
     state.db.flush()?;
     Ok(HttpResponse::Created().json(rec))

@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin_client;
 pub mod ccm_api;
 pub mod files;
 pub mod node_api;

@@ -77,6 +77,8 @@ pub struct Entry {
     pub stage: Stage,
     /// Notifications sent so far.
     pub attempts: u32,
+    /// A pending target is not notified before this (backoff after a failure).
+    pub not_before: Time,
 }
 
 /// Settings.
@@ -88,11 +90,25 @@ pub struct DistributionConfig {
     pub notify_timeout: Duration,
     /// Notifications per target before it is given up.
     pub max_attempts: u32,
+    /// Wait after a failed notification, times the attempts so far: a dead
+    /// leader's segment gets time to elect a new one before it is given up.
+    pub retry_delay: Duration,
 }
 
 impl Default for DistributionConfig {
     fn default() -> Self {
-        DistributionConfig { fanout: 2, notify_timeout: Duration::from_secs(30), max_attempts: 3 }
+        DistributionConfig {
+            fanout: 2,
+            notify_timeout: Duration::from_secs(30),
+            max_attempts: 3,
+            retry_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Entry {
+    fn is_due(&self, now: Time) -> bool {
+        self.stage == Stage::Pending && self.not_before <= now
     }
 }
 
@@ -106,8 +122,10 @@ pub struct Distribution {
 impl Distribution {
     /// Targets in the order the tree planner chose.
     pub fn new(cfg: DistributionConfig, targets: Vec<Target>) -> Self {
-        let entries =
-            targets.into_iter().map(|target| Entry { target, stage: Stage::Pending, attempts: 0 }).collect();
+        let entries = targets
+            .into_iter()
+            .map(|target| Entry { target, stage: Stage::Pending, attempts: 0, not_before: Time::ZERO })
+            .collect();
         Distribution { cfg, entries }
     }
 
@@ -149,7 +167,7 @@ impl Distribution {
             if in_flight >= self.cfg.fanout.max(1) {
                 break;
             }
-            if self.entries[i].stage == Stage::Pending {
+            if self.entries[i].is_due(now) {
                 self.notify(i, CCM_NODE, now);
                 in_flight += 1;
                 out.push(self.entries[i].target.clone());
@@ -171,7 +189,7 @@ impl Distribution {
         if let Some(i) = me {
             self.confirm_holding(i);
         }
-        let next = self.entries.iter().position(|e| e.stage == Stage::Pending);
+        let next = self.entries.iter().position(|e| e.is_due(now));
         match next {
             Some(j) => {
                 self.notify(j, holder, now);
@@ -189,19 +207,21 @@ impl Distribution {
     }
 
     /// A notification could not be delivered (connection refused, not the leader…).
-    pub fn handle_notify_failed(&mut self, segment: &str, reason: &str) {
+    pub fn handle_notify_failed(&mut self, now: Time, segment: &str, reason: &str) {
         if let Some(i) = self.find(segment) {
             if matches!(self.entries[i].stage, Stage::Notified { .. }) {
-                self.retry_or_fail(i, reason);
+                let wait = self.cfg.retry_delay * self.entries[i].attempts;
+                self.retry_or_fail(i, reason, now + wait);
             }
         }
     }
 
-    fn retry_or_fail(&mut self, i: usize, reason: &str) {
+    fn retry_or_fail(&mut self, i: usize, reason: &str, not_before: Time) {
         let e = &mut self.entries[i];
         e.stage = if e.attempts >= self.cfg.max_attempts {
             Stage::Failed { reason: format!("{reason} (after {} attempts)", e.attempts) }
         } else {
+            e.not_before = not_before;
             Stage::Pending
         };
     }
@@ -229,6 +249,7 @@ impl Distribution {
             e.target.url = url.to_owned();
             e.stage = Stage::Pending;
             e.attempts = 0;
+            e.not_before = Time::ZERO;
         }
     }
 
@@ -238,6 +259,7 @@ impl Distribution {
             .iter()
             .filter_map(|e| match e.stage {
                 Stage::Notified { at, .. } => Some(at + self.cfg.notify_timeout),
+                Stage::Pending if e.not_before > Time::ZERO => Some(e.not_before),
                 _ => None,
             })
             .min()
@@ -248,7 +270,7 @@ impl Distribution {
         for i in 0..self.entries.len() {
             if let Stage::Notified { at, .. } = self.entries[i].stage {
                 if now >= at + self.cfg.notify_timeout {
-                    self.retry_or_fail(i, "no copy confirmed in time");
+                    self.retry_or_fail(i, "no copy confirmed in time", now);
                 }
             }
         }
@@ -287,7 +309,12 @@ mod tests {
     }
 
     fn cfg() -> DistributionConfig {
-        DistributionConfig { fanout: 2, notify_timeout: Duration::from_secs(5), max_attempts: 2 }
+        DistributionConfig {
+            fanout: 2,
+            notify_timeout: Duration::from_secs(5),
+            max_attempts: 2,
+            retry_delay: Duration::from_secs(1),
+        }
     }
 
     fn segs(t: &[Target]) -> Vec<&str> {
@@ -335,7 +362,7 @@ mod tests {
         assert!(d.ccm_hops(Time::from_millis(4_999)).is_empty());
         d.handle_timeout(Time::from_millis(5_000));
         assert_eq!(d.ccm_hops(Time::from_millis(5_000)).len(), 1, "notified again");
-        d.handle_notify_failed("s1", "connection refused");
+        d.handle_notify_failed(Time::from_millis(5_000), "s1", "connection refused");
         assert!(d.is_done());
         assert_eq!(d.failed()[0].1, "connection refused (after 2 attempts)");
     }
@@ -346,17 +373,18 @@ mod tests {
         let t = Time::ZERO;
         assert_eq!(segs(&d.ccm_hops(t)), ["s1"]);
         assert_eq!(d.next_hop(t, NodeId(10)).unwrap().segment, "s2");
-        d.handle_notify_failed("s2", "refused");
-        // s1 still forwards: it takes s2 again.
-        assert_eq!(d.next_hop(t, NodeId(10)).unwrap().segment, "s2");
-        assert_eq!(d.next_hop(t, NodeId(20)).unwrap().segment, "s3");
-        d.handle_notify_failed("s3", "s2's hop died");
+        d.handle_notify_failed(t, "s2", "refused");
+        // s2 backs off (1 s × 1 attempt); s1 serves s3 meanwhile, then has nobody left.
         assert_eq!(d.next_hop(t, NodeId(10)).unwrap().segment, "s3");
-        assert_eq!(d.next_hop(t, NodeId(10)), None);
+        assert_eq!(d.next_hop(t, NodeId(10)), None, "s2 is not due yet");
+        assert!(d.ccm_hops(t).is_empty(), "nor for the CCM");
+        // Nobody forwards any more: once due, the CCM itself notifies s2.
+        let t = t + Duration::from_secs(1);
+        assert_eq!(segs(&d.ccm_hops(t)), ["s2"]);
+        // s3's hop died; s2, holding, takes it after its backoff.
+        d.handle_notify_failed(t, "s3", "connection reset");
         assert_eq!(d.next_hop(t, NodeId(20)), None);
-        d.handle_timeout(t + Duration::from_secs(6));
-        // Nobody forwards any more: the CCM itself notifies s3.
-        assert_eq!(segs(&d.ccm_hops(t)), ["s3"]);
+        assert_eq!(d.next_hop(t + Duration::from_secs(1), NodeId(20)).unwrap().segment, "s3");
     }
 
     #[test]

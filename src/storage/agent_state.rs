@@ -72,10 +72,6 @@ struct StateFile {
     version: u32,
     /// Assignment id → what was done.
     applied: BTreeMap<u64, Applied>,
-    /// Assignment id → the live serial before a rollback started (a
-    /// rollback is the one command that is not idempotent by itself).
-    #[serde(default)]
-    pending: BTreeMap<u64, u64>,
     /// Assignment id → SHA-256 (hex) of the verified copy held.
     #[serde(default)]
     held: BTreeMap<u64, String>,
@@ -139,23 +135,10 @@ impl AgentState {
     /// Records that assignment `id` was carried out; durable on return.
     pub fn record_applied(&self, id: u64, applied: Applied) -> Result<(), StateError> {
         self.update(|s| {
-            s.pending.remove(&id);
             s.applied.insert(id, applied);
             while s.applied.len() > KEEP_RECORDS {
                 s.applied.pop_first();
             }
-        })
-    }
-
-    /// The live serial recorded before assignment `id` (a rollback) started.
-    pub fn pending(&self, id: u64) -> Option<u64> {
-        self.lock().pending.get(&id).copied()
-    }
-
-    /// Records that assignment `id` (a rollback) starts while `live_before` is live.
-    pub fn record_pending(&self, id: u64, live_before: u64) -> Result<(), StateError> {
-        self.update(|s| {
-            s.pending.insert(id, live_before);
         })
     }
 
@@ -239,20 +222,17 @@ mod tests {
         let s = AgentState::open(dir.path()).unwrap();
         assert_eq!(s.applied(7), None);
         s.record_applied(7, applied(3, "content")).unwrap();
-        s.record_pending(8, 2).unwrap();
         s.record_held(7, [9; 32]).unwrap();
         s.record_held(8, [1; 32]).unwrap();
         s.forget_held(&[8]).unwrap();
         drop(s);
         let s = AgentState::open(dir.path()).unwrap();
         assert_eq!(s.applied(7), Some(applied(3, "content")));
-        assert_eq!(s.pending(8), Some(2));
         assert_eq!(s.held_hash(7), Some([9; 32]));
         assert_eq!(s.held_hash(8), None);
         s.record_applied(8, applied(2, "rollback")).unwrap();
         drop(s);
         let s = AgentState::open(dir.path()).unwrap();
-        assert_eq!(s.pending(8), None, "a finished rollback is no longer pending");
         assert_eq!(s.all_applied().len(), 2);
         assert!(!dir.path().join("agent-state.tmp").exists());
     }

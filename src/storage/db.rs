@@ -171,8 +171,11 @@ impl Db {
         let mut waited = std::time::Duration::ZERO;
         let db = loop {
             match sled::Config::new().path(path).open() {
+                // sled reports the lock as `Other` with this message, or as `WouldBlock`.
                 Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock && waited.as_secs() < 10 =>
+                    if (e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock"))
+                        && waited.as_secs() < 10 =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                     waited += std::time::Duration::from_millis(20);

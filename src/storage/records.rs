@@ -22,6 +22,10 @@ pub struct SiteRecord {
     pub staging: PathBuf,
     /// The serial of the release live on the servers (0: none yet).
     pub live_serial: u64,
+    /// The highest serial any run has used: a new release always gets a
+    /// fresh one, even after a rollback left newer releases on the servers.
+    #[serde(default)]
+    pub last_serial: u64,
     /// When it was created, Unix ms.
     pub created_ms: u64,
 }
@@ -151,6 +155,9 @@ pub enum JobKind {
     /// Bring servers whose live release lags the site's up to date, with a
     /// full copy of what is live (from the shadow copy).
     Synchronize,
+    /// Make the release that was live before the current one live again
+    /// (a header-only assignment: the servers still hold it).
+    Rollback,
 }
 
 /// A job: a site, a content group, a kind.

@@ -145,6 +145,16 @@ pub enum ReleaseError {
         /// The site root.
         root: PathBuf,
     },
+    /// Rollback to a release that is not kept.
+    #[error("release {serial} is not kept under {root} (kept: {kept}): it cannot be made live again; publish instead")]
+    NotKept {
+        /// The release asked for.
+        serial: AssignmentSerial,
+        /// What is kept.
+        kept: String,
+        /// The site root.
+        root: PathBuf,
+    },
     /// Nothing is live.
     #[error("nothing is live under {root}")]
     NothingLive {
@@ -319,8 +329,9 @@ impl SiteRoot {
                 pruned: pruned.into_iter().map(|s| s.0).collect(),
             }),
             Kind::Abort => self.abort(serial).map(|()| Outcome::Aborted { serial: serial.0 }),
+            // A rollback assignment names the release to make live again.
             Kind::Rollback => {
-                self.rollback().map(|(from, to)| Outcome::RolledBack { from: from.0, to: to.0 })
+                self.rollback_to(serial).map(|(from, to)| Outcome::RolledBack { from: from.0, to: to.0 })
             }
         }
     }
@@ -465,6 +476,26 @@ impl SiteRoot {
         self.switch_live(previous)?;
         tracing::info!(event = "rolled_back", site = %self.root.display(), from = live.0, to = previous.0);
         Ok((live, previous))
+    }
+
+    /// Makes the kept release `serial` live again; returns (was live, now
+    /// live). Idempotent: rolling back to what is live changes nothing.
+    pub fn rollback_to(
+        &self,
+        serial: AssignmentSerial,
+    ) -> Result<(AssignmentSerial, AssignmentSerial), ReleaseError> {
+        let live = self.live()?.ok_or_else(|| ReleaseError::NothingLive { root: self.root.clone() })?;
+        if live == serial {
+            return Ok((live, serial));
+        }
+        let releases = self.releases()?;
+        if !releases.contains(&serial) {
+            let kept = releases.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+            return Err(ReleaseError::NotKept { serial, kept, root: self.root.clone() });
+        }
+        self.switch_live(serial)?;
+        tracing::info!(event = "rolled_back", site = %self.root.display(), from = live.0, to = serial.0);
+        Ok((live, serial))
     }
 
     /// Points `live` at release `serial` atomically (new symlink renamed over the old).

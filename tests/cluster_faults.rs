@@ -1,0 +1,219 @@
+//! Faults during a publish, each on its own in-process cluster (a CCM and
+//! agents in one actix system, real UDP and HTTP on 127.0.0.1): a group
+//! leader killed mid-distribution, a server offline (quorum), a server
+//! rejoining (synchronize), the CCM restarted mid-run. A tampered copy on
+//! a leader is covered by `cluster_agent.rs` and `http::files`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytesize::ByteSize;
+use cmover::config::Config;
+use cmover::corpus::{self, CorpusSpec, EditSpec};
+use cmover::local_cluster::{ClusterOptions, LocalCluster};
+use cmover::protocol::api::ServerOutcome;
+use cmover::protocol::ids::NodeId;
+use cmover::storage::records::{Quorum, RunRecord, RunState};
+use cmover::storage::tree::copy_tree;
+
+mod common;
+
+use common::cluster::{assert_all_live, assert_live, init_logs, live_serial, LIMIT};
+
+/// Multicast slowly, so that a distribution lasts long enough to be interrupted.
+fn slow_multicast(_id: u64, c: &mut Config) {
+    c.mctp.rate = ByteSize::mb(3);
+    c.mctp.rate_max = ByteSize::mb(3);
+    c.mctp.rate_min = ByteSize::mb(1);
+}
+
+/// A site of about `large_mb` MB in `dir/staging`.
+fn staging(dir: &Path, seed: u64, large_mb: usize) -> PathBuf {
+    let staging = dir.join("staging");
+    let spec = CorpusSpec { large_files: 2, large_size: large_mb << 19, ..CorpusSpec::small() };
+    corpus::generate(&staging, seed, &spec).unwrap();
+    staging
+}
+
+/// Polls run `run` until `cond` holds; fails if the run ends first.
+async fn wait_for(c: &LocalCluster, run: u64, what: &str, cond: impl Fn(&RunRecord) -> bool) -> RunRecord {
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = c.run(run).await {
+            if cond(&r) {
+                return r;
+            }
+            assert!(!r.state.is_final(), "run {run} ended before {what}: {r:#?}");
+        }
+        assert!(start.elapsed() < LIMIT, "run {run}: timed out waiting for {what}");
+        actix::clock::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Builds a cluster, creates site `www` from `staging`, groups `all` (every
+/// server, quorum all) and `most` (quorum `most`), and publishes once to `all`.
+/// Returns the cluster and the publish jobs of both groups.
+async fn published(opts: ClusterOptions, staging: &Path, most: Quorum) -> (LocalCluster, u64, u64) {
+    let c = LocalCluster::start(opts).await.unwrap();
+    c.wait_segments(LIMIT).await.unwrap();
+    c.create_site("www", staging).await.unwrap();
+    c.create_group("all", "www", &c.ids(), Quorum::All).await.unwrap();
+    c.create_group("most", "www", &c.ids(), most).await.unwrap();
+    let all = c.create_job("www", "all", "publish").await.unwrap();
+    let most = c.create_job("www", "most", "publish").await.unwrap();
+    let r = c.wait_run(c.run_job(all).await.unwrap(), LIMIT).await.unwrap();
+    assert_eq!(r.state, RunState::Committed, "{r:#?}");
+    assert_all_live(&c, "www", staging);
+    (c, all, most)
+}
+
+#[actix_rt::test]
+async fn a_leader_killed_during_distribution_is_replaced_and_the_job_completes() {
+    init_logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let staging = staging(tmp.path(), 21, 4);
+    let mut opts = ClusterOptions::new(&tmp.path().join("cluster"), 2, 3);
+    opts.tweak_agent = Some(slow_multicast);
+    // Five of the six servers: the killed leader cannot take part.
+    let (mut c, _, most) = published(opts, &staging, Quorum::Count(5)).await;
+    let leaders: Vec<u64> = c.wait_segments(LIMIT).await.unwrap().iter().map(|s| s.leader.0).collect();
+    assert!(leaders.contains(&1) && leaders.contains(&4), "preferred leaders 1 and 4: {leaders:?}");
+
+    corpus::mutate(&staging, 21, &EditSpec { byte_fraction: 0.3, ..EditSpec::default() }).unwrap();
+    let run = c.run_job(most).await.unwrap();
+    // Kill seg-1's leader once it has been told to fetch, before its segment reported.
+    wait_for(&c, run, "seg-1 to be notified", |r| {
+        r.segments.get("seg-1").is_some_and(|p| p.state == "notified" || p.state == "holding")
+    })
+    .await;
+    c.stop_agent(1).await;
+    let r = c.wait_run(run, LIMIT).await.unwrap();
+    assert_eq!(r.state, RunState::Committed, "{r:#?}");
+    assert_eq!(r.failed_servers, vec![NodeId(1)], "only the dead leader failed: {r:#?}");
+    let seg1 = &r.segments["seg-1"];
+    assert_eq!(seg1.state, "reported", "{r:#?}");
+    assert_ne!(seg1.leader, Some(NodeId(1)), "seg-1 was finished by its new leader: {r:#?}");
+    assert_live(&c, &[2, 3, 4, 5, 6], "www", &staging);
+    // The dead leader serves the old release, whole: nothing half-live.
+    assert_eq!(live_serial(&c, 1, "www"), Some(1));
+    let (_, history) = c.api("GET", "/api/v1/history", None).await.unwrap();
+    assert!(history.to_string().contains("leader_changed"), "{history}");
+    c.stop().await;
+}
+
+#[actix_rt::test]
+async fn an_offline_server_blocks_quorum_all_and_is_listed_failed_under_a_count_quorum() {
+    init_logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let staging = staging(tmp.path(), 22, 1);
+    let opts = ClusterOptions::new(&tmp.path().join("cluster"), 2, 2);
+    let (mut c, all, most) = published(opts, &staging, Quorum::Count(3)).await;
+    let v1 = tmp.path().join("v1");
+    copy_tree(&staging, &v1).unwrap();
+
+    // Server 4 (a member of seg-2) goes away; the CCM learns it from seg-2's leader.
+    c.stop_agent(4).await;
+    c.wait_segments(LIMIT).await.unwrap();
+    corpus::mutate(&staging, 22, &EditSpec::default()).unwrap();
+
+    // Quorum all: refused, nothing changes anywhere.
+    let r = c.wait_run(c.run_job(all).await.unwrap(), LIMIT).await.unwrap();
+    assert_eq!(r.state, RunState::Failed, "{r:#?}");
+    let error = r.error.clone().unwrap();
+    assert!(error.contains("quorum cannot be met"), "{error}");
+    assert_eq!(r.applied.get(&NodeId(4)), Some(&ServerOutcome::Failed { error: "offline".into() }));
+    assert!(r.failed_servers.contains(&NodeId(4)));
+    assert_live(&c, &[1, 2, 3], "www", &v1);
+
+    // Quorum 3 of 4: live on the three, server 4 listed as failed.
+    let r = c.wait_run(c.run_job(most).await.unwrap(), LIMIT).await.unwrap();
+    assert_eq!(r.state, RunState::Committed, "{r:#?}");
+    assert_eq!(r.failed_servers, vec![NodeId(4)], "{r:#?}");
+    assert_live(&c, &[1, 2, 3], "www", &staging);
+    assert_live(&c, &[4], "www", &v1);
+    c.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_rejoining_server_is_resynchronised_by_a_synchronize_job() {
+    init_logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let staging = staging(tmp.path(), 23, 1);
+    let opts = ClusterOptions::new(&tmp.path().join("cluster"), 2, 2);
+    let (mut c, _, most) = published(opts, &staging, Quorum::Count(3)).await;
+
+    // Server 2 misses two releases.
+    c.stop_agent(2).await;
+    c.wait_segments(LIMIT).await.unwrap();
+    for seed in [1, 2] {
+        corpus::mutate(&staging, seed, &EditSpec::default()).unwrap();
+        let r = c.wait_run(c.run_job(most).await.unwrap(), LIMIT).await.unwrap();
+        assert_eq!(r.state, RunState::Committed, "{r:#?}");
+        assert_eq!(r.failed_servers, vec![NodeId(2)]);
+    }
+    assert_eq!(live_serial(&c, 2, "www"), Some(1));
+
+    // It comes back; its leader reports its stale release; a synchronize job brings it up to date.
+    c.start_agent(2).await.unwrap();
+    c.wait_segments(LIMIT).await.unwrap();
+    let sync = c.create_job("www", "most", "synchronize").await.unwrap();
+    let r = c.wait_run(c.run_job(sync).await.unwrap(), LIMIT).await.unwrap();
+    assert_eq!(r.state, RunState::Committed, "{r:#?}");
+    assert_eq!(r.applied.keys().copied().collect::<Vec<_>>(), vec![NodeId(2)], "only the lagging server");
+    assert_all_live(&c, "www", &staging);
+    assert_eq!(live_serial(&c, 2, "www"), Some(3));
+    // Now in sync, a second synchronize has nothing to do.
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let (_, servers) = c.api("GET", "/api/v1/servers", None).await.unwrap();
+        let synced =
+            servers.as_array().is_some_and(|a| a.iter().any(|s| s["id"] == 2 && s["live"]["www"] == 3));
+        if synced {
+            break;
+        }
+        assert!(Instant::now() < deadline, "server 2's new release never reached the CCM: {servers}");
+        actix::clock::sleep(Duration::from_millis(100)).await;
+    }
+    let r = c.wait_run(c.run_job(sync).await.unwrap(), LIMIT).await.unwrap();
+    assert_eq!(r.state, RunState::Unchanged, "{r:#?}");
+    c.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_ccm_restarted_mid_run_loses_nothing_and_fails_the_run_cleanly() {
+    init_logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let staging = staging(tmp.path(), 24, 4);
+    let mut opts = ClusterOptions::new(&tmp.path().join("cluster"), 2, 2);
+    opts.tweak_agent = Some(slow_multicast);
+    let (mut c, all, _) = published(opts, &staging, Quorum::Count(3)).await;
+    let v1 = tmp.path().join("v1");
+    copy_tree(&staging, &v1).unwrap();
+    let first = c.api("GET", "/api/v1/runs", None).await.unwrap().1;
+
+    corpus::mutate(&staging, 24, &EditSpec { byte_fraction: 0.3, ..EditSpec::default() }).unwrap();
+    let run = c.run_job(all).await.unwrap();
+    wait_for(&c, run, "distribution", |r| r.state == RunState::Distributing).await;
+    c.stop_ccm().await;
+    c.start_ccm().await.unwrap();
+
+    // The run was acknowledged, so it is still there, and ends cleanly.
+    let r = c.wait_run(run, LIMIT).await.unwrap();
+    assert_eq!(r.state, RunState::Failed, "{r:#?}");
+    assert!(r.error.as_deref().unwrap_or("").contains("restarted"), "{r:#?}");
+    // Nothing went live anywhere.
+    assert_all_live(&c, "www", &v1);
+    // Every acknowledged record survived.
+    let (_, runs) = c.api("GET", "/api/v1/runs", None).await.unwrap();
+    for old in first.as_array().unwrap() {
+        assert!(runs.as_array().unwrap().contains(old), "{old} lost");
+    }
+    let (_, jobs) = c.api("GET", "/api/v1/jobs", None).await.unwrap();
+    assert_eq!(jobs.as_array().map(Vec::len), Some(2), "{jobs}");
+    // And the job runs again, to the end.
+    c.wait_segments(LIMIT).await.unwrap();
+    let r = c.wait_run(c.run_job(all).await.unwrap(), LIMIT).await.unwrap();
+    assert_eq!(r.state, RunState::Committed, "{r:#?}");
+    assert_all_live(&c, "www", &staging);
+    c.stop().await;
+}
