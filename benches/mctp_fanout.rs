@@ -3,7 +3,7 @@
 //! the receiving side as the assignment grows.
 //!
 //! `cargo bench --bench mctp_fanout` (environment: `MCTP_BENCH_SIZES` in MB,
-//! default `20,200`; `MCTP_BENCH_FRAMES`, default `1403,8972`;
+//! default `20,200`; `MCTP_BENCH_FRAMES`, default `1403,8972,65000`;
 //! `MCTP_BENCH_RUNS`, default 3; `MCTP_BENCH_DIR`, default /dev/shm when it
 //! exists, so the disk does not dominate). Goodput is assignment bytes per
 //! second until every receiver holds a verified (MCTP) or complete (TCP)
@@ -13,6 +13,39 @@
 //! order reads the rest back through a fixed 256 KiB buffer to check the
 //! hash: up to 2 MiB for 8 receivers at once, whatever the size.) Both sides
 //! write files and fsync them.
+//!
+//! Frame sizes: 1403 is the default (`[mctp] frame_size`), one frame per
+//! 1500-byte Ethernet MTU. 8972 fills a 9000-byte jumbo frame. 65000 is the
+//! largest that fits loopback's 64 KiB MTU unfragmented: the loopback row,
+//! not what a 1500-MTU LAN can carry. Every datagram is authenticated
+//! (HMAC-SHA256) whatever its size, and every receiver checks the SHA-256
+//! of the whole assignment.
+//!
+//! Loopback settings of the leader: a high initial rate, reports within
+//! 20 ms, one announce and 10 ms before the first frame
+//! (`announce_interval`, default 100 ms: the time members get to answer
+//! "complete"; on loopback they answer in microseconds).
+//! `MCTP_BENCH_ANNOUNCE_MS` and `MCTP_BENCH_BURST_MS` override it and the
+//! token bucket's depth.
+//!
+//! Fairness: writing to pages the kernel has to fetch afresh (on the
+//! project's VMs, ≈ 200 MB/s) costs several times more than writing to pages
+//! just freed (≈ 1.5 GB/s). Run back to back, the second transfer of a pair
+//! would reuse the pages the first one freed. So before each timed transfer,
+//! MCTP and TCP alike, the bench writes and deletes as many bytes as the
+//! transfer will store (`RECEIVERS × size`), untimed: both then write into
+//! recently freed pages. `MCTP_BENCH_ONLY=mctp` (or `tcp`) runs one side
+//! only, for profiling; `MCTP_BENCH_PERF_CTL` see [`perf_control`];
+//! `MCTP_BENCH_LOG=info` prints the actors' events.
+//!
+//! Columns: goodput (median MB/s), `ratio` of the medians, `pairs` the
+//! median of the ratios of each MCTP run to the TCP run right after it
+//! (same load on a shared machine), median passes, the median CPU seconds
+//! the process spent in a run (all threads, user + system: what the
+//! transfer costs, whatever else the machine does), and the median peak
+//! heap. When both sides saturate the CPUs, goodput follows CPU seconds:
+//! MCTP's floor is two SHA-256 passes over every byte at every receiver
+//! (the datagrams' HMAC and the assignment's hash), which TCP does not do.
 
 use std::alloc::{GlobalAlloc, Layout, System as SystemAlloc};
 use std::io::{Read, Write};
@@ -72,6 +105,32 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
+/// CPU time of the whole process so far (user + system, all threads), from
+/// `/proc/self/stat`: with other work on the machine, CPU seconds per run
+/// say more about cost than wall time does.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    // The line's fields 14 and 15 (utime, stime) in clock ticks; the first
+    // field after the name is the third of the line.
+    let field =
+        |n: usize| rest.split_whitespace().nth(n - 3).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = field(14) + field(15);
+    ticks / 100.0
+}
+
+/// Tells a `perf record --control fifo:CTL -D -1` started around the bench
+/// to sample only the timed part of the MCTP runs (`MCTP_BENCH_PERF_CTL`
+/// names the fifo), so that set-up does not blur the profile.
+fn perf_control(cmd: &str) {
+    if let Some(path) = std::env::var_os("MCTP_BENCH_PERF_CTL") {
+        if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(path) {
+            let _ = writeln!(f, "{cmd}");
+        }
+    }
+}
+
 /// Resets the peak; returns the baseline.
 fn reset_peak() -> usize {
     let now = CURRENT.load(Ordering::Relaxed);
@@ -90,6 +149,10 @@ fn env_list(name: &str, default: &str) -> Vec<u64> {
         .collect()
 }
 
+fn env_ms(name: &str, default: u64) -> Duration {
+    Duration::from_millis(env_list(name, "").first().copied().unwrap_or(default))
+}
+
 /// One MCTP fan-out: the leader on the system's thread, each receiver on
 /// its own arbiter (thread), as if on its own server.
 fn mctp_run(
@@ -98,7 +161,7 @@ fn mctp_run(
     dir: &Path,
     frame_size: u32,
     threads: bool,
-) -> (Duration, usize, u32) {
+) -> (Duration, usize, u32, f64) {
     let sys = System::new();
     sys.block_on(async move {
         let (rtx, mut rrx) = mpsc::unbounded_channel::<AssignmentReceived>();
@@ -164,6 +227,8 @@ fn mctp_run(
                 rate_max: 2_000_000_000,
                 rate_increase: 100_000_000,
                 announce_count: 1,
+                announce_interval: env_ms("MCTP_BENCH_ANNOUNCE_MS", 10),
+                burst: env_ms("MCTP_BENCH_BURST_MS", 2),
                 report_window: Duration::from_millis(20),
                 report_grace: Duration::from_millis(30),
                 ..SenderConfig::default()
@@ -178,6 +243,8 @@ fn mctp_run(
         // Let every actor start before the clock runs.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let base = reset_peak();
+        let cpu0 = cpu_seconds();
+        perf_control("enable");
         let t0 = Instant::now();
         leader
             .send(SendAssignment {
@@ -194,6 +261,8 @@ fn mctp_run(
             assert!(r.result.is_ok(), "{:?}", r.result);
         }
         let elapsed = t0.elapsed();
+        perf_control("disable");
+        let cpu = cpu_seconds() - cpu0;
         let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
         let outcome = srx.recv().await.unwrap().outcome;
         assert!(outcome.completed, "{outcome:?}");
@@ -201,17 +270,18 @@ fn mctp_run(
             a.stop();
             let _ = a.join();
         }
-        (elapsed, peak, outcome.passes)
+        (elapsed, peak, outcome.passes, cpu)
     })
 }
 
 /// One TCP fan-out: a sending thread per connection, a receiving thread
 /// per receiver, each writing its file and fsyncing it.
-fn tcp_run(source: &Path, size: u64, dir: &Path) -> (Duration, usize) {
+fn tcp_run(source: &Path, size: u64, dir: &Path) -> (Duration, usize, f64) {
     let listeners: Vec<TcpListener> =
         (0..RECEIVERS).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
     let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
     let base = reset_peak();
+    let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     let receivers: Vec<_> = listeners
         .into_iter()
@@ -258,21 +328,47 @@ fn tcp_run(source: &Path, size: u64, dir: &Path) -> (Duration, usize) {
         t.join().unwrap();
     }
     let elapsed = t0.elapsed();
-    (elapsed, PEAK.load(Ordering::Relaxed).saturating_sub(base))
+    (elapsed, PEAK.load(Ordering::Relaxed).saturating_sub(base), cpu_seconds() - cpu0)
 }
 
+/// Writes and deletes `bytes` in `dir` (untimed), so that the next timed
+/// transfer writes into recently freed pages, whichever side it is.
+fn warm_pages(dir: &Path, bytes: u64) {
+    let path = dir.join("warm");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let buf = vec![0x5au8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    drop(f);
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// The median (NaN for a side that did not run).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn main() {
+    if let Ok(filter) = std::env::var("MCTP_BENCH_LOG") {
+        // For looking into a run: e.g. MCTP_BENCH_LOG=info.
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing useful.
     let sizes = env_list("MCTP_BENCH_SIZES", "20,200");
-    let frames = env_list("MCTP_BENCH_FRAMES", "1403,8972");
+    let frames = env_list("MCTP_BENCH_FRAMES", "1403,8972,65000");
     let runs = env_list("MCTP_BENCH_RUNS", "3").first().copied().unwrap_or(3).max(1);
     // Receivers on their own threads (as on their own servers), or all on one.
     let threads = std::env::var("MCTP_BENCH_THREADS").map_or(true, |v| v != "1");
+    let only = std::env::var("MCTP_BENCH_ONLY").unwrap_or_default();
+    let (do_mctp, do_tcp) = (only != "tcp", only != "mctp");
     let root: PathBuf = std::env::var_os("MCTP_BENCH_DIR").map(PathBuf::from).unwrap_or_else(|| {
         let shm = PathBuf::from("/dev/shm");
         if shm.is_dir() {
@@ -286,8 +382,18 @@ fn main() {
         root.display()
     );
     println!(
-        "{:>10} {:>6} {:>12} {:>12} {:>6} {:>7} {:>16} {:>16}",
-        "bytes", "frame", "MCTP MB/s", "TCP MB/s", "ratio", "passes", "MCTP peak heap", "TCP peak heap"
+        "{:>10} {:>6} {:>10} {:>10} {:>6} {:>6} {:>7} {:>7} {:>7} {:>14} {:>14}",
+        "bytes",
+        "frame",
+        "MCTP MB/s",
+        "TCP MB/s",
+        "ratio",
+        "pairs",
+        "passes",
+        "MCTP s",
+        "TCP s",
+        "MCTP peak",
+        "TCP peak"
     );
     for mb in sizes {
         let size = mb * 1_000_000;
@@ -297,30 +403,45 @@ fn main() {
             let mut mh = Vec::new();
             let mut th = Vec::new();
             let mut passes = Vec::new();
+            let (mut mc, mut tc) = (Vec::new(), Vec::new());
             for _ in 0..runs {
                 let dir = tempfile::tempdir_in(&root).unwrap();
                 let source = dir.path().join("source");
                 let hash = write_random_file(&source, size, size);
-                let (d, heap, p) = mctp_run(&source, hash, dir.path(), frame as u32, threads);
-                m.push(size as f64 / d.as_secs_f64() / 1e6);
-                mh.push(heap as f64);
-                passes.push(f64::from(p));
-                for i in 0..RECEIVERS {
-                    let _ = std::fs::remove_dir_all(dir.path().join(format!("r{i}")));
+                if do_mctp {
+                    warm_pages(dir.path(), RECEIVERS as u64 * size);
+                    let (d, heap, p, cpu) = mctp_run(&source, hash, dir.path(), frame as u32, threads);
+                    m.push(size as f64 / d.as_secs_f64() / 1e6);
+                    mc.push(cpu);
+                    mh.push(heap as f64);
+                    passes.push(f64::from(p));
+                    for i in 0..RECEIVERS {
+                        let _ = std::fs::remove_dir_all(dir.path().join(format!("r{i}")));
+                    }
                 }
-                let (d, heap) = tcp_run(&source, size, dir.path());
-                t.push(size as f64 / d.as_secs_f64() / 1e6);
-                th.push(heap as f64);
+                if do_tcp {
+                    warm_pages(dir.path(), RECEIVERS as u64 * size);
+                    let (d, heap, cpu) = tcp_run(&source, size, dir.path());
+                    t.push(size as f64 / d.as_secs_f64() / 1e6);
+                    tc.push(cpu);
+                    th.push(heap as f64);
+                }
             }
+            // Each MCTP run is paired with the TCP run right after it, under
+            // the same load: the median of the pairs' ratios.
+            let pairs = median(m.iter().zip(&t).map(|(a, b)| a / b).collect());
             let (mm, tm) = (median(m), median(t));
             println!(
-                "{:>10} {:>6} {:>12.1} {:>12.1} {:>6.2} {:>7} {:>13.1} MiB {:>13.1} MiB",
+                "{:>10} {:>6} {:>10.1} {:>10.1} {:>6.2} {:>6.2} {:>7} {:>7.2} {:>7.2} {:>10.1} MiB {:>10.1} MiB",
                 size,
                 frame,
                 mm,
                 tm,
                 mm / tm,
+                pairs,
                 median(passes),
+                median(mc),
+                median(tc),
                 median(mh) / 1048576.0,
                 median(th) / 1048576.0
             );

@@ -8,26 +8,48 @@
 //! counted. Where multicast is unavailable the channel fans a "group"
 //! datagram out to every registered member, one copy each, sealed once.
 //!
+//! The kernel's per-datagram cost, not the bytes, is what limits a UDP
+//! sender (each `sendto` walks the whole stack, and on loopback the
+//! receiver's too), so datagrams travel in batches where the kernel allows:
+//!
+//! - A run of sealed datagrams of one size (the frames of a pass) leaves in
+//!   one `sendmsg` per destination with UDP generic segmentation offload
+//!   (`UDP_SEGMENT`): the kernel, or the NIC, cuts it into the same
+//!   datagrams that one `sendto` each would have sent. Where GSO is refused
+//!   the channel falls back to one send per datagram, for good.
+//! - Receiving sockets ask for UDP generic receive offload (`UDP_GRO`): a
+//!   run of datagrams of one flow may arrive in one read, with its segment
+//!   size, and is cut back into datagrams, each authenticated on its own.
+//!   An [`Incoming`] stream drains many reads per wake-up and yields them
+//!   as one batch.
+//!
 //! For tests the channel drops a seeded fraction of what it receives,
 //! before anything else looks at it: the loss a lossy LAN would cause.
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use actix::prelude::Stream;
+use bytes::Bytes;
+use nix::sys::socket::{
+    recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio_util::udp::UdpFramed;
 
 use crate::protocol::crypto::MacKey;
 use crate::protocol::ids::NodeId;
 use crate::protocol::mctp::Dest;
-use crate::protocol::wire::{self, Channel, DatagramCodec, Received, ReplayGuard, ReplayLimits, Sequencer};
+use crate::protocol::wire::{self, Channel, Received, ReplayGuard, ReplayLimits, Sequencer};
 
 /// How the data channel reaches the segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +113,8 @@ struct Inner {
     peers: Mutex<HashMap<NodeId, SocketAddr>>,
     replay: Mutex<ReplayGuard>,
     drop: Mutex<(f64, ChaCha8Rng)>,
+    /// False once the kernel refused a segmented send: one send per datagram.
+    gso: AtomicBool,
     sent: AtomicU64,
     send_errors: AtomicU64,
     received: AtomicU64,
@@ -98,8 +122,176 @@ struct Inner {
     rejected: AtomicU64,
 }
 
-/// A stream of datagrams from one of the channel's sockets, for `add_stream`.
-pub type Incoming = UdpFramed<DatagramCodec, Arc<UdpSocket>>;
+/// Most datagrams in one segmented (GSO) send; the kernel allows 64 or more.
+pub const MAX_SEGMENTS: usize = 64;
+
+/// Most bytes in one segmented send: the largest IPv4 UDP payload.
+pub const MAX_SEGMENTED_BYTES: usize = 65_507;
+
+/// Room for the largest read: a whole GRO run or a maximal datagram.
+const READ_ROOM: usize = 65_536;
+
+/// Reads up to this size are copied out of the read buffer, which is kept
+/// for the next read; larger ones (runs, jumbo frames) take the buffer along.
+const COPY_BELOW: usize = 4096;
+
+/// Read buffers kept for reuse per socket.
+const POOLED: usize = 8;
+
+/// A batch ends after this many bytes or datagrams: bounds both the memory a
+/// wake-up holds and the time before the actor looks at its timers again.
+const BATCH_BYTES: usize = 128 * 1024;
+const BATCH_DATAGRAMS: usize = 256;
+
+/// Receiving sockets ask for this much buffer: room for a burst while the
+/// receiving thread waits for a CPU. Above `net.core.rmem_max` only with
+/// CAP_NET_ADMIN; otherwise the kernel's maximum.
+const RECV_BUFFER: usize = 16 << 20;
+
+/// One datagram as an [`Incoming`] stream yields it: authenticated (not yet
+/// replay-checked), or the reason it was not, and where it came from.
+pub type Datagram = (Received, SocketAddr);
+
+/// The datagrams one wake-up of an [`Incoming`] stream found.
+pub type Batch = Vec<Datagram>;
+
+type Pool = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// A read buffer lent to the datagrams cut from it; back to the pool when
+/// the last of them is dropped. Reusing buffers (rather than allocating and
+/// zeroing one per read) keeps the receive path free of per-read work.
+struct Lent {
+    buf: Vec<u8>,
+    len: usize,
+    pool: Pool,
+}
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let mut pool = lock(&self.pool);
+        if pool.len() < POOLED {
+            pool.push(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+/// A stream of datagrams from one of the channel's sockets, for
+/// `add_stream`: each item is every datagram the socket held, up to a bound
+/// ([`Batch`]), read with as few system calls as the kernel allows.
+pub struct Incoming {
+    socket: Arc<UdpSocket>,
+    key: MacKey,
+    channel: Channel,
+    buf: Vec<u8>,
+    pool: Pool,
+    cmsg: Vec<u8>,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming").field("socket", &self.socket).finish_non_exhaustive()
+    }
+}
+
+impl Incoming {
+    fn new(socket: Arc<UdpSocket>, key: MacKey, channel: Channel) -> Self {
+        Incoming { socket, key, channel, buf: Vec::new(), pool: Pool::default(), cmsg: nix::cmsg_space!(i32) }
+    }
+
+    /// One read: the datagrams it holds (several with GRO), or the error.
+    fn read(&mut self, batch: &mut Batch) -> io::Result<usize> {
+        if self.buf.len() < READ_ROOM {
+            self.buf = lock(&self.pool).pop().unwrap_or_else(|| vec![0; READ_ROOM]);
+        }
+        let fd = self.socket.as_raw_fd();
+        let (buf, cmsg) = (&mut self.buf, &mut self.cmsg);
+        let (n, from, segment) = self.socket.try_io(Interest::READABLE, || {
+            let mut iov = [IoSliceMut::new(&mut buf[..])];
+            let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(cmsg), MsgFlags::empty())?;
+            if msg.flags.contains(MsgFlags::MSG_TRUNC) {
+                // Bigger than any datagram of ours: not ours.
+                return Ok((0, None, None));
+            }
+            let segment = msg.cmsgs().ok().and_then(|mut c| {
+                c.find_map(|c| match c {
+                    ControlMessageOwned::UdpGroSegments(s) => usize::try_from(s).ok(),
+                    _ => None,
+                })
+            });
+            Ok((msg.bytes, msg.address.and_then(to_socket_addr), segment))
+        })?;
+        let Some(from) = from.filter(|_| n > 0) else {
+            return Ok(n);
+        };
+        let data = if n < COPY_BELOW {
+            Bytes::copy_from_slice(&self.buf[..n])
+        } else {
+            let buf = std::mem::take(&mut self.buf);
+            Bytes::from_owner(Lent { buf, len: n, pool: self.pool.clone() })
+        };
+        let segment = segment.filter(|&s| s > 0).unwrap_or(n);
+        let mut at = 0;
+        while at < n {
+            let end = (at + segment).min(n);
+            batch.push((wire::open_datagram(&self.key, self.channel, data.slice(at..end)), from));
+            at = end;
+        }
+        Ok(n)
+    }
+}
+
+fn to_socket_addr(a: SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::from(*v4));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+}
+
+impl Stream for Incoming {
+    type Item = Batch;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Batch>> {
+        let this = self.get_mut();
+        let mut batch = Batch::new();
+        let mut bytes = 0;
+        while bytes < BATCH_BYTES && batch.len() < BATCH_DATAGRAMS {
+            match this.socket.poll_recv_ready(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(event = "data_receive_failed", error = %e);
+                    break;
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            match this.read(&mut batch) {
+                Ok(n) => bytes += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    // An ICMP error surfacing, say: note it and look again
+                    // on the next wake-up, which this one asks for.
+                    tracing::debug!(event = "data_receive_failed", error = %e);
+                    cx.waker().wake_by_ref();
+                    break;
+                }
+            }
+        }
+        if batch.is_empty() {
+            Poll::Pending
+        } else {
+            if bytes >= BATCH_BYTES || batch.len() >= BATCH_DATAGRAMS {
+                // Stopped by the bound, not because the socket is empty.
+                cx.waker().wake_by_ref();
+            }
+            Poll::Ready(Some(batch))
+        }
+    }
+}
 
 /// A handle on a node's data channel; clones share sockets, sequence and peers.
 #[derive(Debug, Clone)]
@@ -127,14 +319,21 @@ impl DataChannel {
             }
         }
         for s in std::iter::once(&std_socket).chain(&incoming_sockets) {
-            // Bigger buffers ride out bursts; the kernel caps them at rmem_max.
-            let _ = socket2::SockRef::from(s).set_recv_buffer_size(8 << 20);
+            // Bigger buffers ride out bursts (see RECV_BUFFER).
+            let sock = socket2::SockRef::from(s);
+            let _ = sock.set_recv_buffer_size(RECV_BUFFER);
+            if sock.recv_buffer_size().is_ok_and(|n| n < RECV_BUFFER) {
+                let _ = setsockopt(s, sockopt::RcvBufForce, &RECV_BUFFER);
+            }
+            // Runs of datagrams in one read where the kernel can (best effort).
+            let _ = setsockopt(s, sockopt::UdpGroSegment, &true);
         }
+        let _ = socket2::SockRef::from(&std_socket).set_send_buffer_size(4 << 20);
         let socket = Arc::new(UdpSocket::from_std(std_socket)?);
-        let codec = DatagramCodec::new(&cfg.secret, Channel::Data);
-        let mut incoming = vec![UdpFramed::new(socket.clone(), codec.clone())];
+        let key = MacKey::derive(&cfg.secret, Channel::Data.key_label());
+        let mut incoming = vec![Incoming::new(socket.clone(), key.clone(), Channel::Data)];
         for s in incoming_sockets {
-            incoming.push(UdpFramed::new(Arc::new(UdpSocket::from_std(s)?), codec.clone()));
+            incoming.push(Incoming::new(Arc::new(UdpSocket::from_std(s)?), key.clone(), Channel::Data));
         }
         let start_us =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
@@ -142,11 +341,12 @@ impl DataChannel {
             node: cfg.node,
             socket,
             group,
-            key: MacKey::derive(&cfg.secret, Channel::Data.key_label()),
+            key,
             seq: Mutex::new(Sequencer::new(cfg.node, start_us)),
             peers: Mutex::new(cfg.peers.into_iter().collect()),
             replay: Mutex::new(ReplayGuard::new(ReplayLimits::default())),
             drop: Mutex::new((cfg.drop_rate.clamp(0.0, 1.0), ChaCha8Rng::seed_from_u64(cfg.drop_seed))),
+            gso: AtomicBool::new(true),
             sent: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
             received: AtomicU64::new(0),
@@ -181,11 +381,43 @@ impl DataChannel {
     /// Seals `payload` once and sends it to `dest`: the group (multicast, or
     /// one copy per registered peer) or one node.
     pub fn send(&self, dest: Dest, payload: &[u8]) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(payload.len() + wire::HEADER_LEN + wire::TAG_LEN);
+        let len = self.seal_into(&mut buf, |out| {
+            out.extend_from_slice(payload);
+            Ok(())
+        })?;
+        self.send_sealed(dest, &buf, len)
+    }
+
+    /// Appends one sealed datagram to `out`: `fill` appends its payload
+    /// (straight into the datagram, no copy), then the envelope is sealed
+    /// around it. Returns the datagram's length; on error `out` is as it was.
+    pub fn seal_into(
+        &self,
+        out: &mut Vec<u8>,
+        fill: impl FnOnce(&mut Vec<u8>) -> io::Result<()>,
+    ) -> io::Result<usize> {
+        let start = wire::begin_in_place(out);
+        if let Err(e) = fill(out) {
+            out.truncate(start);
+            return Err(e);
+        }
         let env = lock(&self.0.seq).next(Channel::Data, unix_ms());
-        let mut buf = BytesMut::with_capacity(payload.len() + wire::HEADER_LEN + wire::TAG_LEN);
-        wire::seal(&self.0.key, &env, payload, &mut buf)
+        wire::seal_in_place(&self.0.key, &env, out, start)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let addrs: Vec<SocketAddr> = match (dest, self.0.group) {
+        Ok(out.len() - start)
+    }
+
+    /// Seals a datagram laid out in `datagram` (header room, payload, tag
+    /// room: see [`wire::seal_slice`]) with the channel's next envelope.
+    pub fn seal_datagram(&self, datagram: &mut [u8]) -> io::Result<()> {
+        let env = lock(&self.0.seq).next(Channel::Data, unix_ms());
+        wire::seal_slice(&self.0.key, &env, datagram)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    }
+
+    fn addresses(&self, dest: Dest) -> io::Result<Vec<SocketAddr>> {
+        Ok(match (dest, self.0.group) {
             (Dest::Group, Some(g)) => vec![g],
             (Dest::Group, None) => lock(&self.0.peers).values().copied().collect(),
             (Dest::Node(n), _) => match lock(&self.0.peers).get(&n) {
@@ -197,15 +429,61 @@ impl DataChannel {
                     ))
                 }
             },
-        };
-        for addr in addrs {
-            match self.0.socket.try_send_to(&buf, addr) {
-                Ok(_) => {
-                    self.0.sent.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+
+    /// Sends sealed datagrams laid end to end in `datagrams`, each `segment`
+    /// bytes long but the last (which may be shorter; at most
+    /// [`MAX_SEGMENTS`] of them and [`MAX_SEGMENTED_BYTES`] in all), to
+    /// `dest`: one segmented send per address where the kernel allows, one
+    /// send per datagram otherwise. A failed send is counted and logged;
+    /// the protocol recovers the loss like any other.
+    pub fn send_sealed(&self, dest: Dest, datagrams: &[u8], segment: usize) -> io::Result<()> {
+        let segment = segment.max(1);
+        let count = datagrams.len().div_ceil(segment);
+        let fd = self.0.socket.as_raw_fd();
+        for addr in self.addresses(dest)? {
+            if count > 1 && self.0.gso.load(Ordering::Relaxed) {
+                let seg = u16::try_from(segment).unwrap_or(u16::MAX);
+                let sent = sendmsg(
+                    fd,
+                    &[IoSlice::new(datagrams)],
+                    &[ControlMessage::UdpGsoSegments(&seg)],
+                    MsgFlags::empty(),
+                    Some(&SockaddrStorage::from(addr)),
+                );
+                match sent {
+                    Ok(_) => {
+                        self.0.sent.fetch_add(count as u64, Ordering::Relaxed);
+                        continue;
+                    }
+                    Err(
+                        e @ (nix::Error::EIO
+                        | nix::Error::EINVAL
+                        | nix::Error::ENOPROTOOPT
+                        | nix::Error::EOPNOTSUPP),
+                    ) => {
+                        // No segmentation on this path: one send per
+                        // datagram from now on.
+                        tracing::info!(event = "data_gso_off", error = %e);
+                        self.0.gso.store(false, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        self.0.send_errors.fetch_add(count as u64, Ordering::Relaxed);
+                        tracing::debug!(event = "data_send_failed", %addr, error = %e);
+                        continue;
+                    }
                 }
-                Err(e) => {
-                    self.0.send_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(event = "data_send_failed", %addr, error = %e);
+            }
+            for d in datagrams.chunks(segment) {
+                match self.0.socket.try_send_to(d, addr) {
+                    Ok(_) => {
+                        self.0.sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        self.0.send_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(event = "data_send_failed", %addr, error = %e);
+                    }
                 }
             }
         }
@@ -214,8 +492,18 @@ impl DataChannel {
 
     /// Screens one item of an [`Incoming`] stream: injected drop, then
     /// authentication and replay check. Learns the sender's address.
-    pub fn accept(&self, item: io::Result<(Received, SocketAddr)>) -> Option<(NodeId, Bytes)> {
-        let (received, from) = item.ok()?;
+    pub fn accept(&self, datagram: Datagram) -> Option<(NodeId, Bytes)> {
+        self.accept_at(unix_ms(), datagram)
+    }
+
+    /// Screens a whole batch ([`DataChannel::accept`] on each datagram,
+    /// reading the clock once): the datagrams that pass, with their senders.
+    pub fn accept_batch(&self, batch: Batch) -> impl Iterator<Item = (NodeId, Bytes)> + '_ {
+        let now_ms = unix_ms();
+        batch.into_iter().filter_map(move |d| self.accept_at(now_ms, d))
+    }
+
+    fn accept_at(&self, now_ms: u64, (received, from): Datagram) -> Option<(NodeId, Bytes)> {
         {
             let mut d = lock(&self.0.drop);
             let p = d.0;
@@ -225,7 +513,7 @@ impl DataChannel {
             }
         }
         let checked = received.and_then(|(env, payload)| {
-            lock(&self.0.replay).check(unix_ms(), &env)?;
+            lock(&self.0.replay).check(now_ms, &env)?;
             Ok((env, payload))
         });
         match checked {
@@ -234,7 +522,10 @@ impl DataChannel {
                 // Authenticated, so the address may be trusted: a peer that
                 // moved (restarted on another port) is followed.
                 if from.port() != 0 && !from.ip().is_multicast() {
-                    lock(&self.0.peers).insert(env.sender, from);
+                    let mut peers = lock(&self.0.peers);
+                    if peers.get(&env.sender) != Some(&from) {
+                        peers.insert(env.sender, from);
+                    }
                 }
                 Some((env.sender, payload))
             }

@@ -1,7 +1,8 @@
 //! A member's MCTP driver: wraps a [`Receiver`] core (and the member's
 //! [`Reporter`]) with the data channel and the files being received.
 //!
-//! Frames are written at their offset (`pwrite`) the moment they arrive;
+//! Frames are written at their offset the moment they arrive, consecutive
+//! frames of one wake-up together (one `pwritev`, no copy);
 //! the file is created at its full size when the session starts and renamed
 //! into place only after its SHA-256 is verified, so a partial file is never
 //! mistaken for an assignment. Verification reads back only the part the
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use actix::clock::Instant;
 use actix::prelude::*;
+use bytes::Bytes;
 
 use crate::protocol::crypto::Sha256;
 use crate::protocol::ids::{AssignmentSerial, NodeId};
@@ -24,9 +26,8 @@ use crate::protocol::mctp::{
 };
 use crate::protocol::reports::{self, CollectorConfig, Reporter};
 use crate::protocol::time::Time;
-use crate::protocol::wire::Received;
 
-use super::data_channel::{DataChannel, Incoming};
+use super::data_channel::{Batch, DataChannel, Incoming};
 use super::{arm_timer, Driven, DriverTimer};
 use crate::protocol::mctp::Dest;
 
@@ -92,6 +93,63 @@ struct Receiving {
     sender: NodeId,
 }
 
+/// Most pieces in one `pwritev` (the kernel's `IOV_MAX` is 1024).
+const WRITE_PIECES: usize = 256;
+
+/// Frames to be written at consecutive offsets of one session's file:
+/// one system call for a wake-up's worth of frames instead of one each.
+#[derive(Default)]
+struct WriteRun {
+    session: SessionId,
+    offset: u64,
+    len: u64,
+    pieces: Vec<Bytes>,
+}
+
+impl WriteRun {
+    /// Adds `data` if it continues the run (or the run is empty).
+    fn extend(&mut self, session: SessionId, offset: u64, data: Bytes) -> Result<(), Bytes> {
+        if self.pieces.is_empty() {
+            self.session = session;
+            self.offset = offset;
+            self.len = 0;
+        } else if session != self.session
+            || offset != self.offset + self.len
+            || self.pieces.len() >= WRITE_PIECES
+        {
+            return Err(data);
+        }
+        self.len += data.len() as u64;
+        self.pieces.push(data);
+        Ok(())
+    }
+}
+
+/// Writes `pieces` at `offset` of `file`, in as few calls as the kernel allows.
+fn write_pieces_at(file: &File, pieces: &[Bytes], mut offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < pieces.len() {
+        let iov: Vec<io::IoSlice<'_>> = pieces[done..].iter().map(|p| io::IoSlice::new(p)).collect();
+        let at = i64::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let mut n = nix::sys::uio::pwritev(file, &iov, at).map_err(io::Error::from)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        offset += n as u64;
+        // Whole pieces written; a piece cut short is finished on its own.
+        while done < pieces.len() && n >= pieces[done].len() {
+            n -= pieces[done].len();
+            done += 1;
+        }
+        if n > 0 {
+            file.write_all_at(&pieces[done][n..], offset)?;
+            offset += (pieces[done].len() - n) as u64;
+            done += 1;
+        }
+    }
+    Ok(())
+}
+
 /// The actor. See the module docs.
 pub struct MulticastReceiver {
     core: Receiver,
@@ -102,6 +160,7 @@ pub struct MulticastReceiver {
     start: Instant,
     timer: DriverTimer,
     files: HashMap<SessionId, Receiving>,
+    writes: WriteRun,
     received_to: Option<Recipient<AssignmentReceived>>,
 }
 
@@ -131,6 +190,7 @@ impl MulticastReceiver {
             start: Instant::now(),
             timer: DriverTimer::default(),
             files: HashMap::new(),
+            writes: WriteRun::default(),
             received_to,
         }
     }
@@ -145,7 +205,40 @@ impl MulticastReceiver {
         }
     }
 
+    /// Writes the run of frames, if any; a failure fails the session.
+    fn flush_writes(&mut self) {
+        let run = std::mem::take(&mut self.writes.pieces);
+        if run.is_empty() {
+            return;
+        }
+        let session = self.writes.session;
+        let Some(r) = self.files.get(&session) else {
+            return;
+        };
+        if let Err(e) = write_pieces_at(&r.file, &run, self.writes.offset) {
+            let error = format!("cannot write {}: {e}", r.path.display());
+            let now = self.now();
+            self.core.handle_write_failed(now, session, error);
+        }
+        // Keep the allocation for the next run.
+        self.writes.pieces = run;
+        self.writes.pieces.clear();
+    }
+
     fn handle_event(&mut self, ev: ReceiverEvent, ctx: &mut Context<Self>) {
+        // The common case first, and without reading the clock.
+        let ev = match ev {
+            ReceiverEvent::Write { session, offset, data } => {
+                if let Err(data) = self.writes.extend(session, offset, data) {
+                    self.flush_writes();
+                    let _ = self.writes.extend(session, offset, data);
+                }
+                return;
+            }
+            ev => ev,
+        };
+        // Whatever comes next (a read-back, a rename) needs the frames on disk.
+        self.flush_writes();
         let now = self.now();
         match ev {
             ReceiverEvent::Started { session, sender, assignment, size, .. } => {
@@ -169,15 +262,7 @@ impl MulticastReceiver {
                     ),
                 }
             }
-            ReceiverEvent::Write { session, offset, data } => {
-                let Some(r) = self.files.get(&session) else {
-                    return;
-                };
-                if let Err(e) = r.file.write_all_at(&data, offset) {
-                    let error = format!("cannot write {}: {e}", r.path.display());
-                    self.core.handle_write_failed(now, session, error);
-                }
-            }
+            ReceiverEvent::Write { .. } => {}
             ReceiverEvent::Verify { session, from, hasher } => {
                 let Some(r) = self.files.get(&session) else {
                     return;
@@ -233,9 +318,16 @@ impl MulticastReceiver {
 
     /// Drains both cores, then re-arms the one timer.
     fn drive(&mut self, ctx: &mut Context<Self>) {
-        // Events may feed the core (verification), which may add events.
-        while let Some(ev) = self.core.poll_event() {
-            self.handle_event(ev, ctx);
+        // Events may feed the core (verification, a failed write), which
+        // may add events.
+        loop {
+            while let Some(ev) = self.core.poll_event() {
+                self.handle_event(ev, ctx);
+            }
+            if self.writes.pieces.is_empty() {
+                break;
+            }
+            self.flush_writes();
         }
         let mut buf = Vec::with_capacity(1500);
         while let Some((to, msg)) = self.core.poll_transmit() {
@@ -302,23 +394,23 @@ impl Actor for MulticastReceiver {
     }
 }
 
-impl StreamHandler<io::Result<(Received, std::net::SocketAddr)>> for MulticastReceiver {
-    fn handle(&mut self, item: io::Result<(Received, std::net::SocketAddr)>, ctx: &mut Context<Self>) {
-        let Some((from, payload)) = self.channel.accept(item) else {
-            return;
-        };
+impl StreamHandler<Batch> for MulticastReceiver {
+    fn handle(&mut self, batch: Batch, ctx: &mut Context<Self>) {
         let now = self.now();
-        match payload.first() {
-            Some(&t) if is_mctp_tag(t) => match Message::decode(&payload) {
-                Ok(msg) => self.core.handle_datagram(now, from, msg),
-                Err(e) => tracing::debug!(event = "mctp_undecodable", %from, error = %e),
-            },
-            Some(&t) if reports::is_report_tag(t) => {
-                if let Ok(msg) = reports::Message::decode(&payload) {
-                    self.reporter.handle_datagram(now, from, msg);
+        let channel = self.channel.clone();
+        for (from, payload) in channel.accept_batch(batch) {
+            match payload.first() {
+                Some(&t) if is_mctp_tag(t) => match Message::decode(&payload) {
+                    Ok(msg) => self.core.handle_datagram(now, from, msg),
+                    Err(e) => tracing::debug!(event = "mctp_undecodable", %from, error = %e),
+                },
+                Some(&t) if reports::is_report_tag(t) => {
+                    if let Ok(msg) = reports::Message::decode(&payload) {
+                        self.reporter.handle_datagram(now, from, msg);
+                    }
                 }
+                _ => {}
             }
-            _ => {}
         }
         self.drive(ctx);
     }

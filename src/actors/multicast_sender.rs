@@ -2,14 +2,19 @@
 //! channel and the assignment files.
 //!
 //! Frames are read from the assignment file at the moment they are sent
-//! (positioned reads), so the leader holds no copy in memory either.
+//! (positioned reads, straight into the datagrams being sealed), so the
+//! leader holds no copy in memory either. Consecutive frames of one size
+//! are laid out as sealed datagrams end to end in one buffer, their
+//! payloads read with one `preadv`, and leave together, one segmented send
+//! per destination ([`DataChannel::send_sealed`]): the same datagrams, for
+//! a fraction of the system calls.
 //! Datagrams of the report protocol that arrive on the same socket are
 //! forwarded to the [`ReportCollector`](super::report_collector) if one is
 //! connected.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
@@ -19,13 +24,15 @@ use bytes::Bytes;
 
 use crate::protocol::ids::{AssignmentSerial, NodeId};
 use crate::protocol::mctp::{
-    msg::is_mctp_tag, Announce, FrameSource, Message, Outcome, Sender, SenderConfig, SenderEvent, SessionId,
+    msg::{frame_header, is_mctp_tag},
+    Announce, Dest, FrameSource, Message, Outcome, Payload, Sender, SenderConfig, SenderEvent, SessionId,
+    Transmit, FRAME_HEADER_LEN,
 };
 use crate::protocol::reports;
 use crate::protocol::time::Time;
-use crate::protocol::wire::Received;
+use crate::protocol::wire;
 
-use super::data_channel::{DataChannel, Incoming};
+use super::data_channel::{Batch, DataChannel, Incoming, MAX_SEGMENTED_BYTES, MAX_SEGMENTS};
 use super::{arm_timer, Driven, DriverTimer};
 
 /// Sends an assignment file to `targets` (command).
@@ -96,7 +103,112 @@ pub struct MulticastSender {
     current: Option<(SessionId, AssignmentSerial)>,
     sent_to: Option<Recipient<AssignmentSent>>,
     reports_to: Option<Recipient<ReportDatagram>>,
+    /// Sealed frames waiting to leave together (see [`FrameRun`]).
+    run: FrameRun,
+}
+
+/// A frame waiting in a [`FrameRun`].
+#[derive(Debug, Clone, Copy)]
+struct RunFrame {
+    session: SessionId,
+    pass: u32,
+    seq: u32,
+    offset: u64,
+    len: usize,
+}
+
+/// Frames for the group waiting to leave together: laid out as sealed
+/// datagrams of one size end to end (the last may be shorter), what one
+/// segmented send carries.
+#[derive(Debug, Default)]
+struct FrameRun {
+    frames: Vec<RunFrame>,
+    /// Datagram size (of all but the last).
+    segment: usize,
+    /// Bytes of all the datagrams.
+    bytes: usize,
+    /// A shorter datagram ended the run: nothing may follow it.
+    closed: bool,
     buf: Vec<u8>,
+}
+
+/// Where a frame's payload starts in its datagram.
+const PAYLOAD_AT: usize = wire::HEADER_LEN + FRAME_HEADER_LEN;
+
+fn datagram_len(payload: usize) -> usize {
+    PAYLOAD_AT + payload + wire::TAG_LEN
+}
+
+impl FrameRun {
+    /// True when a datagram of `len` bytes may join the run.
+    fn fits(&self, len: usize) -> bool {
+        self.frames.is_empty()
+            || (!self.closed
+                && len <= self.segment
+                && self.frames.len() < MAX_SEGMENTS
+                && self.bytes + len <= MAX_SEGMENTED_BYTES)
+    }
+
+    fn push(&mut self, frame: RunFrame) {
+        let len = datagram_len(frame.len);
+        if self.frames.is_empty() {
+            self.segment = len;
+        } else if len < self.segment {
+            self.closed = true;
+        }
+        self.bytes += len;
+        self.frames.push(frame);
+    }
+
+    /// Lays the run out in `buf`: payloads read from `file` (one `preadv`
+    /// per stretch of consecutive frames, straight into the datagrams),
+    /// then each frame's header and each datagram's seal.
+    fn build(&mut self, file: &File, channel: &DataChannel) -> io::Result<()> {
+        self.buf.clear();
+        self.buf.resize(self.bytes, 0);
+        let segment = self.segment.max(1);
+        {
+            let mut slots: Vec<IoSliceMut<'_>> = Vec::with_capacity(self.frames.len());
+            let mut from = self.frames.first().map_or(0, |f| f.offset);
+            let mut next = from;
+            for (datagram, f) in self.buf.chunks_mut(segment).zip(&self.frames) {
+                if f.offset != next {
+                    read_exact_vectored_at(file, &mut slots, from)?;
+                    slots.clear();
+                    from = f.offset;
+                }
+                slots.push(IoSliceMut::new(&mut datagram[PAYLOAD_AT..PAYLOAD_AT + f.len]));
+                next = f.offset + f.len as u64;
+            }
+            read_exact_vectored_at(file, &mut slots, from)?;
+        }
+        for (datagram, f) in self.buf.chunks_mut(segment).zip(&self.frames) {
+            let header = frame_header(f.session, f.pass, f.seq, &datagram[PAYLOAD_AT..PAYLOAD_AT + f.len]);
+            datagram[wire::HEADER_LEN..PAYLOAD_AT].copy_from_slice(&header);
+            channel.seal_datagram(datagram)?;
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        self.frames.clear();
+        self.bytes = 0;
+        self.closed = false;
+    }
+}
+
+/// Fills `bufs` from `file` at `offset`, in as few reads as the kernel allows.
+fn read_exact_vectored_at(file: &File, mut bufs: &mut [IoSliceMut<'_>], mut offset: u64) -> io::Result<()> {
+    while bufs.iter().any(|b| !b.is_empty()) {
+        let at = i64::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let n = nix::sys::uio::preadv(file, bufs, at).map_err(io::Error::from)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        offset += n as u64;
+        IoSliceMut::advance_slices(&mut bufs, n);
+    }
+    Ok(())
 }
 
 impl MulticastSender {
@@ -120,7 +232,7 @@ impl MulticastSender {
             current: None,
             sent_to,
             reports_to,
-            buf: Vec::with_capacity(2048),
+            run: FrameRun::default(),
         }
     }
 
@@ -169,19 +281,53 @@ impl MulticastSender {
         let now = self.now();
         self.drain_events();
         while let Some(t) = self.core.poll_transmit(now) {
-            self.buf.clear();
-            let file = self.current.and_then(|(_, a)| self.files.get(&a));
-            let encoded = match file {
-                Some(f) => t.encode(&mut FileSource(f), &mut self.buf),
-                None => t.encode(&mut Vec::new(), &mut self.buf),
-            };
-            if let Err(e) = encoded.and_then(|_| self.channel.send(t.dest, &self.buf)) {
-                tracing::warn!(event = "mctp_send_failed", error = %e);
-            }
+            self.transmit(t);
         }
+        self.flush_run();
         self.drain_events();
         let at = self.core.poll_timeout();
         arm_timer(self, ctx, now, at);
+    }
+
+    /// Sends one transmit: frames for the group join the run of frames
+    /// (sent when it is full or something else must go first), anything
+    /// else goes at once, after the run.
+    fn transmit(&mut self, t: Transmit) {
+        if let (Payload::Frame { session, pass, seq, offset, len }, Dest::Group) = (&t.payload, t.dest) {
+            let frame = RunFrame { session: *session, pass: *pass, seq: *seq, offset: *offset, len: *len };
+            if !self.run.fits(datagram_len(frame.len)) {
+                self.flush_run();
+            }
+            self.run.push(frame);
+            return;
+        }
+        self.flush_run();
+        let file = self.current.and_then(|(_, a)| self.files.get(&a));
+        let mut buf = Vec::new();
+        let encoded = match file {
+            Some(f) => t.encode(&mut FileSource(f), &mut buf),
+            None => t.encode(&mut Vec::new(), &mut buf),
+        };
+        if let Err(e) = encoded.and_then(|_| self.channel.send(t.dest, &buf)) {
+            tracing::warn!(event = "mctp_send_failed", error = %e);
+        }
+    }
+
+    /// Sends the run of frames, if any.
+    fn flush_run(&mut self) {
+        if self.run.frames.is_empty() {
+            return;
+        }
+        let file = self.current.and_then(|(_, a)| self.files.get(&a));
+        let built = match file {
+            Some(f) => self.run.build(f, &self.channel),
+            None => Err(io::Error::new(io::ErrorKind::NotFound, "the session's assignment file is not open")),
+        };
+        let sent = built.and_then(|_| self.channel.send_sealed(Dest::Group, &self.run.buf, self.run.segment));
+        if let Err(e) = sent {
+            tracing::warn!(event = "mctp_send_failed", frames = self.run.frames.len(), error = %e);
+        }
+        self.run.clear();
     }
 }
 
@@ -207,12 +353,12 @@ impl Actor for MulticastSender {
     }
 }
 
-impl StreamHandler<io::Result<(Received, std::net::SocketAddr)>> for MulticastSender {
-    fn handle(&mut self, item: io::Result<(Received, std::net::SocketAddr)>, ctx: &mut Context<Self>) {
-        let Some((from, payload)) = self.channel.accept(item) else {
-            return;
-        };
-        handle_payload(self, from, payload);
+impl StreamHandler<Batch> for MulticastSender {
+    fn handle(&mut self, batch: Batch, ctx: &mut Context<Self>) {
+        let channel = self.channel.clone();
+        for (from, payload) in channel.accept_batch(batch) {
+            handle_payload(self, from, payload);
+        }
         self.drive(ctx);
     }
 

@@ -160,6 +160,20 @@ impl RejectCounts {
     }
 }
 
+/// The envelope's header for a payload of `payload_len` bytes (bounded by
+/// [`MAX_PAYLOAD`] by the callers).
+fn header(env: &Envelope, payload_len: usize) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..2].copy_from_slice(&MAGIC);
+    h[2] = VERSION;
+    h[3] = env.channel as u8;
+    h[4..12].copy_from_slice(&env.sender.0.to_le_bytes());
+    h[12..20].copy_from_slice(&env.seq.to_le_bytes());
+    h[20..28].copy_from_slice(&env.timestamp_ms.to_le_bytes());
+    h[28..30].copy_from_slice(&(payload_len as u16).to_le_bytes());
+    h
+}
+
 /// Seals `payload` into a datagram appended to `out`.
 pub fn seal(key: &MacKey, env: &Envelope, payload: &[u8], out: &mut BytesMut) -> Result<(), WireError> {
     if payload.len() > MAX_PAYLOAD {
@@ -167,17 +181,51 @@ pub fn seal(key: &MacKey, env: &Envelope, payload: &[u8], out: &mut BytesMut) ->
     }
     let start = out.len();
     out.reserve(HEADER_LEN + payload.len() + TAG_LEN);
-    out.put_slice(&MAGIC);
-    out.put_u8(VERSION);
-    out.put_u8(env.channel as u8);
-    out.put_u64_le(env.sender.0);
-    out.put_u64_le(env.seq);
-    out.put_u64_le(env.timestamp_ms);
-    // Bounded by MAX_PAYLOAD above.
-    out.put_u16_le(payload.len() as u16);
+    out.put_slice(&header(env, payload.len()));
     out.put_slice(payload);
     let tag = key.sign(&[&out[start..]]);
     out.put_slice(&tag[..TAG_LEN]);
+    Ok(())
+}
+
+/// Starts a datagram at the end of `out` to be sealed in place: reserves
+/// the header and returns where the datagram starts. Append the payload to
+/// `out`, then call [`seal_in_place`] with that start. Saves the copy
+/// [`seal`] makes when the payload is produced straight into the datagram
+/// (a frame read from a file).
+pub fn begin_in_place(out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.resize(start + HEADER_LEN, 0);
+    start
+}
+
+/// Seals the datagram begun at `start` by [`begin_in_place`]: everything
+/// after its header is the payload. Writes the header and appends the tag;
+/// the bytes are exactly those [`seal`] produces. On error `out` is cut
+/// back to `start`.
+pub fn seal_in_place(key: &MacKey, env: &Envelope, out: &mut Vec<u8>, start: usize) -> Result<(), WireError> {
+    out.resize(out.len().max(start + HEADER_LEN) + TAG_LEN, 0);
+    let sealed = seal_slice(key, env, &mut out[start..]);
+    if sealed.is_err() {
+        out.truncate(start);
+    }
+    sealed
+}
+
+/// Seals a datagram laid out in `datagram`: `HEADER_LEN` bytes for the
+/// header, the payload, `TAG_LEN` bytes for the tag. Writes header and tag;
+/// the bytes are exactly those [`seal`] produces for that payload. For a
+/// driver that lays several datagrams out before filling them (frames read
+/// from a file with one system call).
+pub fn seal_slice(key: &MacKey, env: &Envelope, datagram: &mut [u8]) -> Result<(), WireError> {
+    let payload_len = datagram.len().saturating_sub(HEADER_LEN + TAG_LEN);
+    if datagram.len() < HEADER_LEN + TAG_LEN || payload_len > MAX_PAYLOAD {
+        return Err(WireError::TooLarge(payload_len));
+    }
+    let tag_at = datagram.len() - TAG_LEN;
+    datagram[..HEADER_LEN].copy_from_slice(&header(env, payload_len));
+    let tag = key.sign(&[&datagram[..tag_at]]);
+    datagram[tag_at..].copy_from_slice(&tag[..TAG_LEN]);
     Ok(())
 }
 
@@ -310,6 +358,18 @@ impl ReplayGuard {
 /// A datagram as the codec hands it over: authenticated, or the reason it was not.
 pub type Received = Result<(Envelope, Bytes), WireError>;
 
+/// Opens one whole datagram of `channel`: framing and tag (not replay). The
+/// payload is a slice of `datagram`, not a copy.
+pub fn open_datagram(key: &MacKey, channel: Channel, datagram: Bytes) -> Received {
+    let (env, payload) = open(key, &datagram)?;
+    if env.channel != channel {
+        return Err(WireError::BadTag);
+    }
+    let start = payload.as_ptr() as usize - datagram.as_ptr() as usize;
+    let len = payload.len();
+    Ok((env, datagram.slice(start..start + len)))
+}
+
 /// `tokio-util` codec for one channel. Decoding checks framing and tag (not
 /// replay, which needs the clock); encoding seals `(envelope, payload)`.
 #[derive(Debug, Clone)]
@@ -334,15 +394,7 @@ impl Decoder for DatagramCodec {
             return Ok(None);
         }
         // A datagram arrives whole: consume all of it, whatever it holds.
-        let datagram = src.split().freeze();
-        let item = open(&self.key, &datagram).and_then(|(env, payload)| {
-            if env.channel != self.channel {
-                return Err(WireError::BadTag);
-            }
-            let start = payload.as_ptr() as usize - datagram.as_ptr() as usize;
-            Ok((env, datagram.slice(start..start + payload.len())))
-        });
-        Ok(Some(item))
+        Ok(Some(open_datagram(&self.key, self.channel, src.split().freeze())))
     }
 }
 
@@ -408,6 +460,30 @@ mod tests {
                 assert!(codec.decode(&mut short).unwrap().unwrap().is_err(), "cut at {cut} accepted");
             }
         }
+    }
+
+    #[test]
+    fn sealing_in_place_gives_the_same_bytes() {
+        let key = MacKey::derive(SECRET, Channel::Control.key_label());
+        for len in [0usize, 1, 1403, MAX_PAYLOAD] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut expected = BytesMut::new();
+            seal(&key, &env(7, 1000), &payload, &mut expected).unwrap();
+            let mut out = b"earlier datagram".to_vec();
+            let start = begin_in_place(&mut out);
+            out.extend_from_slice(&payload);
+            seal_in_place(&key, &env(7, 1000), &mut out, start).unwrap();
+            assert_eq!(&out[..start], b"earlier datagram");
+            assert_eq!(&out[start..], &expected[..], "payload of {len} bytes");
+        }
+        let mut out = Vec::new();
+        let start = begin_in_place(&mut out);
+        out.resize(start + HEADER_LEN + MAX_PAYLOAD + 1, 0);
+        assert_eq!(
+            seal_in_place(&key, &env(7, 1000), &mut out, start),
+            Err(WireError::TooLarge(MAX_PAYLOAD + 1))
+        );
+        assert!(out.is_empty());
     }
 
     #[test]

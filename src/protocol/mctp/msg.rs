@@ -569,14 +569,23 @@ fn decode_missing(enc: u8, body: &[u8], lo: u32, hi: u32) -> Result<Vec<(u32, u3
 
 /// Appends a frame built from its header fields and `payload`.
 pub fn encode_frame(out: &mut impl BufMut, session: SessionId, pass: u32, seq: u32, payload: &[u8]) {
-    out.put_u8(TAG_FRAME);
-    out.put_u64_le(session.0);
-    out.put_u32_le(pass);
-    out.put_u32_le(seq);
-    // Frame sizes are bounded by MAX_FRAME_SIZE < 65536.
-    out.put_u16_le(payload.len() as u16);
-    out.put_u32_le(crc32fast::hash(payload));
+    out.put_slice(&frame_header(session, pass, seq, payload));
     out.put_slice(payload);
+}
+
+/// The header of a frame carrying `payload` (its length and CRC32 included),
+/// for a driver that lays frames out itself: header then payload are
+/// exactly what [`encode_frame`] appends.
+pub fn frame_header(session: SessionId, pass: u32, seq: u32, payload: &[u8]) -> [u8; FRAME_HEADER_LEN] {
+    let mut h = [0u8; FRAME_HEADER_LEN];
+    h[0] = TAG_FRAME;
+    h[1..9].copy_from_slice(&session.0.to_le_bytes());
+    h[9..13].copy_from_slice(&pass.to_le_bytes());
+    h[13..17].copy_from_slice(&seq.to_le_bytes());
+    // Frame sizes are bounded by MAX_FRAME_SIZE < 65536.
+    h[17..19].copy_from_slice(&(payload.len() as u16).to_le_bytes());
+    h[19..23].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    h
 }
 
 /// Appends a block with the header fields of `b` and the data `data`

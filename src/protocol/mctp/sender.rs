@@ -687,7 +687,9 @@ impl Sender {
             .values()
             .filter(|t| t.reported)
             .fold((0u64, 0u64), |(n, m), t| (n + u64::from(t.needed), m + u64::from(t.missing)));
-        if needed > 0 {
+        // AIMD judges a pass by the frames it sent: a poll repeated while
+        // members verify sent none and says nothing about the network.
+        if needed > 0 && s.sent_in_pass > 0 {
             let loss = missing as f64 / needed as f64;
             self.rate = if loss > cfg.nack_threshold {
                 (self.rate as f64 * cfg.rate_decrease) as u64
@@ -717,6 +719,8 @@ impl Sender {
                 return self.finish(now, true);
             }
             // Not a new pass: poll the same one again after the window.
+            // Its frames were judged (and reported) once; this poll sends none.
+            s.sent_in_pass = 0;
             for t in s.targets.values_mut() {
                 t.parts.clear();
                 t.reported = false;
@@ -906,4 +910,74 @@ fn poll_selectors(targets: &BTreeMap<NodeId, Target>) -> Vec<Selector> {
         targets.iter().partition(|(_, t)| matches!(t.state, TargetState::Active | TargetState::Silent));
     let ids = |v: Vec<(&NodeId, &Target)>| v.into_iter().map(|(&id, _)| id).collect::<Vec<_>>();
     Selector::for_lists(&ids(wanted), &ids(others))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drives `s` until it ends; `answer` gives a member's reply to each
+    /// end-of-pass marker (pass number, how many markers of that pass so far).
+    fn run(s: &mut Sender, mut answer: impl FnMut(SessionId, u32, u32, u32) -> Status) -> Vec<SenderEvent> {
+        let member = NodeId(7);
+        let mut now = Time::ZERO;
+        let mut frames = 0;
+        let mut polls: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut events = Vec::new();
+        for _ in 0..100_000 {
+            while let Some(t) = s.poll_transmit(now) {
+                match t.payload {
+                    Payload::Message(Message::Announce(a)) => frames = a.frame_count,
+                    Payload::Message(Message::EndOfPass { session, pass, .. }) => {
+                        let n = polls.entry(pass).or_default();
+                        *n += 1;
+                        let st = answer(session, pass, *n, frames);
+                        s.handle_datagram(now, member, Message::Status(st));
+                    }
+                    _ => {}
+                }
+            }
+            while let Some(e) = s.poll_event() {
+                let done = matches!(e, SenderEvent::Finished(_));
+                events.push(e);
+                if done {
+                    return events;
+                }
+            }
+            match s.poll_timeout() {
+                Some(at) => now = at.max(now),
+                None => now += Duration::from_millis(1),
+            }
+            s.handle_timeout(now);
+        }
+        panic!("the session did not end: {events:?}");
+    }
+
+    #[test]
+    fn polls_while_a_member_verifies_leave_the_rate_alone() {
+        let cfg = SenderConfig { frame_size: 1000, announce_count: 1, ..SenderConfig::default() };
+        let mut s = Sender::new(cfg.clone(), 1);
+        s.send_assignment(Time::ZERO, AssignmentSerial(1), 100_000, [0; 32], vec![NodeId(7)]);
+        // Pass 1 arrives whole; the member then verifies through three
+        // polls (nothing missing, no acknowledgement yet), then acknowledges.
+        let events = run(&mut s, |session, pass, n, frames| {
+            let kind = if n <= 3 { StatusKind::Nack } else { StatusKind::Ack };
+            Status { session, pass, kind, lo: 0, hi: frames, missing: Vec::new() }
+        });
+        let passes: Vec<(u32, u32, u64)> = events
+            .iter()
+            .filter_map(|e| match e {
+                SenderEvent::PassEnded { pass, sent, rate, .. } => Some((*pass, *sent, *rate)),
+                _ => None,
+            })
+            .collect();
+        let raised = cfg.rate + cfg.rate_increase;
+        // The pass that sent 100 frames without loss raises the rate once;
+        // the polls that follow send nothing and change nothing.
+        assert_eq!(passes, vec![(1, 100, raised), (1, 0, raised), (1, 0, raised)], "{events:?}");
+        assert_eq!(s.rate(), raised);
+        let Some(SenderEvent::Finished(o)) = events.last() else { panic!("{events:?}") };
+        assert!(o.completed, "{o:?}");
+        assert_eq!(o.frames_sent, 100);
+    }
 }
