@@ -67,6 +67,24 @@ async fn published(opts: ClusterOptions, staging: &Path, most: Quorum) -> (Local
     (c, all, most)
 }
 
+/// Waits until the CCM's server records show these (server, live release of `www`) pairs.
+async fn wait_live_reported(c: &LocalCluster, want: &[(u64, u64)]) {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let (_, servers) = c.api("GET", "/api/v1/servers", None).await.unwrap();
+        let all = want.iter().all(|(id, serial)| {
+            servers
+                .as_array()
+                .is_some_and(|a| a.iter().any(|s| s["id"] == *id && s["live"]["www"] == *serial))
+        });
+        if all {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the CCM never learnt {want:?}: {servers}");
+        actix::clock::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[actix_rt::test]
 async fn a_leader_killed_during_distribution_is_replaced_and_the_job_completes() {
     init_logs();
@@ -156,6 +174,7 @@ async fn a_rejoining_server_is_resynchronised_by_a_synchronize_job() {
     // It comes back; its leader reports its stale release; a synchronize job brings it up to date.
     c.start_agent(2).await.unwrap();
     c.wait_segments(LIMIT).await.unwrap();
+    wait_live_reported(&c, &[(1, 3), (2, 1), (3, 3), (4, 3)]).await;
     let sync = c.create_job("www", "most", "synchronize").await.unwrap();
     let r = c.wait_run(c.run_job(sync).await.unwrap(), LIMIT).await.unwrap();
     assert_eq!(r.state, RunState::Committed, "{r:#?}");
@@ -163,17 +182,7 @@ async fn a_rejoining_server_is_resynchronised_by_a_synchronize_job() {
     assert_all_live(&c, "www", &staging);
     assert_eq!(live_serial(&c, 2, "www"), Some(3));
     // Now in sync, a second synchronize has nothing to do.
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let (_, servers) = c.api("GET", "/api/v1/servers", None).await.unwrap();
-        let synced =
-            servers.as_array().is_some_and(|a| a.iter().any(|s| s["id"] == 2 && s["live"]["www"] == 3));
-        if synced {
-            break;
-        }
-        assert!(Instant::now() < deadline, "server 2's new release never reached the CCM: {servers}");
-        actix::clock::sleep(Duration::from_millis(100)).await;
-    }
+    wait_live_reported(&c, &[(1, 3), (2, 3), (3, 3), (4, 3)]).await;
     let r = c.wait_run(c.run_job(sync).await.unwrap(), LIMIT).await.unwrap();
     assert_eq!(r.state, RunState::Unchanged, "{r:#?}");
     c.stop().await;

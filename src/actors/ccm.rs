@@ -721,6 +721,7 @@ impl Ccm {
                 }
             }
             Wave::Control(Kind::Commit) => {
+                self.record_live(&a.run.site, a.run.serial, &succeeded);
                 a.run.state = if succeeded.is_empty() { RunState::Failed } else { RunState::Committed };
                 if succeeded.is_empty() {
                     a.run.error.get_or_insert_with(|| "the commit reached no server".into());
@@ -731,6 +732,7 @@ impl Ccm {
                 self.committed(id, ctx);
             }
             Wave::Control(Kind::Rollback) => {
+                self.record_live(&a.run.site, a.run.serial, &succeeded);
                 let ok = succeeded.len() >= a.needed && !succeeded.is_empty();
                 a.run.state = if ok { RunState::Committed } else { RunState::Failed };
                 a.run.failed_servers = a.group.iter().copied().filter(|s| !succeeded.contains(s)).collect();
@@ -754,6 +756,23 @@ impl Ccm {
                 let id = a.run.id;
                 self.active.insert(id, a);
                 self.finish(id);
+            }
+        }
+    }
+
+    /// `servers` switched `site` to release `serial`: the CCM knows it now,
+    /// before their leaders' next segment reports say so.
+    fn record_live(&self, site: &str, serial: u64, servers: &[NodeId]) {
+        let table = table::<ServerRecord>(&self.db);
+        for s in servers {
+            let result = table.update(s, |r| {
+                r.map(|mut r| {
+                    r.live.insert(site.to_owned(), serial);
+                    r
+                })
+            });
+            if let Err(e) = result {
+                tracing::error!(server = %s, error = %e, "cannot record the live release");
             }
         }
     }
