@@ -7,6 +7,8 @@
 
 mod fake_ccm;
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -172,8 +174,7 @@ async fn two_agent_processes_publish_and_stop_on_sigterm() {
 
     // SIGTERM: each agent stops cleanly and says so.
     for c in &agents.0 {
-        let ok = Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap().success();
-        assert!(ok, "kill -TERM {}", c.id());
+        common::sigterm(c);
     }
     let start = Instant::now();
     let mut stopped = [false; 3];

@@ -4,6 +4,8 @@
 //! published and then updated through the REST API; every live tree must
 //! equal staging, and every process stops cleanly on SIGTERM.
 
+mod common;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -111,8 +113,7 @@ async fn a_ccm_and_four_agent_processes_publish_and_update_a_site() {
     // SIGTERM: every process exits 0.
     let start = Instant::now();
     for (_, c, _) in &procs.0 {
-        let ok = Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
-        assert!(ok.success());
+        common::sigterm(c);
     }
     for (name, c, _) in &mut procs.0 {
         let status = loop {

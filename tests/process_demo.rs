@@ -3,6 +3,8 @@
 //! and Enter publish it again as a delta; SIGTERM stops it cleanly. Bad
 //! flags are refused with a message naming the flag.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -86,8 +88,7 @@ fn the_demo_publishes_then_publishes_an_edit_on_enter_and_stops_on_sigterm() {
     assert!(text.contains("release 2 is live on 4 servers"), "{text}");
     assert_live_everywhere(dir, 4);
 
-    let ok = Command::new("kill").args(["-TERM", &demo.0.id().to_string()]).status().unwrap();
-    assert!(ok.success());
+    common::sigterm(&demo.0);
     let start = Instant::now();
     let status = loop {
         if let Some(s) = demo.0.try_wait().unwrap() {

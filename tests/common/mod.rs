@@ -1,2 +1,9 @@
 pub mod cluster;
 pub mod mctp_cluster;
+
+/// Sends SIGTERM to a child process.
+#[allow(dead_code)]
+pub fn sigterm(c: &std::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+}
