@@ -201,7 +201,7 @@ pub enum AgentError {
     #[error(transparent)]
     State(#[from] StateError),
     /// A directory or socket could not be set up.
-    #[error("cannot {what}: {source}")]
+    #[error("cannot {what}")]
     Io {
         /// What was being done.
         what: String,
@@ -465,18 +465,20 @@ fn build(config: &Config) -> Result<Parts, AgentError> {
 }
 
 /// Runs the agent until Ctrl-C (or SIGTERM).
-pub fn run(config: &Config) -> anyhow::Result<()> {
+pub fn run(config: &Config) -> Result<(), AgentError> {
     let system = actix::System::new();
     system.block_on(async {
         let agent = Agent::start(config.clone()).await?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let signals = io("wait for Ctrl-C or SIGTERM");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(signals)?;
         tokio::select! {
-            r = tokio::signal::ctrl_c() => r?,
+            r = tokio::signal::ctrl_c() => r.map_err(io("wait for Ctrl-C"))?,
             _ = term.recv() => {}
         }
         let node = agent.id;
         agent.stop().await;
         tracing::info!(event = "agent_stopped", %node, "agent stopped");
-        anyhow::Ok(())
+        Ok(())
     })
 }

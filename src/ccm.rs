@@ -23,6 +23,9 @@ pub enum StartError {
     /// The database could not be opened.
     #[error(transparent)]
     Db(#[from] DbError),
+    /// Signals could not be waited for.
+    #[error("cannot wait for Ctrl-C or SIGTERM")]
+    Signals(#[source] std::io::Error),
     /// The HTTP address could not be bound.
     #[error("cannot listen on {addr} (choose a free ccm.http_bind; for the demo, --http 127.0.0.1:0)")]
     Bind {
@@ -104,13 +107,14 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
 }
 
 /// Runs the CCM until Ctrl-C (or SIGTERM).
-pub fn run(config: &Config) -> anyhow::Result<()> {
+pub fn run(config: &Config) -> Result<(), StartError> {
     let system = actix::System::new();
     system.block_on(async {
         let handle = start(config.clone()).await?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(StartError::Signals)?;
         tokio::select! {
-            r = tokio::signal::ctrl_c() => r?,
+            r = tokio::signal::ctrl_c() => r.map_err(StartError::Signals)?,
             _ = term.recv() => {}
         }
         tracing::info!(event = "ccm_stopping");

@@ -203,10 +203,24 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each cause once: many messages already
+/// include their source's text.
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config> {
@@ -245,13 +259,13 @@ fn run(cli: Cli) -> Result<()> {
             if cli.config.is_none() {
                 anyhow::bail!("cmover agent needs a configuration: --config FILE (see config.example.toml)");
             }
-            cmover::agent::run(&config)
+            Ok(cmover::agent::run(&config)?)
         }
         Command::Ccm => {
             if cli.config.is_none() {
                 anyhow::bail!("cmover ccm needs a configuration: --config FILE (see config.example.toml)");
             }
-            cmover::ccm::run(&config)
+            Ok(cmover::ccm::run(&config)?)
         }
         Command::Sim(SimCommand::Election(args)) => sim_cli::election(&args),
         Command::Demo { dir, segments, agents_per_segment, http, staging, once, offline } => {
