@@ -72,6 +72,19 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
         fix: "choose a directory the CCM may write".into(),
     })?;
     let db = Db::open(&dir.join("db"))?;
+    // Every table is created now, so that later accesses cannot fail to open one.
+    {
+        use crate::storage::records::*;
+        db.table::<SiteRecord>()?;
+        db.table::<GroupRecord>()?;
+        db.table::<SegmentRecord>()?;
+        db.table::<ServerRecord>()?;
+        db.table::<JobRecord>()?;
+        db.table::<RunRecord>()?;
+        db.table::<AssignmentRecord>()?;
+        db.table::<SnapshotRecord>()?;
+        db.table::<HistoryRecord>()?;
+    }
     let addr = config.ccm.http_bind;
     let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;

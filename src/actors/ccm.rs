@@ -140,8 +140,8 @@ pub struct Ccm {
 }
 
 fn table<R: crate::storage::db::Record>(db: &Db) -> Table<R> {
-    // Opening a tree of an open database only fails on I/O errors, which
-    // every later access reports too.
+    // Every table was created when the CCM started (`ccm::start`); opening
+    // an existing tree of an open database does no I/O and cannot fail.
     db.table::<R>().unwrap_or_else(|e| panic!("database table {}: {e}", R::TABLE))
 }
 
