@@ -49,12 +49,15 @@ pub enum Stage {
         /// When.
         at: Time,
     },
-    /// Holds a verified copy; `forwarding` until told there is no next hop.
+    /// Holds a verified copy; `forwarding` until told there is no next hop
+    /// (or silent for `notify_timeout`: it may have died).
     Holding {
         /// Who it got the copy from.
         from: NodeId,
         /// Still asking for next hops.
         forwarding: bool,
+        /// When it last asked.
+        asked: Time,
     },
     /// Reported its segment's result.
     Reported {
@@ -176,9 +179,15 @@ impl Distribution {
         out
     }
 
-    fn confirm_holding(&mut self, i: usize) {
-        if let Stage::Notified { by, .. } = self.entries[i].stage {
-            self.entries[i].stage = Stage::Holding { from: by, forwarding: true };
+    fn confirm_holding(&mut self, i: usize, now: Time) {
+        match self.entries[i].stage {
+            Stage::Notified { by, .. } => {
+                self.entries[i].stage = Stage::Holding { from: by, forwarding: true, asked: now }
+            }
+            Stage::Holding { from, forwarding: true, .. } => {
+                self.entries[i].stage = Stage::Holding { from, forwarding: true, asked: now }
+            }
+            _ => {}
         }
     }
 
@@ -187,7 +196,7 @@ impl Distribution {
     pub fn next_hop(&mut self, now: Time, holder: NodeId) -> Option<Target> {
         let me = self.by_leader(holder);
         if let Some(i) = me {
-            self.confirm_holding(i);
+            self.confirm_holding(i, now);
         }
         let next = self.entries.iter().position(|e| e.is_due(now));
         match next {
@@ -198,7 +207,7 @@ impl Distribution {
             None => {
                 if let Some(i) = me {
                     if let Stage::Holding { from, .. } = self.entries[i].stage {
-                        self.entries[i].stage = Stage::Holding { from, forwarding: false };
+                        self.entries[i].stage = Stage::Holding { from, forwarding: false, asked: now };
                     }
                 }
                 None
@@ -261,19 +270,27 @@ impl Distribution {
             .iter()
             .filter_map(|e| match e.stage {
                 Stage::Notified { at, .. } => Some(at + self.cfg.notify_timeout),
+                Stage::Holding { forwarding: true, asked, .. } => Some(asked + self.cfg.notify_timeout),
                 Stage::Pending if e.not_before > Time::ZERO => Some(e.not_before),
                 _ => None,
             })
             .min()
     }
 
-    /// Notified targets that did not confirm in time go back to pending.
+    /// Notified targets that did not confirm in time go back to pending;
+    /// a forwarding leader silent as long is no longer counted on to forward.
     pub fn handle_timeout(&mut self, now: Time) {
         for i in 0..self.entries.len() {
-            if let Stage::Notified { at, .. } = self.entries[i].stage {
-                if now >= at + self.cfg.notify_timeout {
+            match self.entries[i].stage {
+                Stage::Notified { at, .. } if now >= at + self.cfg.notify_timeout => {
                     self.retry_or_fail(i, "no copy confirmed in time", now);
                 }
+                Stage::Holding { from, forwarding: true, asked }
+                    if now >= asked + self.cfg.notify_timeout =>
+                {
+                    self.entries[i].stage = Stage::Holding { from, forwarding: false, asked };
+                }
+                _ => {}
             }
         }
     }
@@ -387,6 +404,20 @@ mod tests {
         d.handle_notify_failed(t, "s3", "connection reset");
         assert_eq!(d.next_hop(t, NodeId(20)), None);
         assert_eq!(d.next_hop(t + Duration::from_secs(1), NodeId(20)).unwrap().segment, "s3");
+    }
+
+    #[test]
+    fn a_forwarding_leader_that_goes_silent_no_longer_holds_the_ccm_back() {
+        let mut d = Distribution::new(DistributionConfig { fanout: 1, ..cfg() }, targets(3));
+        let t = Time::ZERO;
+        assert_eq!(segs(&d.ccm_hops(t)), ["s1"]);
+        assert_eq!(d.next_hop(t, NodeId(10)).unwrap().segment, "s2");
+        // s2 was notified by s1, which then dies: s2's notification times out...
+        let t = t + Duration::from_secs(5);
+        d.handle_timeout(t);
+        // ...and s1, silent as long, is no longer taken to be forwarding: the CCM serves s2 and s3.
+        assert_eq!(segs(&d.ccm_hops(t)), ["s2"]);
+        assert_eq!(d.poll_timeout(), Some(t + Duration::from_secs(5)));
     }
 
     #[test]
