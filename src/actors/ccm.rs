@@ -841,97 +841,68 @@ impl Ccm {
             .spawn(ctx);
     }
 
-    /// The commit wave is over: record the release and bring the shadow copy up to date.
+    /// The commit (or rollback) wave is over: bring the shadow copy to what
+    /// the servers now serve, record the site's live release and, for a
+    /// publish, a snapshot.
     fn committed(&mut self, run_id: u64, ctx: &mut Context<Self>) {
         let Some(a) = self.active.get(&run_id) else { return };
         if a.run.state != RunState::Committed || a.run.kind == JobKind::Synchronize {
             return self.finish(run_id);
         }
-        if a.run.kind == JobKind::Rollback {
-            return self.rolled_back(run_id, ctx);
-        }
         let (site, serial, job) = (a.run.site.clone(), a.run.serial, a.run.job);
-        let content = a.run.content_assignment.unwrap_or_default();
-        let summary = a.run.summary.clone();
         let shadow = self.shadow(&site);
-        let path = AssignmentCreator::path_of(&self.config.ccm.data_dir.join("assignments"), content);
-        let key = self.content_key();
-        let update = async move {
-            tokio::task::spawn_blocking(move || -> Result<(), String> {
+        type Work = Box<dyn FnOnce() -> Result<(), String> + Send>;
+        let (what, snapshot, work): (&str, Option<SnapshotRecord>, Work) = if a.run.kind == JobKind::Rollback
+        {
+            let work =
+                move || shadow.rollback_to(AssignmentSerial(serial)).map(|_| ()).map_err(|e| e.to_string());
+            ("rolled back", None, Box::new(work))
+        } else {
+            let content = a.run.content_assignment.unwrap_or_default();
+            let snap = SnapshotRecord {
+                site: site.clone(),
+                serial,
+                job,
+                run: run_id,
+                assignment: content,
+                at_ms: 0,
+                summary: a.run.summary.clone(),
+            };
+            let path = AssignmentCreator::path_of(&self.config.ccm.data_dir.join("assignments"), content);
+            let key = self.content_key();
+            let work = move || -> Result<(), String> {
                 let file = AssignmentFile::open(&path, key.as_ref()).map_err(|e| e.to_string())?;
                 shadow.apply(&file).map_err(|e| e.to_string())?;
                 shadow.commit(AssignmentSerial(serial)).map_err(|e| e.to_string())?;
                 Ok(())
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r)
+            };
+            ("updated", Some(snap), Box::new(work))
         };
-        update
+        async move { tokio::task::spawn_blocking(work).await.map_err(|e| e.to_string()).and_then(|r| r) }
             .into_actor(self)
             .map(move |res, act, _| {
                 if let Err(e) = res {
                     tracing::error!(event = "shadow_failed", site = %site, serial, error = %e);
                     act.history(
                         "shadow_failed",
-                        format!("shadow copy of {site} not updated: {e}"),
+                        format!("shadow copy of {site} not {what}: {e}"),
                         Some(run_id),
                         Some(&site),
                     );
                 }
-                let sites = table::<SiteRecord>(&act.db);
-                let _ = sites.update(&site, |s| {
+                let _ = table::<SiteRecord>(&act.db).update(&site, |s| {
                     s.map(|mut s| {
                         s.live_serial = serial;
                         s
                     })
                 });
-                let snap = SnapshotRecord {
-                    site: site.clone(),
-                    serial,
-                    job,
-                    run: run_id,
-                    assignment: content,
-                    at_ms: unix_ms(),
-                    summary,
-                };
-                let _ = table::<SnapshotRecord>(&act.db).put(&snap);
+                if let Some(snap) = snapshot {
+                    let _ =
+                        table::<SnapshotRecord>(&act.db).put(&SnapshotRecord { at_ms: unix_ms(), ..snap });
+                }
                 act.finish(run_id);
             })
             .spawn(ctx);
-    }
-
-    /// The rollback wave is over: the shadow copy and the site follow.
-    fn rolled_back(&mut self, run_id: u64, ctx: &mut Context<Self>) {
-        let Some(a) = self.active.get(&run_id) else { return };
-        let (site, serial) = (a.run.site.clone(), a.run.serial);
-        let shadow = self.shadow(&site);
-        async move {
-            tokio::task::spawn_blocking(move || shadow.rollback_to(AssignmentSerial(serial)))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()))
-        }
-        .into_actor(self)
-        .map(move |res, act, _| {
-            if let Err(e) = res {
-                tracing::error!(event = "shadow_failed", site = %site, serial, error = %e);
-                act.history(
-                    "shadow_failed",
-                    format!("shadow copy of {site} not rolled back: {e}"),
-                    Some(run_id),
-                    Some(&site),
-                );
-            }
-            let _ = table::<SiteRecord>(&act.db).update(&site, |s| {
-                s.map(|mut s| {
-                    s.live_serial = serial;
-                    s
-                })
-            });
-            act.finish(run_id);
-        })
-        .spawn(ctx);
     }
 
     /// Ends a run: final state, history, flush.
