@@ -90,7 +90,7 @@ fn spec(size_mb: u64) -> CorpusSpec {
 
 async fn publish(c: &LocalCluster, job: u64) -> (RunRecord, f64) {
     let t = Instant::now();
-    let r = c.wait_run(c.run_job(job).await.unwrap(), LIMIT).await.unwrap();
+    let r = c.admin.wait_run(c.admin.run_job(job).await.unwrap(), LIMIT).await.unwrap();
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(r.state, RunState::Committed, "{r:#?}");
     assert!(r.failed_servers.is_empty(), "{r:#?}");
@@ -112,9 +112,9 @@ fn verify(c: &LocalCluster, staging: &Path) {
 async fn cluster(dir: &Path, staging: &Path, segments: usize, per: usize) -> (LocalCluster, u64) {
     let c = LocalCluster::start(ClusterOptions::new(dir, segments, per)).await.unwrap();
     c.wait_segments(LIMIT).await.unwrap();
-    c.create_site("www", staging).await.unwrap();
-    c.create_group("web", "www", &c.ids(), Quorum::All).await.unwrap();
-    let job = c.create_job("www", "web", "publish").await.unwrap();
+    c.admin.create_site("www", staging).await.unwrap();
+    c.admin.create_group("web", "www", &c.ids(), Quorum::All).await.unwrap();
+    let job = c.admin.create_job("www", "web", "publish").await.unwrap();
     (c, job)
 }
 

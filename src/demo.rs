@@ -42,6 +42,9 @@ pub enum DemoError {
     /// The cluster could not be built or driven.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// A call to the CCM's REST API failed.
+    #[error(transparent)]
+    Api(#[from] crate::http::admin_client::AdminError),
     /// A command-line value is unusable.
     #[error("{flag}: {problem}")]
     Invalid {
@@ -304,7 +307,7 @@ async fn cluster_demo(opts: DemoOptions, out: &mut (impl Write + Send)) -> Resul
 
 /// The site, group and publish job, created or (with a reused `--dir`) found.
 async fn setup_job(c: &LocalCluster, staging: &Path) -> Result<u64, DemoError> {
-    let existing = c.admin.ok("GET", "/api/v1/jobs", None).await.map_err(ClusterError::from)?;
+    let existing = c.admin.ok("GET", "/api/v1/jobs", None).await?;
     let found = existing
         .as_array()
         .into_iter()
@@ -313,17 +316,17 @@ async fn setup_job(c: &LocalCluster, staging: &Path) -> Result<u64, DemoError> {
     if let Some(id) = found.and_then(|j| j["id"].as_u64()) {
         return Ok(id);
     }
-    c.create_site(SITE, staging).await?;
-    c.create_group(GROUP, SITE, &c.ids(), crate::storage::records::Quorum::All).await?;
-    Ok(c.create_job(SITE, GROUP, "publish").await?)
+    c.admin.create_site(SITE, staging).await?;
+    c.admin.create_group(GROUP, SITE, &c.ids(), crate::storage::records::Quorum::All).await?;
+    Ok(c.admin.create_job(SITE, GROUP, "publish").await?)
 }
 
 /// Runs the publish job once and shows what happened.
 async fn publish(c: &LocalCluster, job: u64, staging: &Path, out: &mut impl Write) -> Result<(), DemoError> {
     writeln!(out, "\nPublishing {} ...", staging.display())?;
     let t = std::time::Instant::now();
-    let run = c.run_job(job).await?;
-    let r = c.wait_run(run, LIMIT).await?;
+    let run = c.admin.run_job(job).await?;
+    let r = c.admin.wait_run(run, LIMIT).await?;
     let secs = t.elapsed().as_secs_f64();
     use crate::storage::records::RunState;
     match r.state {

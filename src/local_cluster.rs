@@ -19,7 +19,7 @@ use crate::agent::{Agent, AgentError};
 use crate::ccm::{CcmHandle, StartError};
 use crate::config::{Config, ControlMode, DataChannelMode};
 use crate::http::admin_client::{AdminClient, AdminError};
-use crate::storage::records::{Quorum, RunRecord, SegmentRecord};
+use crate::storage::records::SegmentRecord;
 
 /// Why the cluster could not be built or driven.
 #[derive(Debug, Error)]
@@ -224,52 +224,6 @@ impl LocalCluster {
     /// Agent ids.
     pub fn ids(&self) -> Vec<u64> {
         self.configs.keys().copied().collect()
-    }
-
-    /// Calls the REST API; returns status and JSON.
-    pub async fn api(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> Result<(u16, serde_json::Value), ClusterError> {
-        Ok(self.admin.call(method, path, body).await?)
-    }
-
-    /// Creates a site.
-    pub async fn create_site(&self, name: &str, staging: &Path) -> Result<(), ClusterError> {
-        Ok(self.admin.create_site(name, staging).await?)
-    }
-
-    /// Creates a content group.
-    pub async fn create_group(
-        &self,
-        name: &str,
-        site: &str,
-        servers: &[u64],
-        quorum: Quorum,
-    ) -> Result<(), ClusterError> {
-        Ok(self.admin.create_group(name, site, servers, quorum).await?)
-    }
-
-    /// Creates a job; returns its id.
-    pub async fn create_job(&self, site: &str, group: &str, kind: &str) -> Result<u64, ClusterError> {
-        Ok(self.admin.create_job(site, group, kind).await?)
-    }
-
-    /// Runs a job now; returns the run id.
-    pub async fn run_job(&self, job: u64) -> Result<u64, ClusterError> {
-        Ok(self.admin.run_job(job).await?)
-    }
-
-    /// A run's record.
-    pub async fn run(&self, run: u64) -> Result<RunRecord, ClusterError> {
-        Ok(self.admin.run(run).await?)
-    }
-
-    /// Waits until run `run` is over.
-    pub async fn wait_run(&self, run: u64, limit: Duration) -> Result<RunRecord, ClusterError> {
-        Ok(self.admin.wait_run(run, limit).await?)
     }
 
     /// The segments and members expected from the running agents.

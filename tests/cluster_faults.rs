@@ -39,7 +39,7 @@ fn staging(dir: &Path, seed: u64, large_mb: usize) -> PathBuf {
 async fn wait_for(c: &LocalCluster, run: u64, what: &str, cond: impl Fn(&RunRecord) -> bool) -> RunRecord {
     let start = Instant::now();
     loop {
-        if let Ok(r) = c.run(run).await {
+        if let Ok(r) = c.admin.run(run).await {
             if cond(&r) {
                 return r;
             }
@@ -56,12 +56,12 @@ async fn wait_for(c: &LocalCluster, run: u64, what: &str, cond: impl Fn(&RunReco
 async fn published(opts: ClusterOptions, staging: &Path, most: Quorum) -> (LocalCluster, u64, u64) {
     let c = LocalCluster::start(opts).await.unwrap();
     c.wait_segments(LIMIT).await.unwrap();
-    c.create_site("www", staging).await.unwrap();
-    c.create_group("all", "www", &c.ids(), Quorum::All).await.unwrap();
-    c.create_group("most", "www", &c.ids(), most).await.unwrap();
-    let all = c.create_job("www", "all", "publish").await.unwrap();
-    let most = c.create_job("www", "most", "publish").await.unwrap();
-    let r = c.wait_run(c.run_job(all).await.unwrap(), LIMIT).await.unwrap();
+    c.admin.create_site("www", staging).await.unwrap();
+    c.admin.create_group("all", "www", &c.ids(), Quorum::All).await.unwrap();
+    c.admin.create_group("most", "www", &c.ids(), most).await.unwrap();
+    let all = c.admin.create_job("www", "all", "publish").await.unwrap();
+    let most = c.admin.create_job("www", "most", "publish").await.unwrap();
+    let r = c.admin.wait_run(c.admin.run_job(all).await.unwrap(), LIMIT).await.unwrap();
     assert_eq!(r.state, RunState::Committed, "{r:#?}");
     assert_all_live(&c, "www", staging);
     (c, all, most)
@@ -71,7 +71,7 @@ async fn published(opts: ClusterOptions, staging: &Path, most: Quorum) -> (Local
 async fn wait_live_reported(c: &LocalCluster, want: &[(u64, u64)]) {
     let deadline = Instant::now() + LIMIT;
     loop {
-        let (_, servers) = c.api("GET", "/api/v1/servers", None).await.unwrap();
+        let (_, servers) = c.admin.call("GET", "/api/v1/servers", None).await.unwrap();
         let all = want.iter().all(|(id, serial)| {
             servers
                 .as_array()
@@ -98,14 +98,14 @@ async fn a_leader_killed_during_distribution_is_replaced_and_the_job_completes()
     assert!(leaders.contains(&1) && leaders.contains(&4), "preferred leaders 1 and 4: {leaders:?}");
 
     corpus::mutate(&staging, 21, &EditSpec { byte_fraction: 0.3, ..EditSpec::default() }).unwrap();
-    let run = c.run_job(most).await.unwrap();
+    let run = c.admin.run_job(most).await.unwrap();
     // Kill seg-1's leader once it has been told to fetch, before its segment reported.
     wait_for(&c, run, "seg-1 to be notified", |r| {
         r.segments.get("seg-1").is_some_and(|p| p.state == "notified" || p.state == "holding")
     })
     .await;
     c.stop_agent(1).await;
-    let r = c.wait_run(run, LIMIT).await.unwrap();
+    let r = c.admin.wait_run(run, LIMIT).await.unwrap();
     assert_eq!(r.state, RunState::Committed, "{r:#?}");
     assert_eq!(r.failed_servers, vec![NodeId(1)], "only the dead leader failed: {r:#?}");
     let seg1 = &r.segments["seg-1"];
@@ -114,7 +114,7 @@ async fn a_leader_killed_during_distribution_is_replaced_and_the_job_completes()
     assert_live(&c, &[2, 3, 4, 5, 6], "www", &staging);
     // The dead leader serves the old release, whole: nothing half-live.
     assert_eq!(live_serial(&c, 1, "www"), Some(1));
-    let (_, history) = c.api("GET", "/api/v1/history", None).await.unwrap();
+    let (_, history) = c.admin.call("GET", "/api/v1/history", None).await.unwrap();
     assert!(history.to_string().contains("leader_changed"), "{history}");
     c.stop().await;
 }
@@ -135,7 +135,7 @@ async fn an_offline_server_blocks_quorum_all_and_is_listed_failed_under_a_count_
     corpus::mutate(&staging, 22, &EditSpec::default()).unwrap();
 
     // Quorum all: refused, nothing changes anywhere.
-    let r = c.wait_run(c.run_job(all).await.unwrap(), LIMIT).await.unwrap();
+    let r = c.admin.wait_run(c.admin.run_job(all).await.unwrap(), LIMIT).await.unwrap();
     assert_eq!(r.state, RunState::Failed, "{r:#?}");
     let error = r.error.clone().unwrap();
     assert!(error.contains("quorum cannot be met"), "{error}");
@@ -144,7 +144,7 @@ async fn an_offline_server_blocks_quorum_all_and_is_listed_failed_under_a_count_
     assert_live(&c, &[1, 2, 3], "www", &v1);
 
     // Quorum 3 of 4: live on the three, server 4 listed as failed.
-    let r = c.wait_run(c.run_job(most).await.unwrap(), LIMIT).await.unwrap();
+    let r = c.admin.wait_run(c.admin.run_job(most).await.unwrap(), LIMIT).await.unwrap();
     assert_eq!(r.state, RunState::Committed, "{r:#?}");
     assert_eq!(r.failed_servers, vec![NodeId(4)], "{r:#?}");
     assert_live(&c, &[1, 2, 3], "www", &staging);
@@ -165,7 +165,7 @@ async fn a_rejoining_server_is_resynchronised_by_a_synchronize_job() {
     c.wait_segments(LIMIT).await.unwrap();
     for seed in [1, 2] {
         corpus::mutate(&staging, seed, &EditSpec::default()).unwrap();
-        let r = c.wait_run(c.run_job(most).await.unwrap(), LIMIT).await.unwrap();
+        let r = c.admin.wait_run(c.admin.run_job(most).await.unwrap(), LIMIT).await.unwrap();
         assert_eq!(r.state, RunState::Committed, "{r:#?}");
         assert_eq!(r.failed_servers, vec![NodeId(2)]);
     }
@@ -175,15 +175,15 @@ async fn a_rejoining_server_is_resynchronised_by_a_synchronize_job() {
     c.start_agent(2).await.unwrap();
     c.wait_segments(LIMIT).await.unwrap();
     wait_live_reported(&c, &[(1, 3), (2, 1), (3, 3), (4, 3)]).await;
-    let sync = c.create_job("www", "most", "synchronize").await.unwrap();
-    let r = c.wait_run(c.run_job(sync).await.unwrap(), LIMIT).await.unwrap();
+    let sync = c.admin.create_job("www", "most", "synchronize").await.unwrap();
+    let r = c.admin.wait_run(c.admin.run_job(sync).await.unwrap(), LIMIT).await.unwrap();
     assert_eq!(r.state, RunState::Committed, "{r:#?}");
     assert_eq!(r.applied.keys().copied().collect::<Vec<_>>(), vec![NodeId(2)], "only the lagging server");
     assert_all_live(&c, "www", &staging);
     assert_eq!(live_serial(&c, 2, "www"), Some(3));
     // Now in sync, a second synchronize has nothing to do.
     wait_live_reported(&c, &[(1, 3), (2, 3), (3, 3), (4, 3)]).await;
-    let r = c.wait_run(c.run_job(sync).await.unwrap(), LIMIT).await.unwrap();
+    let r = c.admin.wait_run(c.admin.run_job(sync).await.unwrap(), LIMIT).await.unwrap();
     assert_eq!(r.state, RunState::Unchanged, "{r:#?}");
     c.stop().await;
 }
@@ -198,30 +198,30 @@ async fn a_ccm_restarted_mid_run_loses_nothing_and_fails_the_run_cleanly() {
     let (mut c, all, _) = published(opts, &staging, Quorum::Count(3)).await;
     let v1 = tmp.path().join("v1");
     copy_tree(&staging, &v1).unwrap();
-    let first = c.api("GET", "/api/v1/runs", None).await.unwrap().1;
+    let first = c.admin.call("GET", "/api/v1/runs", None).await.unwrap().1;
 
     corpus::mutate(&staging, 24, &EditSpec { byte_fraction: 0.3, ..EditSpec::default() }).unwrap();
-    let run = c.run_job(all).await.unwrap();
+    let run = c.admin.run_job(all).await.unwrap();
     wait_for(&c, run, "distribution", |r| r.state == RunState::Distributing).await;
     c.stop_ccm().await;
     c.start_ccm().await.unwrap();
 
     // The run was acknowledged, so it is still there, and ends cleanly.
-    let r = c.wait_run(run, LIMIT).await.unwrap();
+    let r = c.admin.wait_run(run, LIMIT).await.unwrap();
     assert_eq!(r.state, RunState::Failed, "{r:#?}");
     assert!(r.error.as_deref().unwrap_or("").contains("restarted"), "{r:#?}");
     // Nothing went live anywhere.
     assert_all_live(&c, "www", &v1);
     // Every acknowledged record survived.
-    let (_, runs) = c.api("GET", "/api/v1/runs", None).await.unwrap();
+    let (_, runs) = c.admin.call("GET", "/api/v1/runs", None).await.unwrap();
     for old in first.as_array().unwrap() {
         assert!(runs.as_array().unwrap().contains(old), "{old} lost");
     }
-    let (_, jobs) = c.api("GET", "/api/v1/jobs", None).await.unwrap();
+    let (_, jobs) = c.admin.call("GET", "/api/v1/jobs", None).await.unwrap();
     assert_eq!(jobs.as_array().map(Vec::len), Some(2), "{jobs}");
     // And the job runs again, to the end.
     c.wait_segments(LIMIT).await.unwrap();
-    let r = c.wait_run(c.run_job(all).await.unwrap(), LIMIT).await.unwrap();
+    let r = c.admin.wait_run(c.admin.run_job(all).await.unwrap(), LIMIT).await.unwrap();
     assert_eq!(r.state, RunState::Committed, "{r:#?}");
     assert_all_live(&c, "www", &staging);
     c.stop().await;

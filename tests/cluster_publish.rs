@@ -22,19 +22,19 @@ async fn publish_update_remove_and_roll_back_on_two_segments_of_three() {
     corpus::generate(&staging, 7, &CorpusSpec::small()).unwrap();
     let c = LocalCluster::start(ClusterOptions::new(&tmp.path().join("cluster"), 2, 3)).await.unwrap();
     c.wait_segments(LIMIT).await.unwrap();
-    c.create_site("www", &staging).await.unwrap();
-    c.create_group("web", "www", &c.ids(), Quorum::All).await.unwrap();
-    let job = c.create_job("www", "web", "publish").await.unwrap();
+    c.admin.create_site("www", &staging).await.unwrap();
+    c.admin.create_group("web", "www", &c.ids(), Quorum::All).await.unwrap();
+    let job = c.admin.create_job("www", "web", "publish").await.unwrap();
 
     // 1. First publish: everything is new.
-    let r = c.wait_run(c.run_job(job).await.unwrap(), LIMIT).await.unwrap();
+    let r = c.admin.wait_run(c.admin.run_job(job).await.unwrap(), LIMIT).await.unwrap();
     assert_eq!(r.state, RunState::Committed, "{r:#?}");
     assert!(r.failed_servers.is_empty());
     assert_all_live(&c, "www", &staging);
 
     // 2. Edit, add, delete, rename: a delta goes out.
     corpus::mutate(&staging, 7, &EditSpec::default()).unwrap();
-    let r = c.wait_run(c.run_job(job).await.unwrap(), LIMIT).await.unwrap();
+    let r = c.admin.wait_run(c.admin.run_job(job).await.unwrap(), LIMIT).await.unwrap();
     assert_eq!(r.state, RunState::Committed, "{r:#?}");
     let s = r.summary.clone().unwrap();
     assert!(s.files_patched > 0 && s.files_renamed > 0, "{s}");
@@ -59,14 +59,14 @@ async fn publish_update_remove_and_roll_back_on_two_segments_of_three() {
         .unwrap()
         .into_path();
     std::fs::remove_dir_all(&victim).unwrap();
-    let r = c.wait_run(c.run_job(job).await.unwrap(), LIMIT).await.unwrap();
+    let r = c.admin.wait_run(c.admin.run_job(job).await.unwrap(), LIMIT).await.unwrap();
     assert_eq!(r.state, RunState::Committed, "{r:#?}");
     assert!(r.summary.unwrap().removed >= 1);
     assert_all_live(&c, "www", &staging);
 
     // 4. Roll back: every server goes back to the previous release at once.
-    let rollback = c.create_job("www", "web", "rollback").await.unwrap();
-    let r = c.wait_run(c.run_job(rollback).await.unwrap(), LIMIT).await.unwrap();
+    let rollback = c.admin.create_job("www", "web", "rollback").await.unwrap();
+    let r = c.admin.wait_run(c.admin.run_job(rollback).await.unwrap(), LIMIT).await.unwrap();
     assert_eq!(r.state, RunState::Committed, "{r:#?}");
     assert_eq!((r.serial, r.base_serial), (2, 3));
     assert_eq!(r.content_assignment, None, "a rollback sends no content");
@@ -76,7 +76,7 @@ async fn publish_update_remove_and_roll_back_on_two_segments_of_three() {
         assert_eq!(live, Path::new("releases/2"), "agent {id}");
     }
     // And publishing again after a rollback works (new serial, delta against the rolled-back release).
-    let r = c.wait_run(c.run_job(job).await.unwrap(), LIMIT).await.unwrap();
+    let r = c.admin.wait_run(c.admin.run_job(job).await.unwrap(), LIMIT).await.unwrap();
     assert_eq!(r.state, RunState::Committed, "{r:#?}");
     assert_eq!(r.serial, 4);
     assert_all_live(&c, "www", &staging);
