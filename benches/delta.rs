@@ -12,6 +12,10 @@
 //! identical to the new tree). Bytes: the assignment file versus rsync's
 //! "Total bytes sent". Prints medians.
 
+mod common;
+
+use common::{arg, median};
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -22,20 +26,6 @@ use cmover::storage::assignment_file::AssignmentFile;
 use cmover::storage::pack::{pack, PackOptions};
 use cmover::storage::releases::{SiteOptions, SiteRoot};
 use cmover::storage::tree::{compare_trees, copy_tree, TreeFilter};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 fn opts(serial: u64, base: u64) -> PackOptions {
     let config = cmover::config::Config::default();

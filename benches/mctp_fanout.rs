@@ -47,6 +47,10 @@
 //! MCTP's floor is two SHA-256 passes over every byte at every receiver
 //! (the datagrams' HMAC and the assignment's hash), which TCP does not do.
 
+mod common;
+
+use common::median;
+
 use std::alloc::{GlobalAlloc, Layout, System as SystemAlloc};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -345,12 +349,6 @@ fn warm_pages(dir: &Path, bytes: u64) {
     }
     drop(f);
     std::fs::remove_file(&path).unwrap();
-}
-
-/// The median (NaN for a side that did not run).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn main() {

@@ -15,6 +15,10 @@
 //!    --no-whole-file --delete` to six directories in parallel (the same
 //!    change; both end identical to staging, which is checked). Medians.
 
+mod common;
+
+use common::{arg, median};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
@@ -26,20 +30,6 @@ use cmover::storage::records::{Quorum, RunRecord, RunState};
 use cmover::storage::tree::compare_trees;
 
 const LIMIT: Duration = Duration::from_secs(600);
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 fn rsync_args() -> [&'static str; 5] {
     ["-a", "-z", "--no-whole-file", "--delete", "--stats"]
