@@ -387,21 +387,27 @@ fn a_delta_for_another_base_is_refused() {
     expect_rejected(&f, &a3, None, "delta against release 2");
 }
 
+/// Publishes releases 1..=n of a one-page site under `dir/v<serial>` to
+/// `site`, each a delta on the one before; checks each goes live whole.
+fn publish_versions(dir: &Path, site: &SiteRoot, n: u64) {
+    let mut prev = dir.join("none");
+    for serial in 1..=n {
+        let tree = dir.join(format!("v{serial}"));
+        fs::create_dir_all(&tree).unwrap();
+        fs::write(tree.join("index.html"), format!("version {serial}")).unwrap();
+        let a = dir.join(format!("{serial}.cma"));
+        pack(&prev, &tree, &a, &opts(serial, serial - 1, None)).unwrap();
+        publish(site, &a, None).unwrap();
+        assert_identical(&dir.join("site/live"), &tree);
+        prev = tree;
+    }
+}
+
 #[test]
 fn old_releases_are_pruned_to_keep_releases_and_rollback_walks_back() {
     let t = tempfile::tempdir().unwrap();
     let site = site(&t.path().join("site"));
-    let mut prev = t.path().join("none");
-    for serial in 1..=5u64 {
-        let tree = t.path().join(format!("v{serial}"));
-        fs::create_dir_all(&tree).unwrap();
-        fs::write(tree.join("index.html"), format!("version {serial}")).unwrap();
-        let a = t.path().join(format!("{serial}.cma"));
-        pack(&prev, &tree, &a, &opts(serial, serial - 1, None)).unwrap();
-        publish(&site, &a, None).unwrap();
-        assert_identical(&t.path().join("site/live"), &tree);
-        prev = tree;
-    }
+    publish_versions(t.path(), &site, 5);
     let kept: Vec<u64> = site.releases().unwrap().into_iter().map(|s| s.0).collect();
     assert_eq!(kept, [3, 4, 5], "keep_releases is 3");
     assert!(site.incoming().unwrap().is_empty());
@@ -415,16 +421,7 @@ fn old_releases_are_pruned_to_keep_releases_and_rollback_walks_back() {
 fn rollback_to_names_its_release_and_is_idempotent() {
     let t = tempfile::tempdir().unwrap();
     let site = site(&t.path().join("site"));
-    let mut prev = t.path().join("none");
-    for serial in 1..=4u64 {
-        let tree = t.path().join(format!("v{serial}"));
-        fs::create_dir_all(&tree).unwrap();
-        fs::write(tree.join("index.html"), format!("version {serial}")).unwrap();
-        let a = t.path().join(format!("{serial}.cma"));
-        pack(&prev, &tree, &a, &opts(serial, serial - 1, None)).unwrap();
-        publish(&site, &a, None).unwrap();
-        prev = tree;
-    }
+    publish_versions(t.path(), &site, 4);
     // Releases 2, 3, 4 are kept; 1 was pruned.
     assert_eq!(site.rollback_to(AssignmentSerial(2)).unwrap(), (AssignmentSerial(4), AssignmentSerial(2)));
     assert_identical(&t.path().join("site/live"), &t.path().join("v2"));
