@@ -262,6 +262,26 @@ pub fn expected_segments(
         .collect()
 }
 
+/// Timers for a LAN that is one machine (election, membership, reports):
+/// quick, and calm enough on a busy one; and no free-disk reserve.
+pub fn one_machine_timers(c: &mut Config) {
+    let e = &mut c.election;
+    e.la_interval = Duration::from_millis(200);
+    e.claim_delay_min = Duration::from_millis(20);
+    e.claim_delay_max = Duration::from_millis(150);
+    e.voting_window = Duration::from_millis(100);
+    e.deposed_hold = Duration::from_secs(2);
+    let m = &mut c.membership;
+    m.alive_interval = Duration::from_millis(400);
+    m.member_timeout = Duration::from_millis(2400);
+    m.list_delay = Duration::from_millis(400);
+    m.register_jitter = Duration::from_millis(200);
+    c.mctp.report_window = Duration::from_millis(100);
+    c.reports.interval = Duration::from_millis(50);
+    c.reports.grace = Duration::from_millis(100);
+    c.releases.min_free_disk = ByteSize::b(0);
+}
+
 fn agent_config(
     opts: &ClusterOptions,
     id: u64,
@@ -281,24 +301,9 @@ fn agent_config(
         .filter(|(p, _)| segment_of(**p, opts.per_segment) == segment)
         .map(|(p, a)| format!("{p}@{a}"))
         .collect();
-    // Timers for a LAN that is one machine: quick, and calm enough on a busy one.
-    let e = &mut c.election;
-    e.la_interval = Duration::from_millis(200);
-    e.claim_delay_min = Duration::from_millis(20);
-    e.claim_delay_max = Duration::from_millis(150);
-    e.voting_window = Duration::from_millis(100);
-    e.deposed_hold = Duration::from_secs(2);
+    one_machine_timers(&mut c);
     // The first agent of each segment is preferred, so that leaders are predictable.
-    e.preference = if (id - 1) % opts.per_segment as u64 == 0 { 90 } else { 10 };
-    let m = &mut c.membership;
-    m.alive_interval = Duration::from_millis(400);
-    m.member_timeout = Duration::from_millis(2400);
-    m.list_delay = Duration::from_millis(400);
-    m.register_jitter = Duration::from_millis(200);
-    c.mctp.report_window = Duration::from_millis(100);
-    c.reports.interval = Duration::from_millis(50);
-    c.reports.grace = Duration::from_millis(100);
-    c.releases.min_free_disk = ByteSize::b(0);
+    c.election.preference = if (id - 1) % opts.per_segment as u64 == 0 { 90 } else { 10 };
     let a = &mut c.agent;
     let dir = opts.dir.join("agents").join(id.to_string());
     a.data_dir = dir.join("data");

@@ -24,7 +24,6 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bytesize::ByteSize;
 use fake_ccm::FakeCcm;
 
 use cmover::actors::content_interpreter::GetInterpreterStatus;
@@ -73,23 +72,9 @@ fn agent_config(root: &Path, id: u64, ccm_url: &str, control: &BTreeMap<u64, Soc
         .filter(|(p, _)| segment_of(**p) == segment_of(id))
         .map(|(p, a)| format!("{p}@{a}"))
         .collect();
-    let e = &mut c.election;
-    e.la_interval = Duration::from_millis(200);
-    e.claim_delay_min = Duration::from_millis(20);
-    e.claim_delay_max = Duration::from_millis(150);
-    e.voting_window = Duration::from_millis(100);
-    e.deposed_hold = Duration::from_secs(2);
+    cmover::local_cluster::one_machine_timers(&mut c);
     // The first node of each segment is preferred: it leads.
-    e.preference = if id == 1 || id == 4 { 90 } else { 10 };
-    let m = &mut c.membership;
-    m.alive_interval = Duration::from_millis(400);
-    m.member_timeout = Duration::from_millis(2400);
-    m.list_delay = Duration::from_millis(400);
-    m.register_jitter = Duration::from_millis(200);
-    c.mctp.report_window = Duration::from_millis(100);
-    c.reports.interval = Duration::from_millis(50);
-    c.reports.grace = Duration::from_millis(100);
-    c.releases.min_free_disk = ByteSize::b(0);
+    c.election.preference = if id == 1 || id == 4 { 90 } else { 10 };
     let a = &mut c.agent;
     let dir = root.join(format!("node-{id}"));
     a.data_dir = dir.join("data");
