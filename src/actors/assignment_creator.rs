@@ -105,29 +105,35 @@ impl Actor for AssignmentCreator {
     type Context = Context<Self>;
 }
 
-fn finish(path: PathBuf, summary: Option<PackSummary>) -> Result<Created, CreateError> {
-    let io = |source| CreateError::Io { path: path.clone(), source };
-    File::open(&path).and_then(|f| f.sync_all()).map_err(io)?;
-    let size = std::fs::metadata(&path).map_err(io)?.len();
-    let sha256 = hash_file(&path).map_err(io)?.to_string();
-    Ok(Created { path, size, sha256, summary })
+/// Off the actor thread: writes assignment `id` under `dir` with `write`,
+/// then flushes it and measures and hashes it.
+fn create(
+    dir: PathBuf,
+    id: u64,
+    write: impl FnOnce(&Path) -> Result<Option<PackSummary>, CreateError> + Send + 'static,
+) -> ResponseFuture<Result<Created, CreateError>> {
+    Box::pin(async move {
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|source| CreateError::Io { path: dir.clone(), source })?;
+            let path = AssignmentCreator::path_of(&dir, id);
+            let summary = write(&path)?;
+            let io = |source| CreateError::Io { path: path.clone(), source };
+            File::open(&path).and_then(|f| f.sync_all()).map_err(io)?;
+            let size = std::fs::metadata(&path).map_err(io)?.len();
+            let sha256 = hash_file(&path).map_err(io)?.to_string();
+            Ok(Created { path, size, sha256, summary })
+        })
+        .await
+        .map_err(|e| CreateError::Task(e.to_string()))?
+    })
 }
 
 impl Handler<CreateContent> for AssignmentCreator {
     type Result = ResponseFuture<Result<Created, CreateError>>;
 
     fn handle(&mut self, msg: CreateContent, _: &mut Context<Self>) -> Self::Result {
-        let dir = self.dir.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                std::fs::create_dir_all(&dir)
-                    .map_err(|source| CreateError::Io { path: dir.clone(), source })?;
-                let path = AssignmentCreator::path_of(&dir, msg.id);
-                let summary = pack(&msg.shadow, &msg.staging, &path, &msg.options)?;
-                finish(path, Some(summary))
-            })
-            .await
-            .map_err(|e| CreateError::Task(e.to_string()))?
+        create(self.dir.clone(), msg.id, move |path| {
+            Ok(Some(pack(&msg.shadow, &msg.staging, path, &msg.options)?))
         })
     }
 }
@@ -136,19 +142,11 @@ impl Handler<CreateControl> for AssignmentCreator {
     type Result = ResponseFuture<Result<Created, CreateError>>;
 
     fn handle(&mut self, msg: CreateControl, _: &mut Context<Self>) -> Self::Result {
-        let dir = self.dir.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                std::fs::create_dir_all(&dir)
-                    .map_err(|source| CreateError::Io { path: dir.clone(), source })?;
-                let path = AssignmentCreator::path_of(&dir, msg.id);
-                let header = Header::control(msg.kind, msg.site, msg.serial, msg.job, msg.created_ms);
-                std::fs::write(&path, encode_control(&header))
-                    .map_err(|source| CreateError::Io { path: path.clone(), source })?;
-                finish(path, None)
-            })
-            .await
-            .map_err(|e| CreateError::Task(e.to_string()))?
+        create(self.dir.clone(), msg.id, move |path| {
+            let header = Header::control(msg.kind, msg.site, msg.serial, msg.job, msg.created_ms);
+            std::fs::write(path, encode_control(&header))
+                .map_err(|source| CreateError::Io { path: path.to_owned(), source })?;
+            Ok(None)
         })
     }
 }
