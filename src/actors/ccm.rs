@@ -1012,32 +1012,14 @@ impl Ccm {
             let needed = group.as_ref().map_or(0, |g| g.quorum.needed(g.servers.len()));
             tracing::warn!(event = "run_recovered", run = run.id, state = ?run.state);
             let resume_commit = run.state == RunState::Committing;
-            if resume_commit && run.kind == JobKind::Rollback {
-                // Rolling back to a named release is idempotent: send it again.
-                let a = Active {
-                    run: run.clone(),
-                    group: servers.clone(),
-                    needed,
-                    wave: Wave::Content,
-                    dist: None,
-                    assignment: None,
-                    deadline: None,
-                };
-                self.history(
-                    "run_resumed",
-                    format!("run {}: rollback resumed after a restart", run.id),
-                    Some(run.id),
-                    Some(&run.site),
-                );
-                self.control(a, Kind::Rollback, servers, ctx);
-                continue;
-            }
             if !resume_commit {
                 run.error =
                     Some(format!("the CCM restarted while the run was {:?}; nothing went live", run.state));
             }
+            let id = run.id;
+            let site = run.site.clone();
             let a = Active {
-                run: run.clone(),
+                run,
                 group: servers.clone(),
                 needed,
                 wave: Wave::Content,
@@ -1045,9 +1027,18 @@ impl Ccm {
                 assignment: None,
                 deadline: None,
             };
-            let id = run.id;
-            if resume_commit {
-                let succeeded: Vec<NodeId> = run
+            if resume_commit && a.run.kind == JobKind::Rollback {
+                // Rolling back to a named release is idempotent: send it again.
+                self.history(
+                    "run_resumed",
+                    format!("run {id}: rollback resumed after a restart"),
+                    Some(id),
+                    Some(&site),
+                );
+                self.control(a, Kind::Rollback, servers, ctx);
+            } else if resume_commit {
+                let succeeded: Vec<NodeId> = a
+                    .run
                     .applied
                     .iter()
                     .filter(|(_, o)| **o == ServerOutcome::Succeeded)
@@ -1057,10 +1048,10 @@ impl Ccm {
                     "run_resumed",
                     format!("run {id}: commit resumed after a restart"),
                     Some(id),
-                    Some(&run.site),
+                    Some(&site),
                 );
                 self.control(a, Kind::Commit, succeeded, ctx);
-            } else if run.content_assignment.is_some() {
+            } else if a.run.content_assignment.is_some() {
                 let mut a = a;
                 a.run.state = RunState::Aborting;
                 self.control(a, Kind::Abort, servers, ctx);
