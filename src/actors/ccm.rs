@@ -229,18 +229,14 @@ impl Ccm {
         if site.live_serial == 0 {
             return Err(CcmError::Conflict(format!("site {} has no live release to roll back", site.name)));
         }
-        let base = table::<RunRecord>(&self.db)
-            .all()?
-            .into_iter()
-            .filter(|r| {
-                r.site == site.name
-                    && r.serial == site.live_serial
-                    && r.kind == JobKind::Publish
-                    && r.state == RunState::Committed
-            })
-            .map(|r| r.base_serial)
-            .max()
-            .unwrap_or(0);
+        // The live release's snapshot names the publish run that made it,
+        // and that run the release it was built on.
+        let snapshot = table::<SnapshotRecord>(&self.db).get(&(site.name.clone(), site.live_serial))?;
+        let run = match snapshot {
+            Some(snap) => table::<RunRecord>(&self.db).get(&snap.run)?,
+            None => None,
+        };
+        let base = run.map_or(0, |r| r.base_serial);
         if base == 0 {
             return Err(CcmError::Conflict(format!(
                 "release {} of site {} is its first: there is nothing to roll back to",
