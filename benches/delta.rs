@@ -37,6 +37,7 @@ fn opts(serial: u64, base: u64) -> PackOptions {
         created_ms: 0,
         filter: TreeFilter::default(),
         incompressible: config.content.incompressible.iter().cloned().collect(),
+        compression: Default::default(),
         min_compression_gain: config.content.min_compression_gain,
         encrypt: None,
     }

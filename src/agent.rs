@@ -442,6 +442,7 @@ fn build(config: &Config) -> Result<Parts, AgentError> {
             retries: a.fetch_retries,
             hash_retries: a.fetch_hash_retries,
             retry_delay: a.retry_delay,
+            rate_limit: None,
         },
         report_interval: a.segment_report_interval,
         retry_delay: a.retry_delay,

@@ -7,7 +7,8 @@ use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
 use thiserror::Error;
 
-use crate::actors::ccm::Ccm;
+use crate::actors::ccm::{Ccm, NotifyRunsTo};
+use crate::actors::scheduler::{Scheduler, StopScheduler};
 use crate::agent::read_secret;
 use crate::config::{Config, ConfigError};
 use crate::http::ccm_api::{self, CcmState};
@@ -48,6 +49,8 @@ pub struct CcmHandle {
     pub server: actix_web::dev::ServerHandle,
     /// Bytes of assignment files served so far.
     pub egress: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The scheduler.
+    pub scheduler: Addr<Scheduler>,
 }
 
 impl CcmHandle {
@@ -55,6 +58,7 @@ impl CcmHandle {
     /// as a process exit would; runs in flight are recovered by the next start.
     pub async fn stop(self) {
         self.server.stop(true).await;
+        let _ = self.scheduler.send(StopScheduler).await;
         let _ = self.ccm.send(crate::actors::ccm::Shutdown).await;
         let _ = self.db.flush();
     }
@@ -84,6 +88,9 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
         db.table::<AssignmentRecord>()?;
         db.table::<SnapshotRecord>()?;
         db.table::<HistoryRecord>()?;
+        db.table::<UserRecord>()?;
+        db.table::<SessionRecord>()?;
+        db.table::<SettingRecord>()?;
     }
     let addr = config.ccm.http_bind;
     let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
@@ -93,11 +100,19 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
     }
     let url = config.ccm.url();
     let auth = web::Data::new(NodeAuth::from_secret(&secret, config.ccm.max_clock_skew));
+    let ccm = Ccm::new(config.clone(), db.clone(), secret).start();
+    let scheduler = Scheduler::new(config.clone(), db.clone(), ccm.clone()).start();
+    ccm.do_send(NotifyRunsTo(scheduler.clone().recipient(), scheduler.clone().recipient()));
     let state = web::Data::new(CcmState {
-        ccm: Ccm::new(config.clone(), db.clone(), secret).start(),
+        ccm,
         db: db.clone(),
         admin_token: config.ccm.admin_token.clone(),
         egress: Default::default(),
+        scheduler: scheduler.clone().recipient(),
+        checkpoints: config.ccm.data_dir.join("checkpoints"),
+        tree_order: config.ccm.tree_order.clone(),
+        time_zone: crate::protocol::schedule::parse_time_zone(&config.ccm.time_zone)
+            .unwrap_or(chrono_tz::UTC),
     });
     let egress = state.egress.clone();
     let ccm = state.ccm.clone();
@@ -116,7 +131,7 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
         }
     });
     tracing::info!(event = "ccm_started", url = %url, data_dir = %config.ccm.data_dir.display());
-    Ok(CcmHandle { ccm, db, url, server: handle, egress })
+    Ok(CcmHandle { ccm, db, url, server: handle, egress, scheduler })
 }
 
 /// Runs the CCM until Ctrl-C (or SIGTERM).

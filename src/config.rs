@@ -489,6 +489,16 @@ pub struct CcmConfig {
     pub max_clock_skew: Duration,
     /// Encrypt assignment data with the content key derived from the cluster secret.
     pub encrypt: bool,
+    /// Checkpoints kept per site (the oldest are deleted).
+    pub keep_checkpoints: u32,
+    /// IANA time zone of cron schedules (e.g. "Europe/Paris").
+    pub time_zone: String,
+    /// How often the scheduler looks for due jobs.
+    #[serde(with = "humantime_serde")]
+    pub scheduler_tick: Duration,
+    /// Start a replicate for servers new to a content group, and a
+    /// synchronize for servers whose live release lags, by themselves.
+    pub auto_catch_up: bool,
 }
 
 impl Default for CcmConfig {
@@ -506,6 +516,10 @@ impl Default for CcmConfig {
             tree_order: Vec::new(),
             max_clock_skew: Duration::from_secs(30),
             encrypt: false,
+            keep_checkpoints: 5,
+            time_zone: "UTC".into(),
+            scheduler_tick: Duration::from_secs(1),
+            auto_catch_up: true,
         }
     }
 }
@@ -543,6 +557,27 @@ impl CcmConfig {
                     self.http_bind
                 ),
                 "set advertise_url to the URL agents use, e.g. \"http://10.0.0.1:7480\"",
+            ));
+        }
+        if self.keep_checkpoints == 0 {
+            return Err(invalid(
+                "ccm.keep_checkpoints",
+                "0 would delete every checkpoint as soon as it is made",
+                "give 1 or more (the default is 5)",
+            ));
+        }
+        if let Err(e) = crate::protocol::schedule::parse_time_zone(&self.time_zone) {
+            return Err(invalid(
+                "ccm.time_zone",
+                e.to_string(),
+                "give an IANA name such as \"UTC\" or \"Europe/Paris\"",
+            ));
+        }
+        if self.scheduler_tick < Duration::from_millis(50) || self.scheduler_tick > Duration::from_secs(60) {
+            return Err(invalid(
+                "ccm.scheduler_tick",
+                format!("{:?} is outside 50ms..60s", self.scheduler_tick),
+                "give a tick such as \"1s\" (the default)",
             ));
         }
         if !self.advertise_url.is_empty() && !self.advertise_url.starts_with("http://") {

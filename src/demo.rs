@@ -373,6 +373,8 @@ fn print_where(c: &LocalCluster, job: u64, staging: &Path, out: &mut impl Write)
     writeln!(out, "  CCM REST:   {url}/api/v1  (token {})", c.token)?;
     writeln!(out, "    curl -H 'Authorization: Bearer {}' {url}/api/v1/runs", c.token)?;
     writeln!(out, "    curl -X POST -H 'Authorization: Bearer {}' {url}/api/v1/jobs/{job}/run", c.token)?;
+    writeln!(out, "  CLI:        export CMOVER_CCM={url} CMOVER_TOKEN={}", c.token)?;
+    writeln!(out, "    cmover status; cmover run list; cmover job run {job} --wait")?;
     Ok(())
 }
 

@@ -43,6 +43,19 @@ pub enum ClusterError {
     Api(#[from] AdminError),
 }
 
+impl ClusterError {
+    /// True when a port chosen as free was taken before it was bound.
+    fn is_port_taken(&self) -> bool {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(e) = source {
+            text.push_str(&e.to_string());
+            source = e.source();
+        }
+        text.contains("already in use")
+    }
+}
+
 /// Shape and timing of a local cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -139,6 +152,7 @@ pub fn plan(opts: &ClusterOptions) -> Result<Plan, ClusterError> {
     ccm.ccm.notify_timeout = Duration::from_secs(20);
     ccm.ccm.report_timeout = Duration::from_secs(120);
     ccm.ccm.retry_delay = Duration::from_millis(500);
+    ccm.ccm.scheduler_tick = Duration::from_millis(200);
     if let Some(tweak) = opts.tweak_ccm {
         tweak(&mut ccm);
     }
@@ -164,6 +178,21 @@ pub fn segment_of(id: u64, per_segment: usize) -> String {
 impl LocalCluster {
     /// Starts the CCM and every agent (inside a running actix system).
     pub async fn start(opts: ClusterOptions) -> Result<LocalCluster, ClusterError> {
+        // Ports are chosen free, then bound a moment later; another process
+        // (or test) may take one in between. Then start over on new ports.
+        let mut attempt = 0;
+        loop {
+            match Self::start_once(opts.clone()).await {
+                Err(e) if attempt < 4 && e.is_port_taken() => {
+                    tracing::warn!(attempt, error = %e, "a chosen port was taken; starting the cluster again");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(opts: ClusterOptions) -> Result<LocalCluster, ClusterError> {
         let Plan { ccm: ccm_config, agents: configs } = plan(&opts)?;
         let started_ms = crate::http::signed::unix_ms();
         let ccm = crate::ccm::start(ccm_config.clone()).await?;
@@ -178,7 +207,10 @@ impl LocalCluster {
             ccm_config,
         };
         for id in cluster.ids() {
-            cluster.start_agent(id).await?;
+            if let Err(e) = cluster.start_agent(id).await {
+                cluster.stop().await;
+                return Err(e);
+            }
         }
         Ok(cluster)
     }

@@ -15,7 +15,19 @@ use cmover::protocol::paths::SiteName;
 use cmover::storage::assignment_file::AssignmentFile;
 use cmover::storage::releases::{Outcome, SiteRoot};
 
+mod client_cli;
 mod sim_cli;
+
+use client_cli::{CheckpointCmd, ClientCmd, GroupCmd, JobCmd, Remote, RunCmd, SegmentCmd, SiteCmd, UserCmd};
+
+/// A client command with the CCM to talk to.
+#[derive(clap::Args)]
+struct Client<C: Subcommand> {
+    #[command(flatten)]
+    remote: Remote,
+    #[command(subcommand)]
+    cmd: C,
+}
 
 #[derive(Parser)]
 #[command(name = "cmover", version, about = "Content Mover: publish web content to many servers, atomically")]
@@ -154,6 +166,25 @@ enum Command {
     /// Deterministic simulations of the protocols, for tests and for sizing timers.
     #[command(subcommand)]
     Sim(SimCommand),
+    /// Sites on the CCM (REST client: --ccm, --token).
+    Site(Client<SiteCmd>),
+    /// Content groups on the CCM.
+    Group(Client<GroupCmd>),
+    /// Jobs: add, list, show, run [--wait], cancel, remove.
+    Job(Box<Client<JobCmd>>),
+    /// Runs: list, show, wait, cancel.
+    Run(Client<RunCmd>),
+    /// Checkpoints: add, list, show, restore.
+    Checkpoint(Client<CheckpointCmd>),
+    /// Segments and their group leaders.
+    Segment(Client<SegmentCmd>),
+    /// Admin accounts of the web UI.
+    User(Client<UserCmd>),
+    /// Segments, leaders, servers and their live release per site.
+    Status {
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Subcommand)]
@@ -230,11 +261,31 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config> {
     })
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(mut cli: Cli) -> Result<()> {
     if let Command::Config(ConfigCommand::Check { file }) = &cli.command {
         Config::load(file)?;
         println!("{}: ok", file.display());
         return Ok(());
+    }
+    let command = std::mem::replace(&mut cli.command, Command::Ccm);
+    let client = match command {
+        Command::Site(c) => Some((c.remote, ClientCmd::Site(c.cmd))),
+        Command::Group(c) => Some((c.remote, ClientCmd::Group(c.cmd))),
+        Command::Job(c) => Some((c.remote, ClientCmd::Job(c.cmd))),
+        Command::Run(c) => Some((c.remote, ClientCmd::Run(c.cmd))),
+        Command::Checkpoint(c) => Some((c.remote, ClientCmd::Checkpoint(c.cmd))),
+        Command::Segment(c) => Some((c.remote, ClientCmd::Segment(c.cmd))),
+        Command::User(c) => Some((c.remote, ClientCmd::User(c.cmd))),
+        Command::Status { remote } => Some((remote, ClientCmd::Status)),
+        other => {
+            cli.command = other;
+            None
+        }
+    };
+    if let Some((remote, cmd)) = client {
+        logging::init(LogFormat::Pretty, cli.log_level.as_deref(), "warn", LogTarget::Stderr)
+            .map_err(anyhow::Error::msg)?;
+        return client_cli::run(&remote, cmd);
     }
     let config = load_config(cli.config.as_ref())?;
     let demo = matches!(cli.command, Command::Demo { offline: false, .. });
@@ -329,6 +380,14 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Sim(SimCommand::Mctp(args)) => sim_mctp(&config, &args),
+        Command::Site(_)
+        | Command::Group(_)
+        | Command::Job(_)
+        | Command::Run(_)
+        | Command::Checkpoint(_)
+        | Command::Segment(_)
+        | Command::User(_)
+        | Command::Status { .. } => unreachable!("client commands are handled above"),
     }
 }
 

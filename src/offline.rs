@@ -101,6 +101,7 @@ pub fn diff(
         job_id: JobId(args.job_id),
         created_ms: now_ms(),
         filter,
+        compression: Default::default(),
         incompressible: config
             .content
             .incompressible

@@ -278,7 +278,7 @@ async fn a_publish_run_spreads_as_a_tree_commits_and_records_everything() {
     let client = awc::Client::default();
     let (_, sites) = admin(&client, "GET", format!("{}/api/v1/sites", ccm.url), None).await;
     assert_eq!(sites[0]["live_serial"], 1);
-    let (_, history) = admin(&client, "GET", format!("{}/api/v1/history", ccm.url), None).await;
+    let (_, history) = admin(&client, "GET", format!("{}/api/v1/events", ccm.url), None).await;
     assert!(history.as_array().unwrap().iter().any(|h| h["kind"] == "committed"), "{history}");
 
     // Nothing changed since: the next run is a no-op.

@@ -145,6 +145,7 @@ impl Cluster {
             fetch_from: fetch_from.to_string(),
             run,
             targets: Vec::new(),
+            rate_limit: None,
         };
         self.ccm.state().hops.insert(
             aref.id,
@@ -219,6 +220,7 @@ async fn two_segments_publish_commit_refetch_restart_and_fail_over() {
         fetch_from: cluster.ccm.url.clone(),
         run: 1,
         targets: vec![],
+        rate_limit: None,
     };
     let err = cluster.client.post_json::<_, serde_json::Value>(&member_url, "/node/v1/notify", &n).await;
     match err {

@@ -174,6 +174,7 @@ fn notify(id: u64, bytes: &[u8], fetch_from: &str) -> Notify {
         fetch_from: fetch_from.into(),
         run: 7,
         targets: vec![],
+        rate_limit: None,
     }
 }
 

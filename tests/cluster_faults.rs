@@ -4,86 +4,19 @@
 //! rejoining (synchronize), the CCM restarted mid-run. A tampered copy on
 //! a leader is covered by `cluster_agent.rs` and `http::files`.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-use bytesize::ByteSize;
-use cmover::config::Config;
-use cmover::corpus::{self, CorpusSpec, EditSpec};
-use cmover::local_cluster::{ClusterOptions, LocalCluster};
+use cmover::corpus::{self, EditSpec};
+use cmover::local_cluster::ClusterOptions;
 use cmover::protocol::api::ServerOutcome;
 use cmover::protocol::ids::NodeId;
-use cmover::storage::records::{Quorum, RunRecord, RunState};
+use cmover::storage::records::{Quorum, RunState};
 use cmover::storage::tree::copy_tree;
 
 mod common;
 
-use common::cluster::{assert_all_live, assert_live, init_logs, live_serial, LIMIT};
-
-/// Multicast slowly, so that a distribution lasts long enough to be interrupted.
-fn slow_multicast(_id: u64, c: &mut Config) {
-    c.mctp.rate = ByteSize::mb(3);
-    c.mctp.rate_max = ByteSize::mb(3);
-    c.mctp.rate_min = ByteSize::mb(1);
-}
-
-/// A site of about `large_mb` MB in `dir/staging`.
-fn staging(dir: &Path, seed: u64, large_mb: usize) -> PathBuf {
-    let staging = dir.join("staging");
-    let spec = CorpusSpec { large_files: 2, large_size: large_mb << 19, ..CorpusSpec::small() };
-    corpus::generate(&staging, seed, &spec).unwrap();
-    staging
-}
-
-/// Polls run `run` until `cond` holds; fails if the run ends first.
-async fn wait_for(c: &LocalCluster, run: u64, what: &str, cond: impl Fn(&RunRecord) -> bool) -> RunRecord {
-    let start = Instant::now();
-    loop {
-        if let Ok(r) = c.admin.run(run).await {
-            if cond(&r) {
-                return r;
-            }
-            assert!(!r.state.is_final(), "run {run} ended before {what}: {r:#?}");
-        }
-        assert!(start.elapsed() < LIMIT, "run {run}: timed out waiting for {what}");
-        actix::clock::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Builds a cluster, creates site `www` from `staging`, groups `all` (every
-/// server, quorum all) and `most` (quorum `most`), and publishes once to `all`.
-/// Returns the cluster and the publish jobs of both groups.
-async fn published(opts: ClusterOptions, staging: &Path, most: Quorum) -> (LocalCluster, u64, u64) {
-    let c = LocalCluster::start(opts).await.unwrap();
-    c.wait_segments(LIMIT).await.unwrap();
-    c.admin.create_site("www", staging).await.unwrap();
-    c.admin.create_group("all", "www", &c.ids(), Quorum::All).await.unwrap();
-    c.admin.create_group("most", "www", &c.ids(), most).await.unwrap();
-    let all = c.admin.create_job("www", "all", "publish").await.unwrap();
-    let most = c.admin.create_job("www", "most", "publish").await.unwrap();
-    let r = c.admin.wait_run(c.admin.run_job(all).await.unwrap(), LIMIT).await.unwrap();
-    assert_eq!(r.state, RunState::Committed, "{r:#?}");
-    assert_all_live(&c, "www", staging);
-    (c, all, most)
-}
-
-/// Waits until the CCM's server records show these (server, live release of `www`) pairs.
-async fn wait_live_reported(c: &LocalCluster, want: &[(u64, u64)]) {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let (_, servers) = c.admin.call("GET", "/api/v1/servers", None).await.unwrap();
-        let all = want.iter().all(|(id, serial)| {
-            servers
-                .as_array()
-                .is_some_and(|a| a.iter().any(|s| s["id"] == *id && s["live"]["www"] == *serial))
-        });
-        if all {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the CCM never learnt {want:?}: {servers}");
-        actix::clock::sleep(Duration::from_millis(100)).await;
-    }
-}
+use common::cluster::{
+    assert_all_live, assert_live, init_logs, live_serial, published, slow_multicast, staging, wait_for,
+    wait_live_reported, LIMIT,
+};
 
 #[actix_rt::test]
 async fn a_leader_killed_during_distribution_is_replaced_and_the_job_completes() {
@@ -114,7 +47,7 @@ async fn a_leader_killed_during_distribution_is_replaced_and_the_job_completes()
     assert_live(&c, &[2, 3, 4, 5, 6], "www", &staging);
     // The dead leader serves the old release, whole: nothing half-live.
     assert_eq!(live_serial(&c, 1, "www"), Some(1));
-    let (_, history) = c.admin.call("GET", "/api/v1/history", None).await.unwrap();
+    let (_, history) = c.admin.call("GET", "/api/v1/events", None).await.unwrap();
     assert!(history.to_string().contains("leader_changed"), "{history}");
     c.stop().await;
 }
@@ -157,7 +90,9 @@ async fn a_rejoining_server_is_resynchronised_by_a_synchronize_job() {
     init_logs();
     let tmp = tempfile::tempdir().unwrap();
     let staging = staging(tmp.path(), 23, 1);
-    let opts = ClusterOptions::new(&tmp.path().join("cluster"), 2, 2);
+    let mut opts = ClusterOptions::new(&tmp.path().join("cluster"), 2, 2);
+    // This test runs the synchronize itself (tests/cluster_jobs.rs covers the automatic one).
+    opts.tweak_ccm = Some(|c| c.ccm.auto_catch_up = false);
     let (mut c, _, most) = published(opts, &staging, Quorum::Count(3)).await;
 
     // Server 2 misses two releases.

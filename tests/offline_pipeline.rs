@@ -31,6 +31,7 @@ fn opts(serial: u64, base: u64, key: Option<&ContentKey>) -> PackOptions {
         created_ms: 0,
         filter: TreeFilter::default(),
         incompressible: ["png", "jpg"].iter().map(|s| s.to_string()).collect::<HashSet<_>>(),
+        compression: Default::default(),
         min_compression_gain: 0.05,
         encrypt: key.map(|k| (k.clone(), [serial as u8; 32])),
     }

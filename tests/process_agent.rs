@@ -157,6 +157,7 @@ async fn two_agent_processes_publish_and_stop_on_sigterm() {
             fetch_from: ccm.url.clone(),
             run: 1,
             targets: vec![],
+            rate_limit: None,
         };
         let _: serde_json::Value = client.post_json(&leader_url, "/node/v1/notify", &notify).await.unwrap();
         let results = ccm.results_of(id, 1).await;

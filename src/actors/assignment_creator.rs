@@ -151,25 +151,27 @@ impl Handler<CreateControl> for AssignmentCreator {
     }
 }
 
-/// Packing options for a site from the configuration.
+/// Packing options for a site from the configuration and a job's policy (made now).
 pub fn pack_options(
     config: &crate::config::Config,
     site: SiteName,
     serial: u64,
     base: u64,
     job: JobId,
-    created_ms: u64,
     key: Option<(ContentKey, [u8; 32])>,
+    policy: &crate::storage::records::Policy,
 ) -> Result<PackOptions, PackError> {
-    let filter = TreeFilter::new(&config.content.include, &config.content.exclude)?;
+    let include: Vec<String> = config.content.include.iter().chain(&policy.include).cloned().collect();
+    let exclude: Vec<String> = config.content.exclude.iter().chain(&policy.exclude).cloned().collect();
     Ok(PackOptions {
         site,
         serial: AssignmentSerial(serial),
         base_serial: AssignmentSerial(base),
         job_id: job,
-        created_ms,
-        filter,
+        created_ms: crate::http::signed::unix_ms(),
+        filter: TreeFilter::new(&include, &exclude)?,
         incompressible: config.content.incompressible.iter().map(|e| e.to_ascii_lowercase()).collect(),
+        compression: TreeFilter::new(&policy.compress_include, &policy.compress_exclude)?,
         min_compression_gain: config.content.min_compression_gain,
         encrypt: key,
     })

@@ -22,7 +22,8 @@ use actix::prelude::*;
 use thiserror::Error;
 
 use super::assignment_creator::{pack_options, AssignmentCreator, CreateContent, CreateControl, Created};
-use super::tree_planner::{PlanTree, TreePlanner};
+use super::scheduler::{RunBegan, RunEnded};
+use super::tree_planner::{PlanTree, SetOrder, TreePlanner};
 use crate::config::Config;
 use crate::http::signed::{unix_ms, ClientError, NodeClient};
 use crate::protocol::api::{
@@ -36,10 +37,11 @@ use crate::protocol::ids::{AssignmentSerial, JobId, NodeId};
 use crate::protocol::paths::SiteName;
 use crate::protocol::time::Time;
 use crate::storage::assignment_file::AssignmentFile;
+use crate::storage::checkpoint::{CheckpointInfo, Checkpoints};
 use crate::storage::db::{Db, DbError, Table};
 use crate::storage::records::{
-    AssignmentRecord, GroupRecord, HistoryRecord, JobKind, JobRecord, Phase, RunRecord, RunState,
-    SegmentProgress, SegmentRecord, ServerRecord, SiteRecord, SnapshotRecord,
+    AssignmentRecord, GroupRecord, HistoryRecord, JobKind, JobRecord, Phase, Policy, RunRecord, RunState,
+    SegmentProgress, SegmentRecord, ServerRecord, SettingRecord, SiteRecord, SnapshotRecord,
 };
 use crate::storage::releases::{SiteOptions, SiteRoot};
 
@@ -57,6 +59,14 @@ pub enum CcmError {
     /// The request conflicts with the state (a run already in progress…).
     #[error("{0}")]
     Conflict(String),
+    /// A field of the job is missing or wrong.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// The database failed.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -68,7 +78,32 @@ pub enum CcmError {
 pub struct RunJob {
     /// The job.
     pub job: JobId,
+    /// Why: `manual`, `schedule`, `retry`, `change`, `trigger`.
+    pub reason: String,
 }
+
+/// Cancels run `run` unless it is already committing (then `Conflict`).
+#[derive(Message)]
+#[rtype(result = "Result<(), CcmError>")]
+pub struct CancelRun(pub u64);
+
+/// Sets the admin static order of segments (stored; overrides `ccm.tree_order`).
+#[derive(Message)]
+#[rtype(result = "Result<(), CcmError>")]
+pub struct SetTreeOrder(pub Vec<String>);
+
+/// Makes a checkpoint of a site's live release; answers its description.
+#[derive(Message)]
+#[rtype(result = "Result<CheckpointInfo, CcmError>")]
+pub struct CreateCheckpoint {
+    /// The site.
+    pub site: String,
+}
+
+/// Where to tell that runs ended (the scheduler).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct NotifyRunsTo(pub Recipient<RunEnded>, pub Recipient<RunBegan>);
 
 /// A leader's segment report arrived.
 #[derive(Message)]
@@ -124,6 +159,10 @@ struct Active {
     dist: Option<Distribution>,
     assignment: Option<AssignmentRecord>,
     deadline: Option<Time>,
+    /// An admin cancelled it: the abort ends it as `cancelled`.
+    cancelled: bool,
+    /// The job's bandwidth limit, bytes per second.
+    rate_limit: Option<u64>,
 }
 
 /// The actor. See the module docs.
@@ -137,12 +176,30 @@ pub struct Ccm {
     epoch: actix::clock::Instant,
     active: HashMap<u64, Active>,
     by_assignment: HashMap<u64, u64>,
+    ended_to: Option<Recipient<RunEnded>>,
+    began_to: Option<Recipient<RunBegan>>,
 }
 
 fn table<R: crate::storage::db::Record>(db: &Db) -> Table<R> {
     // Every table was created when the CCM started (`ccm::start`); opening
     // an existing tree of an open database does no I/O and cannot fail.
     db.table::<R>().unwrap_or_else(|e| panic!("database table {}: {e}", R::TABLE))
+}
+
+/// A tree of hard links to `paths` of `live` (`keep`) or to all but them.
+fn subtree(
+    live: &std::path::Path,
+    dest: &std::path::Path,
+    paths: &[String],
+    keep: bool,
+) -> Result<(), String> {
+    let paths = paths
+        .iter()
+        .map(|p| {
+            crate::protocol::paths::SitePath::new(p.trim_matches('/')).map_err(|e| format!("path {p:?}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::storage::tree::link_subtree(live, dest, &paths, keep).map_err(|e| e.to_string())
 }
 
 fn kind_name(k: Kind) -> &'static str {
@@ -160,7 +217,14 @@ impl Ccm {
         let client = NodeClient::new(&secret, CCM_NODE, Duration::from_secs(30));
         let dir = config.ccm.data_dir.join("assignments");
         let creator = AssignmentCreator::new(dir).start();
-        let planner = TreePlanner::new(config.ccm.tree_order.clone()).start();
+        // An order set through the API overrides the configuration's.
+        let order = db
+            .table::<SettingRecord>()
+            .ok()
+            .and_then(|t| t.get(&"tree_order".to_owned()).ok().flatten())
+            .and_then(|r| serde_json::from_value(r.value).ok())
+            .unwrap_or_else(|| config.ccm.tree_order.clone());
+        let planner = TreePlanner::new(order).start();
         Ccm {
             config,
             db,
@@ -171,6 +235,8 @@ impl Ccm {
             epoch: actix::clock::Instant::now(),
             active: HashMap::new(),
             by_assignment: HashMap::new(),
+            ended_to: None,
+            began_to: None,
         }
     }
 
@@ -205,6 +271,13 @@ impl Ccm {
         };
         if let Err(e) = table::<HistoryRecord>(&self.db).put(&rec) {
             tracing::error!(error = %e, "cannot append to the history");
+        }
+    }
+
+    /// Tells the scheduler that `run` is over.
+    fn ended(&self, run: &RunRecord) {
+        if let Some(to) = &self.ended_to {
+            to.do_send(RunEnded { job: run.job, run: run.id, state: run.state });
         }
     }
 
@@ -253,7 +326,76 @@ impl Ccm {
         Ok(base)
     }
 
-    fn start_run(&mut self, job_id: JobId, ctx: &mut Context<Self>) -> Result<u64, CcmError> {
+    /// A switch's release: one the servers still hold, other than the live one.
+    fn switch_target(&self, site: &SiteRecord, serial: Option<u64>) -> Result<u64, CcmError> {
+        let Some(serial) = serial else {
+            return Err(CcmError::Invalid {
+                field: "params.serial",
+                message: "a switch names the release to make live".into(),
+            });
+        };
+        if serial == site.live_serial {
+            return Err(CcmError::Conflict(format!(
+                "release {serial} of site {} is already live",
+                site.name
+            )));
+        }
+        let kept = self.shadow(&site.name).releases().unwrap_or_default();
+        if !kept.contains(&AssignmentSerial(serial)) {
+            return Err(CcmError::Conflict(format!(
+                "release {serial} of site {} is not held (kept: {:?}); publish or restore it instead",
+                site.name,
+                kept.iter().map(|s| s.0).collect::<Vec<_>>()
+            )));
+        }
+        Ok(serial)
+    }
+
+    /// The servers a run of `job` is for: the content group, or for the
+    /// catch-up kinds its online servers that lag, or for `hot` the extra
+    /// servers that get the files.
+    fn targets_of(
+        &self,
+        job: &JobRecord,
+        site: &SiteRecord,
+        group: &GroupRecord,
+    ) -> Result<Vec<NodeId>, CcmError> {
+        let servers = table::<ServerRecord>(&self.db);
+        let live_of = |rec: &ServerRecord| rec.live.get(&site.name).copied().unwrap_or(0);
+        Ok(match job.kind {
+            JobKind::Replicate | JobKind::Synchronize => {
+                let mut lagging = Vec::new();
+                for s in &group.servers {
+                    if let Some(rec) = servers.get(s)? {
+                        let live = live_of(&rec);
+                        // Replicate: new or stale servers; synchronize: servers
+                        // that hold an older release.
+                        let lags = live != site.live_serial && (job.kind == JobKind::Replicate || live != 0);
+                        if rec.online && lags {
+                            lagging.push(*s);
+                        }
+                    }
+                }
+                lagging
+            }
+            JobKind::Hot => {
+                let want = job.params.extra_servers.unwrap_or(1) as usize;
+                let mut extra: Vec<NodeId> = servers
+                    .all()?
+                    .into_iter()
+                    .filter(|r| r.online && !group.servers.contains(&r.id) && live_of(r) != site.live_serial)
+                    .map(|r| r.id)
+                    .collect();
+                extra.sort();
+                extra.truncate(want);
+                extra
+            }
+            _ => group.servers.clone(),
+        })
+    }
+
+    /// Starts a run of `job_id`; `reason` says why (`manual`, `schedule`…).
+    fn start_run(&mut self, job_id: JobId, reason: &str, ctx: &mut Context<Self>) -> Result<u64, CcmError> {
         let job = table::<JobRecord>(&self.db)
             .get(&job_id)?
             .ok_or(CcmError::NotFound { what: "job", name: job_id.to_string() })?;
@@ -263,38 +405,50 @@ impl Ccm {
         let group = table::<GroupRecord>(&self.db)
             .get(&job.group)?
             .ok_or(CcmError::NotFound { what: "content group", name: job.group.clone() })?;
-        if let Some(other) = self.active.values().find(|a| a.run.site == site.name) {
+        let kind = job.kind;
+        let members = self.targets_of(&job, &site, &group)?;
+        // A run conflicts with another of the same site that shares a server.
+        let conflicting = |a: &Active| {
+            a.run.site == site.name && (a.group.iter().any(|s| members.contains(s)) || a.run.job == job.id)
+        };
+        if let Some(other) = self.active.values().find(|a| conflicting(a)) {
             return Err(CcmError::Conflict(format!(
-                "run {} of site {} is in progress; wait for it or cancel it",
-                other.run.id, site.name
+                "run {} of site {} (job {}) is in progress on the same servers; wait for it or cancel it",
+                other.run.id, site.name, other.run.job
             )));
         }
-        let rollback_to =
-            if job.kind == JobKind::Rollback { Some(self.rollback_target(&site)?) } else { None };
-        let id = self.db.next("run")?;
-        let sync = job.kind == JobKind::Synchronize;
-        // A synchronize targets the servers of the group whose live release
-        // lags the site's, and needs no quorum: each one that succeeds is in sync.
-        let members: Vec<NodeId> = if sync {
-            let servers = table::<ServerRecord>(&self.db);
-            let mut lagging = Vec::new();
-            for s in &group.servers {
-                if let Some(rec) = servers.get(s)? {
-                    if rec.online && rec.live.get(&site.name).copied().unwrap_or(0) != site.live_serial {
-                        lagging.push(*s);
-                    }
-                }
-            }
-            lagging
-        } else {
-            group.servers.clone()
+        let release = match kind {
+            JobKind::Rollback => Some(self.rollback_target(&site)?),
+            JobKind::Switch => Some(self.switch_target(&site, job.params.serial)?),
+            _ => None,
         };
-        let needed = if sync { 1 } else { group.quorum.needed(group.servers.len()) };
+        if matches!(kind, JobKind::Hot | JobKind::Remove) && site.live_serial == 0 {
+            return Err(CcmError::Conflict(format!(
+                "site {} has no live release yet: publish it first",
+                site.name
+            )));
+        }
+        if kind == JobKind::Restore {
+            self.checkpoint_of(&site.name, job.params.checkpoint)?;
+        }
+        let id = self.db.next("run")?;
+        if let Some(to) = &self.began_to {
+            to.do_send(RunBegan { job: job.id, run: id, site: site.name.clone() });
+        }
+        let catch_up = kind.catches_up();
+        // Catch-up runs need no quorum: each server that succeeds is in sync.
+        // A hot push counts its own targets.
+        let quorum = job.policy.quorum.unwrap_or(group.quorum);
+        let needed = match kind {
+            _ if catch_up => 1,
+            JobKind::Hot => job.policy.quorum.unwrap_or_default().needed(members.len()).max(1),
+            _ => quorum.needed(group.servers.len()),
+        };
         // A new release takes a serial never used before, even if a rollback
         // left newer ones on the servers.
-        let (serial, base) = match rollback_to {
+        let (serial, base) = match release {
             Some(target) => (target, site.live_serial),
-            None if sync => (site.live_serial, 0),
+            None if catch_up || kind == JobKind::Hot => (site.live_serial, 0),
             None => (site.live_serial.max(site.last_serial) + 1, site.live_serial),
         };
         let mut run = RunRecord {
@@ -302,7 +456,8 @@ impl Ccm {
             job: job.id,
             site: site.name.clone(),
             group: group.name.clone(),
-            kind: job.kind,
+            kind,
+            reason: reason.into(),
             state: RunState::Packing,
             serial,
             base_serial: base,
@@ -338,7 +493,7 @@ impl Ccm {
                 j
             })
         })?;
-        if sync && (members.is_empty() || site.live_serial == 0) {
+        if catch_up && (members.is_empty() || site.live_serial == 0) {
             run.state = RunState::Unchanged;
             run.finished_ms = Some(unix_ms());
             self.save(&run, true);
@@ -348,21 +503,27 @@ impl Ccm {
                 Some(id),
                 Some(&run.site),
             );
+            self.ended(&run);
             return Ok(id);
         }
         if online < needed || members.is_empty() {
             run.state = RunState::Failed;
-            run.error = Some(format!(
-                "quorum cannot be met: {needed} of {} servers needed, {online} online (offline: {offline:?})",
-                group.servers.len()
-            ));
-            run.failed_servers = group.servers.clone();
+            run.error = Some(if members.is_empty() {
+                format!("no server to send to (kind {})", kind.name())
+            } else {
+                format!(
+                    "quorum cannot be met: {needed} of {} servers needed, {online} online (offline: {offline:?})",
+                    members.len()
+                )
+            });
+            run.failed_servers = members.clone();
             run.finished_ms = Some(unix_ms());
             self.save(&run, true);
             self.history("run_failed", run.error.clone().unwrap_or_default(), Some(id), Some(&run.site));
+            self.ended(&run);
             return Ok(id);
         }
-        if job.kind == JobKind::Publish {
+        if kind.makes_release() {
             table::<SiteRecord>(&self.db).update(&site.name, |s| {
                 s.map(|mut s| {
                     s.last_serial = s.last_serial.max(serial);
@@ -370,44 +531,81 @@ impl Ccm {
                 })
             })?;
         }
-        let what = match job.kind {
+        let what = match kind {
             JobKind::Publish => format!("publishes site {} to group {}", site.name, group.name),
-            JobKind::Synchronize => format!("synchronizes site {} on group {}", site.name, group.name),
+            JobKind::Replicate => format!("replicates site {} to {members:?}", site.name),
+            JobKind::Synchronize => format!("synchronizes site {} on {members:?}", site.name),
+            JobKind::Restore => format!(
+                "restores checkpoint {} of site {} as release {serial}",
+                job.params.checkpoint.unwrap_or_default(),
+                site.name
+            ),
             JobKind::Rollback => {
                 format!("rolls site {} back to release {serial} on group {}", site.name, group.name)
             }
+            JobKind::Switch => {
+                format!("switches site {} to release {serial} on group {}", site.name, group.name)
+            }
+            JobKind::Remove => {
+                format!("removes {:?} from site {} as release {serial}", job.params.paths, site.name)
+            }
+            JobKind::Hot => format!("pushes {:?} of site {} to {members:?}", job.params.paths, site.name),
         };
-        Self::phase(&mut run, if rollback_to.is_some() { "rollback" } else { "pack" });
-        if rollback_to.is_some() {
+        Self::phase(&mut run, if release.is_some() { kind.name() } else { "pack" });
+        if release.is_some() {
             run.state = RunState::Committing;
         }
         self.save(&run, true);
         self.history("run_started", format!("run {id} of job {} {what}", job.id), Some(id), Some(&site.name));
-        tracing::info!(event = "run_started", run = id, job = job.id.0, kind = ?job.kind, site = %site.name, serial = run.serial);
+        tracing::info!(event = "run_started", run = id, job = job.id.0, kind = kind.name(), reason, site = %site.name, serial = run.serial);
         let a = Active {
             run,
-            // A synchronize deals with the lagging servers only.
-            group: if sync { members.clone() } else { group.servers.clone() },
+            group: if catch_up || kind == JobKind::Hot { members.clone() } else { group.servers.clone() },
             needed,
             wave: Wave::Content,
             dist: None,
             assignment: None,
             deadline: None,
+            cancelled: false,
+            rate_limit: job.policy.bandwidth,
         };
-        if rollback_to.is_some() {
-            // Header-only: every reachable server switches back.
+        if release.is_some() {
+            // Header-only: every reachable server switches.
             let targets: Vec<NodeId> = members.iter().copied().filter(|s| !offline.contains(s)).collect();
             self.control(a, Kind::Rollback, targets, ctx);
         } else {
             self.active.insert(id, a);
-            self.pack(id, site, job.id, ctx);
+            self.pack(id, site, job, ctx);
         }
         Ok(id)
     }
 
-    fn pack(&mut self, run_id: u64, site: SiteRecord, job: JobId, ctx: &mut Context<Self>) {
+    /// The checkpoint a restore names.
+    fn checkpoint_of(&self, site: &str, id: Option<u64>) -> Result<CheckpointInfo, CcmError> {
+        let Some(id) = id else {
+            return Err(CcmError::Invalid {
+                field: "params.checkpoint",
+                message: "a restore names the checkpoint to restore".into(),
+            });
+        };
+        self.checkpoints()
+            .get(site, id)
+            .map_err(|e| CcmError::Conflict(e.to_string()))?
+            .ok_or(CcmError::NotFound { what: "checkpoint", name: format!("{site}/{id}") })
+    }
+
+    /// The site's checkpoints.
+    pub fn checkpoints(&self) -> Checkpoints {
+        Checkpoints::new(self.config.ccm.data_dir.join("checkpoints"))
+    }
+
+    fn work_dir(&self, run_id: u64) -> PathBuf {
+        self.config.ccm.data_dir.join("work").join(format!("run-{run_id}"))
+    }
+
+    fn pack(&mut self, run_id: u64, site: SiteRecord, job: JobRecord, ctx: &mut Context<Self>) {
         let Some(a) = self.active.get(&run_id) else { return };
-        let (serial, base) = (a.run.serial, a.run.base_serial);
+        let (serial, base, kind) = (a.run.serial, a.run.base_serial, a.run.kind);
         let fail = move |act: &mut Ccm, msg: String| {
             if let Some(a) = act.active.get_mut(&run_id) {
                 a.run.error = Some(msg);
@@ -423,40 +621,82 @@ impl Ccm {
             Ok(n) => n,
             Err(e) => return fail(self, e.to_string()),
         };
-        let key = if self.config.ccm.encrypt {
+        let key = if job.policy.encrypt.unwrap_or(self.config.ccm.encrypt) {
             let mut salt = [0u8; 32];
             if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt).is_err() {
                 return fail(self, "no system randomness for the encryption salt".into());
             }
-            self.content_key().map(|k| (k, salt))
+            match self.content_key() {
+                Some(k) => Some((k, salt)),
+                None => return fail(self, "the cluster secret gives no content key".into()),
+            }
         } else {
             None
         };
-        let options = match pack_options(&self.config, name, serial, base, job, unix_ms(), key) {
+        // Remove and hot runs pack what is live, unfiltered by the job.
+        let policy = if matches!(kind, JobKind::Remove | JobKind::Hot) {
+            Policy::default()
+        } else {
+            job.policy.clone()
+        };
+        let options = match pack_options(&self.config, name, serial, base, job.id, key, &policy) {
             Ok(o) => o,
             Err(e) => return fail(self, e.to_string()),
         };
         let live = self.shadow(&site.name).root().join(crate::storage::releases::LIVE);
-        // A synchronize sends the whole live release (from nothing); a publish the change.
-        let (old, new) = if a.run.kind == JobKind::Synchronize {
-            (self.config.ccm.data_dir.join("nothing"), live)
-        } else {
-            (live, site.staging.clone())
+        let nothing = self.config.ccm.data_dir.join("nothing");
+        let work = self.work_dir(run_id);
+        let checkpoints = self.checkpoints();
+        let paths = job.params.paths.clone();
+        let checkpoint = job.params.checkpoint.unwrap_or_default();
+        let site_name = site.name.clone();
+        // The old tree and how to make the new one (in a blocking task).
+        type Prepare = Box<dyn FnOnce() -> Result<PathBuf, String> + Send>;
+        let (old, prepare): (PathBuf, Prepare) = match kind {
+            JobKind::Replicate | JobKind::Synchronize => (nothing, Box::new(move || Ok(live))),
+            JobKind::Hot => (nothing, Box::new(move || subtree(&live, &work, &paths, true).map(|_| work))),
+            JobKind::Remove => {
+                let old = live.clone();
+                (old, Box::new(move || subtree(&live, &work, &paths, false).map(|_| work)))
+            }
+            JobKind::Restore => (
+                live,
+                Box::new(move || {
+                    let _ = std::fs::remove_dir_all(&work);
+                    if let Some(parent) = work.parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+                    }
+                    checkpoints
+                        .extract(&site_name, checkpoint, &work)
+                        .map(|_| work)
+                        .map_err(|e| e.to_string())
+                }),
+            ),
+            _ => (live, Box::new(move || Ok(site.staging.clone()))),
         };
-        let msg = CreateContent { id, options, shadow: old, staging: new };
-        self.creator
-            .send(msg)
-            .into_actor(self)
-            .map(move |res, act, ctx| match res {
-                Ok(Ok(created)) => act.packed(run_id, id, created, ctx),
-                Ok(Err(e)) => fail(act, format!("packing failed: {e}")),
+        let creator = self.creator.clone();
+        async move {
+            let new = tokio::task::spawn_blocking(prepare).await.map_err(|e| e.to_string())??;
+            let msg = CreateContent { id, options, shadow: old, staging: new };
+            creator.send(msg).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+        }
+        .into_actor(self)
+        .map(move |res, act, ctx| {
+            let _ = std::fs::remove_dir_all(act.work_dir(run_id));
+            match res {
+                Ok(created) => act.packed(run_id, id, created, ctx),
                 Err(e) => fail(act, format!("packing failed: {e}")),
-            })
-            .spawn(ctx);
+            }
+        })
+        .spawn(ctx);
     }
 
     fn packed(&mut self, run_id: u64, id: u64, created: Created, ctx: &mut Context<Self>) {
         let Some(a) = self.active.get_mut(&run_id) else { return };
+        if a.cancelled {
+            let _ = std::fs::remove_file(&created.path);
+            return self.finish(run_id);
+        }
         let summary = created.summary.clone().unwrap_or_default();
         tracing::info!(event = "packed", run = run_id, assignment = id, bytes = created.size, summary = %summary);
         a.run.summary = created.summary.clone();
@@ -562,6 +802,7 @@ impl Ccm {
             fetch_from,
             run: a.run.id,
             targets: target.servers.clone(),
+            rate_limit: a.rate_limit,
         })
     }
 
@@ -842,14 +1083,14 @@ impl Ccm {
     /// publish, a snapshot.
     fn committed(&mut self, run_id: u64, ctx: &mut Context<Self>) {
         let Some(a) = self.active.get(&run_id) else { return };
-        if a.run.state != RunState::Committed || a.run.kind == JobKind::Synchronize {
+        // Catch-up and hot runs send what is live already: nothing to record.
+        if a.run.state != RunState::Committed || a.run.kind.catches_up() || a.run.kind == JobKind::Hot {
             return self.finish(run_id);
         }
         let (site, serial, job) = (a.run.site.clone(), a.run.serial, a.run.job);
         let shadow = self.shadow(&site);
         type Work = Box<dyn FnOnce() -> Result<(), String> + Send>;
-        let (what, snapshot, work): (&str, Option<SnapshotRecord>, Work) = if a.run.kind == JobKind::Rollback
-        {
+        let (what, snapshot, work): (&str, Option<SnapshotRecord>, Work) = if a.run.kind.header_only() {
             let work =
                 move || shadow.rollback_to(AssignmentSerial(serial)).map(|_| ()).map_err(|e| e.to_string());
             ("rolled back", None, Box::new(work))
@@ -908,17 +1149,30 @@ impl Ccm {
             self.by_assignment.remove(&rec.id);
         }
         let run = &mut a.run;
+        if a.cancelled && run.state != RunState::Committed {
+            run.state = RunState::Cancelled;
+        }
         if !run.state.is_final() {
             run.state = RunState::Failed;
         }
         Self::phase(run, "done");
         run.finished_ms = Some(unix_ms());
         let (kind, message) = match run.state {
-            RunState::Committed if run.kind == JobKind::Rollback => (
-                "rolled_back",
+            RunState::Committed if run.kind.header_only() => (
+                if run.kind == JobKind::Rollback { "rolled_back" } else { "switched" },
                 format!(
-                    "{} rolled back from release {} to {}; failed servers: {:?}",
+                    "{} switched from release {} to {}; failed servers: {:?}",
                     run.site, run.base_serial, run.serial, run.failed_servers
+                ),
+            ),
+            RunState::Committed if run.kind.catches_up() || run.kind == JobKind::Hot => (
+                "committed",
+                format!(
+                    "release {} of {} sent by a {} run; failed servers: {:?}",
+                    run.serial,
+                    run.site,
+                    run.kind.name(),
+                    run.failed_servers
                 ),
             ),
             RunState::Committed if run.failed_servers.is_empty() => {
@@ -932,12 +1186,14 @@ impl Ccm {
                 ),
             ),
             RunState::Unchanged => ("unchanged", format!("nothing to publish for {}", run.site)),
+            RunState::Cancelled => ("cancelled", format!("run {} cancelled; nothing went live", run.id)),
             _ => ("run_failed", run.error.clone().unwrap_or_else(|| "failed".into())),
         };
         tracing::info!(event = kind, run = run_id, site = %run.site, serial = run.serial, failed = ?run.failed_servers, error = ?run.error);
         let run = run.clone();
         self.history(kind, message, Some(run_id), Some(&run.site));
         self.save(&run, true);
+        self.ended(&run);
     }
 
     fn record_segment(&mut self, report: &SegmentReport) -> Result<(), CcmError> {
@@ -1022,12 +1278,14 @@ impl Ccm {
                 dist: None,
                 assignment: None,
                 deadline: None,
+                cancelled: false,
+                rate_limit: None,
             };
-            if resume_commit && a.run.kind == JobKind::Rollback {
-                // Rolling back to a named release is idempotent: send it again.
+            if resume_commit && a.run.kind.header_only() {
+                // Switching to a named release is idempotent: send it again.
                 self.history(
                     "run_resumed",
-                    format!("run {id}: rollback resumed after a restart"),
+                    format!("run {id}: {} resumed after a restart", a.run.kind.name()),
                     Some(id),
                     Some(&site),
                 );
@@ -1077,7 +1335,128 @@ impl Handler<RunJob> for Ccm {
     type Result = Result<u64, CcmError>;
 
     fn handle(&mut self, msg: RunJob, ctx: &mut Context<Self>) -> Self::Result {
-        self.start_run(msg.job, ctx)
+        self.start_run(msg.job, &msg.reason, ctx)
+    }
+}
+
+impl Handler<CancelRun> for Ccm {
+    type Result = Result<(), CcmError>;
+
+    fn handle(&mut self, msg: CancelRun, ctx: &mut Context<Self>) -> Self::Result {
+        let id = msg.0;
+        let Some(a) = self.active.get_mut(&id) else {
+            return match table::<RunRecord>(&self.db).get(&id)? {
+                Some(r) => Err(CcmError::Conflict(format!("run {id} is over ({:?})", r.state))),
+                None => Err(CcmError::NotFound { what: "run", name: id.to_string() }),
+            };
+        };
+        if a.cancelled {
+            return Ok(());
+        }
+        if !matches!(a.run.state, RunState::Packing | RunState::Distributing) {
+            return Err(CcmError::Conflict(format!(
+                "run {id} is {:?}: past the point where it can be cancelled",
+                a.run.state
+            )));
+        }
+        a.cancelled = true;
+        a.run.error = Some("cancelled by an admin".into());
+        let (site, packing) = (a.run.site.clone(), a.run.state == RunState::Packing);
+        tracing::info!(event = "run_cancelled", run = id);
+        self.history("cancel_requested", format!("run {id}: cancel requested"), Some(id), Some(&site));
+        if packing {
+            // The packing task finds the run cancelled when it returns.
+            return Ok(());
+        }
+        // Distributing: stop the wave now; everyone discards the release.
+        let Some(mut a) = self.active.remove(&id) else { return Ok(()) };
+        if let Some(rec) = &a.assignment {
+            self.by_assignment.remove(&rec.id);
+        }
+        a.dist = None;
+        Self::phase(&mut a.run, "abort");
+        a.run.state = RunState::Aborting;
+        let group = a.group.clone();
+        self.control(a, Kind::Abort, group, ctx);
+        Ok(())
+    }
+}
+
+impl Handler<SetTreeOrder> for Ccm {
+    type Result = Result<(), CcmError>;
+
+    fn handle(&mut self, msg: SetTreeOrder, _: &mut Context<Self>) -> Self::Result {
+        let value = serde_json::to_value(&msg.0).unwrap_or_default();
+        table::<SettingRecord>(&self.db).put(&SettingRecord { name: "tree_order".into(), value })?;
+        self.db.flush()?;
+        self.history("settings_changed", format!("static order of group leaders: {:?}", msg.0), None, None);
+        self.planner.do_send(SetOrder(msg.0));
+        Ok(())
+    }
+}
+
+impl Handler<CreateCheckpoint> for Ccm {
+    type Result = ResponseActFuture<Self, Result<CheckpointInfo, CcmError>>;
+
+    fn handle(&mut self, msg: CreateCheckpoint, _: &mut Context<Self>) -> Self::Result {
+        let prepared = (|| {
+            let site = table::<SiteRecord>(&self.db)
+                .get(&msg.site)?
+                .ok_or(CcmError::NotFound { what: "site", name: msg.site.clone() })?;
+            if site.live_serial == 0 {
+                return Err(CcmError::Conflict(format!(
+                    "site {} has no live release to checkpoint",
+                    site.name
+                )));
+            }
+            Ok((site, self.db.next("checkpoint")?))
+        })();
+        let (site, id) = match prepared {
+            Ok(p) => p,
+            Err(e) => return Box::pin(actix::fut::ready(Err(e))),
+        };
+        let live = self.shadow(&site.name).root().join(crate::storage::releases::LIVE);
+        let checkpoints = self.checkpoints();
+        let keep = self.config.ccm.keep_checkpoints as usize;
+        let name = site.name.clone();
+        let work = move || -> Result<(CheckpointInfo, Vec<u64>), String> {
+            // `live` is a symbolic link to the release directory.
+            let tree = std::fs::canonicalize(&live).map_err(|e| format!("{}: {e}", live.display()))?;
+            let info = checkpoints
+                .create(&name, id, site.live_serial, &tree, unix_ms())
+                .map_err(|e| e.to_string())?;
+            let pruned = checkpoints.prune(&name, keep).map_err(|e| e.to_string())?;
+            Ok((info, pruned))
+        };
+        Box::pin(
+            async move { tokio::task::spawn_blocking(work).await.map_err(|e| e.to_string()).and_then(|r| r) }
+                .into_actor(self)
+                .map(move |res, act, _| match res {
+                    Ok((info, pruned)) => {
+                        act.history(
+                            "checkpoint_created",
+                            format!(
+                                "checkpoint {} of {} at release {} ({} files, {} bytes); deleted: {pruned:?}",
+                                info.id, info.site, info.serial, info.files, info.bytes
+                            ),
+                            None,
+                            Some(&info.site),
+                        );
+                        let _ = act.db.flush();
+                        Ok(info)
+                    }
+                    Err(e) => Err(CcmError::Conflict(format!("cannot make the checkpoint: {e}"))),
+                }),
+        )
+    }
+}
+
+impl Handler<NotifyRunsTo> for Ccm {
+    type Result = ();
+
+    fn handle(&mut self, msg: NotifyRunsTo, _: &mut Context<Self>) {
+        self.ended_to = Some(msg.0);
+        self.began_to = Some(msg.1);
     }
 }
 

@@ -445,6 +445,7 @@ mod tests {
             created_ms: 0,
             filter: TreeFilter::default(),
             incompressible: Default::default(),
+            compression: Default::default(),
             min_compression_gain: 0.05,
             encrypt: Some((ContentKey::from_secret(SECRET).unwrap(), [3; 32])),
         };

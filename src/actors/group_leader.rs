@@ -391,7 +391,8 @@ async fn fetch(shared: &Shared, notify: &Notify) -> Result<[u8; 32], String> {
         tracing::info!(event = "fetched", node = %shared.node, assignment = a.id, bytes = 0, held = true, "copy already held");
         return Ok(expected);
     }
-    let got = fetch_assignment(&shared.client, &notify.fetch_from, a, &dest, &shared.fetch)
+    let opts = FetchOptions { rate_limit: notify.rate_limit, ..shared.fetch.clone() };
+    let got = fetch_assignment(&shared.client, &notify.fetch_from, a, &dest, &opts)
         .await
         .map_err(|e| e.to_string())?;
     shared.state.record_held(a.id, expected).map_err(|e| e.to_string())?;

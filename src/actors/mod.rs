@@ -17,6 +17,7 @@ pub mod group_leader;
 pub mod multicast_receiver;
 pub mod multicast_sender;
 pub mod report_collector;
+pub mod scheduler;
 pub mod tree_planner;
 
 use actix::{Actor, AsyncContext, Context, SpawnHandle};

@@ -90,3 +90,16 @@ mod tests {
         assert_eq!(names, ["paris", "tokyo", "c", "b", "a"]);
     }
 }
+
+/// Replaces the admin static order (from the REST API).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetOrder(pub Vec<String>);
+
+impl Handler<SetOrder> for TreePlanner {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetOrder, _: &mut Context<Self>) {
+        self.static_order = msg.0;
+    }
+}

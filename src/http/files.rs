@@ -172,6 +172,8 @@ pub struct FetchOptions {
     pub hash_retries: u32,
     /// Pause before a resumed transfer (doubles each time, up to 10 s).
     pub retry_delay: Duration,
+    /// Largest rate, bytes per second (a job's bandwidth limit).
+    pub rate_limit: Option<u64>,
 }
 
 impl Default for FetchOptions {
@@ -181,6 +183,7 @@ impl Default for FetchOptions {
             retries: 5,
             hash_retries: 3,
             retry_delay: Duration::from_millis(500),
+            rate_limit: None,
         }
     }
 }
@@ -301,7 +304,7 @@ pub async fn fetch_assignment(
             if have > 0 {
                 fetched.resumed += 1;
             }
-            let got = transfer(client, from, id, &part, have, opts.idle_timeout).await.and_then(|n| {
+            let got = transfer(client, from, id, &part, have, opts).await.and_then(|n| {
                 // A holder that closes early without saying so: resume too.
                 let len = std::fs::metadata(&part).map_or(0, |m| m.len());
                 if len < aref.size {
@@ -375,8 +378,9 @@ async fn transfer(
     id: u64,
     part: &Path,
     have: u64,
-    idle: Duration,
+    opts: &FetchOptions,
 ) -> Result<u64, Broken> {
+    let idle = opts.idle_timeout;
     let broken = |received, error: String| Broken { received, error };
     let path = assignment_url_path(id);
     let mut req = client.request(awc::http::Method::GET, from, &path, b"").timeout(idle);
@@ -428,6 +432,7 @@ async fn transfer(
     };
     setup.await.map_err(|e| broken(0, format!("cannot prepare {}: {e}", part.display())))?;
     let mut received = 0u64;
+    let started = tokio::time::Instant::now();
     loop {
         let chunk = match tokio::time::timeout(idle, resp.next()).await {
             Err(_) => Err(format!("no data for {idle:?}")),
@@ -446,6 +451,14 @@ async fn transfer(
             .await
             .map_err(|e| broken(received, format!("cannot write {}: {e}", part.display())))?;
         received += chunk.len() as u64;
+        if let Some(rate) = opts.rate_limit.filter(|r| *r > 0) {
+            // Bandwidth limit: never ahead of `rate` bytes per second.
+            let due = Duration::from_secs_f64(received as f64 / rate as f64);
+            let spent = started.elapsed();
+            if due > spent {
+                tokio::time::sleep(due - spent).await;
+            }
+        }
     }
     file.flush().await.map_err(|e| broken(received, format!("cannot write {}: {e}", part.display())))?;
     if let Some(expected) = announced.filter(|n| received < *n) {
@@ -589,6 +602,7 @@ mod tests {
             retries: 3,
             hash_retries: 2,
             retry_delay: Duration::from_millis(10),
+            rate_limit: None,
         }
     }
 

@@ -153,6 +153,7 @@ mod tests {
             fetch_from: "http://127.0.0.1:1".into(),
             run: 1,
             targets: vec![],
+            rate_limit: None,
         })
         .unwrap()
     }

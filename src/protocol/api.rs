@@ -183,6 +183,10 @@ pub struct Notify {
     /// The servers of the notified segment that must receive it (the
     /// content group's members there); empty means every member.
     pub targets: Vec<NodeId>,
+    /// The job's bandwidth limit, bytes per second: fetches of this
+    /// assignment go no faster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u64>,
 }
 
 /// `409` answer to a notify: this node does not lead its segment now.

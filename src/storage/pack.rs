@@ -65,6 +65,8 @@ pub struct PackOptions {
     pub filter: TreeFilter,
     /// Lowercase extensions whose data is stored without compression.
     pub incompressible: HashSet<String>,
+    /// Which files may be compressed (a job's compression include/exclude).
+    pub compression: TreeFilter,
     /// Keep a compressed chunk only if it saves this fraction.
     pub min_compression_gain: f64,
     /// Encrypt the data with this key and random salt.
@@ -206,7 +208,9 @@ fn write(
     let mut w =
         AssignmentWriter::new(BufWriter::with_capacity(1 << 20, file), params, key).map_err(io_at(tmp))?;
     let mut s = PackSummary { serial: opts.serial.0, base_serial: base_serial.0, ..PackSummary::default() };
-    let compress = |p: &SitePath| p.extension().is_none_or(|e| !opts.incompressible.contains(&e));
+    let compress = |p: &SitePath| {
+        p.extension().is_none_or(|e| !opts.incompressible.contains(&e)) && opts.compression.selects(p)
+    };
     let meta_of = |p: &SitePath| match new_m.get(p) {
         Some(EntryKind::File { meta, .. }) => *meta,
         _ => FileMeta::default(),

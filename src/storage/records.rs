@@ -12,6 +12,7 @@ use super::db::Record;
 use super::pack::PackSummary;
 use crate::protocol::api::{MemberReport, ServerOutcome};
 use crate::protocol::ids::{JobId, NodeId};
+use crate::protocol::schedule::{ConflictAction, JobTimes, Retry, Schedule};
 
 /// A hosted site: where its content is staged, and what is live.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,36 +146,162 @@ impl Record for ServerRecord {
     }
 }
 
-/// What a job does.
+/// What a job does (DESIGN §4, "Other job types").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
     /// Staging → servers.
     #[default]
     Publish,
+    /// The whole live release (the shadow copy) to the servers of the group
+    /// that do not serve it: new servers, or ones that fell behind.
+    Replicate,
     /// Bring servers whose live release lags the site's up to date, with a
     /// full copy of what is live (from the shadow copy).
     Synchronize,
+    /// A checkpoint of the site goes live as a new release.
+    Restore,
     /// Make the release that was live before the current one live again
     /// (a header-only assignment: the servers still hold it).
     Rollback,
+    /// Go live with a release the servers already hold (`params.serial`),
+    /// header-only like a rollback.
+    Switch,
+    /// Delete content (`params.paths`, or everything) from the servers, as a
+    /// new release.
+    Remove,
+    /// Push named files (`params.paths`) to `params.extra_servers` more
+    /// servers that do not carry the site, on an external signal (run now).
+    Hot,
 }
 
-/// A job: a site, a content group, a kind.
+impl JobKind {
+    /// Every kind, for validation messages and the API document.
+    pub const ALL: [JobKind; 8] = [
+        JobKind::Publish,
+        JobKind::Replicate,
+        JobKind::Synchronize,
+        JobKind::Restore,
+        JobKind::Rollback,
+        JobKind::Switch,
+        JobKind::Remove,
+        JobKind::Hot,
+    ];
+
+    /// Its name in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::Publish => "publish",
+            JobKind::Replicate => "replicate",
+            JobKind::Synchronize => "synchronize",
+            JobKind::Restore => "restore",
+            JobKind::Rollback => "rollback",
+            JobKind::Switch => "switch",
+            JobKind::Remove => "remove",
+            JobKind::Hot => "hot",
+        }
+    }
+
+    /// True for kinds that make a release the servers already hold live
+    /// with a header-only assignment.
+    pub fn header_only(self) -> bool {
+        matches!(self, JobKind::Rollback | JobKind::Switch)
+    }
+
+    /// True for kinds that make a new release of the site (a new serial).
+    pub fn makes_release(self) -> bool {
+        matches!(self, JobKind::Publish | JobKind::Restore | JobKind::Remove)
+    }
+
+    /// True for kinds that send the whole live release to servers that lag.
+    pub fn catches_up(self) -> bool {
+        matches!(self, JobKind::Replicate | JobKind::Synchronize)
+    }
+}
+
+/// What some kinds need besides the site and the group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct JobParams {
+    /// `switch`: the release to make live.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<u64>,
+    /// `restore`: the checkpoint to restore.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<u64>,
+    /// `remove`: paths to delete (empty: all content); `hot`: files to push.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// `hot`: how many more servers get the files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extra_servers: Option<u32>,
+}
+
+/// How a job runs: go-live quorum, retries, conflicts, what is sent and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Policy {
+    /// Overrides the content group's quorum.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<Quorum>,
+    /// Retries of a failed run, with backoff.
+    pub retry: Retry,
+    /// What to do when the job is due while a conflicting run is going on.
+    pub conflict: ConflictAction,
+    /// Only files matching these patterns are compressed (empty: all).
+    pub compress_include: Vec<String>,
+    /// Files matching these patterns are never compressed.
+    pub compress_exclude: Vec<String>,
+    /// Encrypt assignment data (default: `ccm.encrypt`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encrypt: Option<bool>,
+    /// Only entries matching these patterns are content (added to `content.include`).
+    pub include: Vec<String>,
+    /// Entries matching these patterns are left out (added to `content.exclude`).
+    pub exclude: Vec<String>,
+    /// Largest rate, bytes per second, at which group leaders fetch and
+    /// multicast this job's assignments (none: unlimited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<u64>,
+}
+
+/// A job: a site, a content group, a kind, a schedule and policies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     /// Its id.
     pub id: JobId,
+    /// A name for people (may be empty).
+    #[serde(default)]
+    pub name: String,
     /// The site.
     pub site: String,
     /// The content group.
     pub group: String,
     /// What it does.
     pub kind: JobKind,
+    /// What the kind needs.
+    #[serde(default)]
+    pub params: JobParams,
+    /// When it runs by itself.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// How it runs.
+    #[serde(default)]
+    pub policy: Policy,
+    /// A disabled job runs only when asked.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The scheduler's times (next due, retries), kept across restarts.
+    #[serde(default)]
+    pub times: JobTimes,
     /// When it was created, Unix ms.
     pub created_ms: u64,
     /// Its runs, oldest first.
     pub runs: Vec<u64>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Record for JobRecord {
@@ -204,12 +331,14 @@ pub enum RunState {
     Unchanged,
     /// Failed; nothing went live.
     Failed,
+    /// Cancelled by an admin before the commit; nothing went live.
+    Cancelled,
 }
 
 impl RunState {
     /// True once the run is over.
     pub fn is_final(self) -> bool {
-        matches!(self, RunState::Committed | RunState::Unchanged | RunState::Failed)
+        matches!(self, RunState::Committed | RunState::Unchanged | RunState::Failed | RunState::Cancelled)
     }
 }
 
@@ -251,6 +380,9 @@ pub struct RunRecord {
     /// What the run does.
     #[serde(default)]
     pub kind: JobKind,
+    /// Why it started: `manual`, `schedule`, `retry`, `change`, `trigger`.
+    #[serde(default)]
+    pub reason: String,
     /// Where it is.
     pub state: RunState,
     /// The release it builds.
@@ -371,6 +503,71 @@ impl Record for HistoryRecord {
     type Key = u64;
     fn key(&self) -> u64 {
         self.id
+    }
+}
+
+/// An admin account of the web UI (the REST API's session login).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Login name.
+    pub name: String,
+    /// PBKDF2-HMAC-SHA256 salt, hex.
+    pub salt: String,
+    /// PBKDF2-HMAC-SHA256 of the password, hex.
+    pub hash: String,
+    /// PBKDF2 iterations.
+    pub iterations: u32,
+    /// When it was created, Unix ms.
+    pub created_ms: u64,
+}
+
+impl Record for UserRecord {
+    const TABLE: &'static str = "users";
+    const VERSION: u64 = 1;
+    type Key = String;
+    fn key(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// A logged-in session; the cookie holds the token, the table its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// SHA-256 of the session token, hex.
+    pub token_sha256: String,
+    /// The user.
+    pub user: String,
+    /// The CSRF token changes must carry in `x-csrf-token`.
+    pub csrf: String,
+    /// When it ends, Unix ms.
+    pub expires_ms: u64,
+}
+
+impl Record for SessionRecord {
+    const TABLE: &'static str = "sessions";
+    const VERSION: u64 = 1;
+    type Key = String;
+    fn key(&self) -> String {
+        self.token_sha256.clone()
+    }
+}
+
+/// A setting changed through the API (e.g. `tree_order`), overriding the
+/// configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettingRecord {
+    /// Its name.
+    pub name: String,
+    /// Its value.
+    pub value: serde_json::Value,
+}
+
+impl Record for SettingRecord {
+    const TABLE: &'static str = "settings";
+    const VERSION: u64 = 1;
+    type Key = String;
+    fn key(&self) -> String {
+        self.name.clone()
     }
 }
 

@@ -116,6 +116,12 @@ impl TreeFilter {
     pub fn new(include: &[String], exclude: &[String]) -> Result<Self, ScanError> {
         Ok(TreeFilter { include: Patterns::new(include)?, exclude: Patterns::new(exclude)? })
     }
+
+    /// True when `path` itself passes the filter: not excluded, and
+    /// included when there are include patterns.
+    pub fn selects(&self, path: &SitePath) -> bool {
+        !self.exclude.matches(path) && (self.include.empty || self.include.matches(path))
+    }
 }
 
 /// Reads the tree under `root`. A missing root is an empty tree.
@@ -249,6 +255,59 @@ pub fn compare_trees(a: &Path, b: &Path) -> Result<Vec<String>, ScanError> {
     Ok(diffs)
 }
 
+/// Builds at `dest` a tree of hard links to the entries of `src`: with
+/// `keep`, only `paths` (files, symlinks or whole directories) and the
+/// directories that lead to them; without, everything but `paths`. Used to
+/// make the new tree of a `hot` or `remove` job from the live release
+/// without copying data. A path that does not exist is an error.
+pub fn link_subtree(src: &Path, dest: &Path, paths: &[SitePath], keep: bool) -> Result<(), ScanError> {
+    for p in paths {
+        let at = src.join(p.as_str());
+        fs::symlink_metadata(&at).map_err(io_err(&at))?;
+    }
+    let _ = fs::remove_dir_all(dest);
+    fs::create_dir_all(dest).map_err(io_err(dest))?;
+    let chosen = |rel: &SitePath| {
+        let under = |p: &SitePath| rel == p || rel.as_str().starts_with(&format!("{}/", p.as_str()));
+        paths.iter().any(under)
+    };
+    let leads_to =
+        |rel: &SitePath| paths.iter().any(|p| p.as_str().starts_with(&format!("{}/", rel.as_str())));
+    let walk = walkdir::WalkDir::new(src).follow_links(false).min_depth(1).sort_by_file_name();
+    let mut it = walk.into_iter();
+    while let Some(entry) = it.next() {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(src).to_owned();
+            ScanError::Io { path, source: e.into() }
+        })?;
+        let rel = entry.path().strip_prefix(src).unwrap_or(entry.path());
+        let path = SitePath::from_relative(rel)
+            .map_err(|source| ScanError::Name { path: entry.path().into(), source })?;
+        let is_dir = entry.file_type().is_dir();
+        let take = if keep { chosen(&path) || (is_dir && leads_to(&path)) } else { !chosen(&path) };
+        if !take {
+            if is_dir {
+                it.skip_current_dir();
+            }
+            continue;
+        }
+        let to = dest.join(rel);
+        if is_dir {
+            fs::create_dir_all(&to).map_err(io_err(&to))?;
+            let mode = entry
+                .metadata()
+                .map_err(|e| ScanError::Io { path: entry.path().into(), source: e.into() })?;
+            fs::set_permissions(&to, mode.permissions()).map_err(io_err(&to))?;
+        } else if entry.file_type().is_symlink() {
+            let target = fs::read_link(entry.path()).map_err(io_err(entry.path()))?;
+            std::os::unix::fs::symlink(&target, &to).map_err(io_err(&to))?;
+        } else {
+            fs::hard_link(entry.path(), &to).map_err(io_err(&to))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,5 +376,34 @@ mod tests {
     fn bad_patterns_are_named() {
         let err = TreeFilter::new(&["a[".into()], &[]).unwrap_err();
         assert!(err.to_string().contains("a["), "{err}");
+    }
+
+    #[test]
+    fn link_subtree_keeps_or_drops_the_named_paths() {
+        let src = tempfile::tempdir().unwrap();
+        let w = |p: &str, data: &str| {
+            let at = src.path().join(p);
+            fs::create_dir_all(at.parent().unwrap()).unwrap();
+            fs::write(at, data).unwrap();
+        };
+        w("a.html", "a");
+        w("img/x.png", "x");
+        w("img/y.png", "y");
+        w("deep/er/z.txt", "z");
+        let names = |d: &Path| {
+            let m = scan(d, &TreeFilter::default()).unwrap();
+            m.keys().map(|p| p.as_str().to_owned()).collect::<Vec<_>>()
+        };
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("hot");
+        let paths = [SitePath::new("img/x.png").unwrap(), SitePath::new("deep").unwrap()];
+        link_subtree(src.path(), &dest, &paths, true).unwrap();
+        assert_eq!(names(&dest), ["deep", "deep/er", "deep/er/z.txt", "img", "img/x.png"]);
+        let rest = out.path().join("rest");
+        link_subtree(src.path(), &rest, &paths, false).unwrap();
+        assert_eq!(names(&rest), ["a.html", "img", "img/y.png"]);
+        assert_eq!(fs::read(rest.join("img/y.png")).unwrap(), b"y");
+        let missing = [SitePath::new("nope.html").unwrap()];
+        assert!(link_subtree(src.path(), &out.path().join("m"), &missing, true).is_err());
     }
 }

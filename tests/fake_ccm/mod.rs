@@ -183,6 +183,7 @@ impl FakeCcm {
             created_ms: 0,
             filter: TreeFilter::default(),
             incompressible: Default::default(),
+            compression: Default::default(),
             min_compression_gain: 0.05,
             encrypt: Some((ContentKey::from_secret(secret).unwrap(), [7; 32])),
         };

@@ -1,0 +1,165 @@
+//! Who may call the admin REST API: automation with the bearer token
+//! (`ccm.admin_token`), people through a login session (the web UI).
+//!
+//! A login (`POST /api/v1/session`) checks the password against its
+//! PBKDF2-HMAC-SHA256 hash and sets an `HttpOnly; SameSite=Strict` cookie
+//! holding a random token; the database keeps only the token's SHA-256. The
+//! answer carries a CSRF token that every change made with the cookie must
+//! send back in `x-csrf-token`.
+
+use std::num::NonZeroU32;
+
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::http::Method;
+use actix_web::HttpRequest;
+use ring::rand::{SecureRandom, SystemRandom};
+
+use super::ccm_api::{ApiError, CcmState};
+use super::signed::unix_ms;
+use crate::protocol::crypto::Digest;
+use crate::storage::records::{SessionRecord, UserRecord};
+
+/// Name of the session cookie.
+pub const COOKIE: &str = "cmover_session";
+/// Header that changes made with the cookie must carry.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// How long a session lasts.
+pub const SESSION_MS: u64 = 12 * 3600 * 1000;
+/// PBKDF2 iterations of new password hashes.
+pub const ITERATIONS: u32 = 100_000;
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The bearer token.
+    Token,
+    /// A logged-in user.
+    User(String),
+}
+
+fn random_hex(n: usize) -> Result<String, ApiError> {
+    let mut b = vec![0u8; n];
+    SystemRandom::new().fill(&mut b).map_err(|_| ApiError::Internal("no system randomness".into()))?;
+    Ok(hex::encode(b))
+}
+
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn pbkdf2(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let n = NonZeroU32::new(iterations.max(1)).unwrap_or(NonZeroU32::MIN);
+    ring::pbkdf2::derive(ring::pbkdf2::PBKDF2_HMAC_SHA256, n, salt, password.as_bytes(), &mut out);
+    out
+}
+
+/// A user record for `name` with a fresh salt and the hash of `password`.
+pub fn new_user(name: &str, password: &str) -> Result<UserRecord, ApiError> {
+    let salt = random_hex(16)?;
+    let hash = pbkdf2(password, salt.as_bytes(), ITERATIONS);
+    Ok(UserRecord {
+        name: name.into(),
+        salt,
+        hash: hex::encode(hash),
+        iterations: ITERATIONS,
+        created_ms: unix_ms(),
+    })
+}
+
+/// True when `password` is the user's.
+pub fn check_password(user: &UserRecord, password: &str) -> bool {
+    let hash = pbkdf2(password, user.salt.as_bytes(), user.iterations);
+    hex::decode(&user.hash).is_ok_and(|h| same(&h, &hash))
+}
+
+fn token_key(token: &str) -> String {
+    Digest::of(token.as_bytes()).to_string()
+}
+
+/// Starts a session for `user`: the record, the cookie to set.
+pub fn open(state: &CcmState, user: &str) -> Result<(SessionRecord, Cookie<'static>), ApiError> {
+    let token = random_hex(32)?;
+    let rec = SessionRecord {
+        token_sha256: token_key(&token),
+        user: user.into(),
+        csrf: random_hex(16)?,
+        expires_ms: unix_ms() + SESSION_MS,
+    };
+    state.db.table::<SessionRecord>()?.put(&rec)?;
+    state.db.flush()?;
+    let cookie = Cookie::build(COOKIE, token).path("/").http_only(true).same_site(SameSite::Strict).finish();
+    Ok((rec, cookie))
+}
+
+/// The caller's live session, if its cookie names one.
+pub fn current(req: &HttpRequest, state: &CcmState) -> Result<Option<SessionRecord>, ApiError> {
+    let Some(c) = req.cookie(COOKIE) else { return Ok(None) };
+    let sessions = state.db.table::<SessionRecord>()?;
+    let key = token_key(c.value());
+    match sessions.get(&key)? {
+        Some(s) if s.expires_ms > unix_ms() => Ok(Some(s)),
+        Some(_) => {
+            sessions.delete(&key)?;
+            Ok(None)
+        }
+        None => Ok(None),
+    }
+}
+
+/// Ends the caller's session; returns a cookie that clears it.
+pub fn close(req: &HttpRequest, state: &CcmState) -> Result<Cookie<'static>, ApiError> {
+    if let Some(c) = req.cookie(COOKIE) {
+        state.db.table::<SessionRecord>()?.delete(&token_key(c.value()))?;
+        state.db.flush()?;
+    }
+    let mut gone = Cookie::build(COOKIE, "").path("/").http_only(true).same_site(SameSite::Strict).finish();
+    gone.make_removal();
+    Ok(gone)
+}
+
+/// Checks the bearer token or the session cookie (and, for a change made
+/// with the cookie, the CSRF header).
+pub fn authorize(req: &HttpRequest, state: &CcmState) -> Result<Caller, ApiError> {
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(given) = given {
+        if !state.admin_token.is_empty() && same(given.as_bytes(), state.admin_token.as_bytes()) {
+            return Ok(Caller::Token);
+        }
+        return Err(ApiError::Unauthorized(
+            "wrong bearer token (Authorization: Bearer <ccm.admin_token>)".into(),
+        ));
+    }
+    if let Some(s) = current(req, state)? {
+        let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+        let csrf = req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !reads && !same(csrf.as_bytes(), s.csrf.as_bytes()) {
+            return Err(ApiError::Forbidden(format!(
+                "changes made with a session must carry the {CSRF_HEADER} header the login returned"
+            )));
+        }
+        return Ok(Caller::User(s.user));
+    }
+    Err(ApiError::Unauthorized(
+        "log in (POST /api/v1/session) or send Authorization: Bearer <ccm.admin_token>".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_verify_and_wrong_ones_do_not() {
+        let u = new_user("ada", "correct horse").unwrap();
+        assert!(check_password(&u, "correct horse"));
+        assert!(!check_password(&u, "correct horse "));
+        assert!(!check_password(&u, ""));
+        let v = new_user("ada", "correct horse").unwrap();
+        assert_ne!(u.hash, v.hash, "a fresh salt gives a fresh hash");
+    }
+}

@@ -1,0 +1,309 @@
+//! The admin REST API route by route, on an in-process cluster (a CCM and
+//! two agents over real HTTP and UDP on 127.0.0.1): each route answers a
+//! good call with 2xx and a bad one with the 4xx that names the problem,
+//! every route refuses a caller without credentials (401), the login
+//! session works with its CSRF token, and the OpenAPI document lists
+//! exactly the routes served. The test checks its own coverage against
+//! `admin_api::ROUTES`.
+
+use std::collections::BTreeSet;
+
+use cmover::http::admin_api::ROUTES;
+use cmover::http::admin_client::AdminClient;
+use cmover::local_cluster::{ClusterOptions, LocalCluster};
+use cmover::storage::records::RunState;
+use serde_json::{json, Value};
+
+mod common;
+
+use common::cluster::{init_logs, LIMIT};
+
+/// Calls routes and remembers which were seen succeeding and refusing.
+struct Walk {
+    admin: AdminClient,
+    ok: BTreeSet<(String, String)>,
+    bad: BTreeSet<(String, String)>,
+}
+
+impl Walk {
+    /// `template` is the route as declared (`/jobs/{id}`); `path` what is called.
+    async fn hit(
+        &mut self,
+        method: &str,
+        template: &str,
+        path: &str,
+        body: Option<Value>,
+        want: u16,
+    ) -> Value {
+        let (status, v) = self.admin.call(method, &format!("/api/v1{path}"), body).await.unwrap();
+        assert_eq!(status, want, "{method} {path}: {v}");
+        let key = (method.to_lowercase(), template.to_owned());
+        if (200..300).contains(&status) {
+            self.ok.insert(key);
+        } else {
+            assert!(
+                v["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{method} {path}: no error text: {v}"
+            );
+            if status == 400 {
+                assert!(v["field"].as_str().is_some(), "{method} {path}: 400 names no field: {v}");
+            }
+            self.bad.insert(key);
+        }
+        v
+    }
+}
+
+/// Without credentials, every protected route answers 401 (and so exists: unknown routes are 404).
+async fn unauthenticated_calls_get_401(url: &str) {
+    let anonymous = AdminClient::new(url, "");
+    for r in ROUTES.iter().filter(|r| r.auth) {
+        let path = r.path.replace("{id}", "1").replace("{name}", "x").replace("{site}", "x");
+        let body = r.body.map(|_| json!({}));
+        let (status, v) =
+            anonymous.call(&r.method.to_uppercase(), &format!("/api/v1{path}"), body).await.unwrap();
+        assert_eq!(status, 401, "{} {path}: {v}", r.method);
+    }
+    let wrong = AdminClient::new(url, "wrong-token");
+    let (status, _) = wrong.call("GET", "/api/v1/sites", None).await.unwrap();
+    assert_eq!(status, 401);
+}
+
+/// The session: login, cookie, CSRF on changes, logout.
+async fn session_login_works_with_its_csrf_token(url: &str, w: &mut Walk) {
+    w.hit("POST", "/users", "/users", Some(json!({"name": "ada", "password": "short"})), 400).await;
+    w.hit("POST", "/users", "/users", Some(json!({"name": "ada", "password": "a long password"})), 201).await;
+    w.hit("GET", "/users", "/users", None, 200).await;
+    w.hit("GET", "/users", "/users?limit=0", None, 400).await;
+    w.hit("POST", "/session", "/session", Some(json!({"user": "ada"})), 400).await;
+    let (status, _) = w
+        .admin
+        .call("POST", "/api/v1/session", Some(json!({"user": "ada", "password": "not the password"})))
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "a wrong password is refused");
+
+    let client = awc::Client::default();
+    let mut resp = client
+        .post(format!("{url}/api/v1/session"))
+        .send_json(&json!({"user": "ada", "password": "a long password"}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    w.ok.insert(("post".into(), "/session".into()));
+    let set = resp.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let csrf = resp.json::<Value>().await.unwrap()["csrf"].as_str().unwrap().to_owned();
+    let with = |m: awc::http::Method, p: &str| {
+        client.request(m, format!("{url}/api/v1{p}")).insert_header(("cookie", cookie.clone()))
+    };
+    let mut me = with(awc::http::Method::GET, "/session").send().await.unwrap();
+    assert_eq!(me.status(), 200);
+    assert_eq!(me.json::<Value>().await.unwrap()["user"], "ada");
+    w.ok.insert(("get".into(), "/session".into()));
+    // A change with the cookie but without the CSRF token: 403.
+    let body = json!({"segments": ["seg-1"]});
+    let r = with(awc::http::Method::PUT, "/tree-order").send_json(&body).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = with(awc::http::Method::PUT, "/tree-order")
+        .insert_header(("x-csrf-token", csrf))
+        .send_json(&body)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = with(awc::http::Method::DELETE, "/session").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    w.ok.insert(("delete".into(), "/session".into()));
+    let r = with(awc::http::Method::GET, "/session").send().await.unwrap();
+    assert_eq!(r.status(), 401, "the session is over");
+    w.bad.insert(("get".into(), "/session".into()));
+    w.hit("DELETE", "/users/{name}", "/users/nobody", None, 404).await;
+    w.hit("DELETE", "/users/{name}", "/users/ada", None, 200).await;
+}
+
+#[actix_rt::test]
+async fn every_route_answers_good_and_bad_calls_and_is_documented() {
+    init_logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let c = LocalCluster::start(ClusterOptions::new(&tmp.path().join("cluster"), 1, 2)).await.unwrap();
+    c.wait_segments(LIMIT).await.unwrap();
+    let url = c.admin.url().to_owned();
+    let mut w = Walk { admin: c.admin.clone(), ok: BTreeSet::new(), bad: BTreeSet::new() };
+
+    // The document: served without credentials, listing exactly the routes.
+    let (status, doc) = AdminClient::new(&url, "").call("GET", "/api/v1/openapi.json", None).await.unwrap();
+    assert_eq!(status, 200);
+    w.ok.insert(("get".into(), "/openapi.json".into()));
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(p, ops)| ops.as_object().unwrap().keys().map(move |m| (m.clone(), p.clone())))
+        .collect();
+    let declared: BTreeSet<(String, String)> =
+        ROUTES.iter().map(|r| (r.method.to_owned(), format!("/api/v1{}", r.path))).collect();
+    assert_eq!(documented, declared);
+    unauthenticated_calls_get_401(&url).await;
+    session_login_works_with_its_csrf_token(&url, &mut w).await;
+
+    // Sites.
+    let staging = tmp.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(staging.join("index.html"), vec![b'x'; 64 * 1024]).unwrap();
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let site = |name: &str, dir: &std::path::Path| json!({"name": name, "staging": dir});
+    w.hit("POST", "/sites", "/sites", Some(site("www", &staging)), 201).await;
+    w.hit("POST", "/sites", "/sites", Some(json!({"name": "rel", "staging": "relative/dir"})), 400).await;
+    w.hit("POST", "/sites", "/sites", Some(site("www", &staging)), 409).await;
+    w.hit("GET", "/sites", "/sites", None, 200).await;
+    w.hit("GET", "/sites", "/sites?color=red", None, 400).await;
+    w.hit("GET", "/sites/{name}", "/sites/www", None, 200).await;
+    w.hit("GET", "/sites/{name}", "/sites/nope", None, 404).await;
+    w.hit("PUT", "/sites/{name}", "/sites/www", Some(json!({"staging": staging})), 200).await;
+    w.hit("PUT", "/sites/{name}", "/sites/www", Some(json!({"staging": "not/absolute"})), 400).await;
+    w.hit("POST", "/sites", "/sites", Some(site("tmp", &other)), 201).await;
+    w.hit("DELETE", "/sites/{name}", "/sites/tmp", None, 200).await;
+
+    // Groups.
+    let group = |name: &str, servers: Value| json!({"name": name, "site": "www", "servers": servers});
+    w.hit("POST", "/groups", "/groups", Some(group("web", json!([1, 2]))), 201).await;
+    w.hit("POST", "/groups", "/groups", Some(group("empty", json!([]))), 400).await;
+    w.hit("GET", "/groups", "/groups", None, 200).await;
+    w.hit("GET", "/groups", "/groups?limit=abc", None, 400).await;
+    w.hit("GET", "/groups/{name}", "/groups/web", None, 200).await;
+    w.hit("GET", "/groups/{name}", "/groups/nope", None, 404).await;
+    w.hit(
+        "PUT",
+        "/groups/{name}",
+        "/groups/web",
+        Some(json!({"quorum": {"type": "count", "value": 1}})),
+        200,
+    )
+    .await;
+    w.hit(
+        "PUT",
+        "/groups/{name}",
+        "/groups/web",
+        Some(json!({"quorum": {"type": "count", "value": 0}})),
+        400,
+    )
+    .await;
+    w.hit("POST", "/groups", "/groups", Some(group("spare", json!([2]))), 201).await;
+    w.hit("DELETE", "/groups/{name}", "/groups/spare", None, 200).await;
+    w.hit("DELETE", "/sites/{name}", "/sites/www", None, 409).await;
+
+    // Servers and segments.
+    w.hit("GET", "/servers", "/servers", None, 200).await;
+    w.hit("GET", "/servers", "/servers?limit=0", None, 400).await;
+    w.hit("GET", "/servers/{id}", "/servers/1", None, 200).await;
+    w.hit("GET", "/servers/{id}", "/servers/abc", None, 400).await;
+    w.hit("GET", "/servers/{id}", "/servers/999", None, 404).await;
+    w.hit("GET", "/segments", "/segments", None, 200).await;
+    w.hit("GET", "/segments", "/segments?limit=0", None, 400).await;
+
+    // Jobs, runs, assignments.
+    let job = |kind: &str, extra: Value| {
+        let mut j = json!({"site": "www", "group": "web", "kind": kind});
+        j.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        j
+    };
+    let v = w.hit("POST", "/jobs", "/jobs", Some(job("publish", json!({}))), 201).await;
+    let publish = v["id"].as_u64().unwrap();
+    let bad_cron = job("publish", json!({"schedule": {"type": "cron", "expr": "every tuesday"}}));
+    let v = w.hit("POST", "/jobs", "/jobs", Some(bad_cron), 400).await;
+    assert_eq!(v["field"], "schedule", "{v}");
+    w.hit("POST", "/jobs", "/jobs", Some(job("switch", json!({}))), 400).await;
+    w.hit("POST", "/jobs", "/jobs", Some(job("publish", json!({"policy": {"include": ["a[b"]}}))), 400).await;
+    w.hit("POST", "/jobs", "/jobs", Some(job("teleport", json!({}))), 400).await;
+    w.hit("GET", "/jobs", "/jobs", None, 200).await;
+    w.hit("GET", "/jobs", "/jobs?limit=0", None, 400).await;
+    w.hit("GET", "/jobs/{id}", &format!("/jobs/{publish}"), None, 200).await;
+    w.hit("GET", "/jobs/{id}", "/jobs/999", None, 404).await;
+    let every = job("publish", json!({"schedule": {"type": "every", "interval_ms": 3_600_000}}));
+    let v = w.hit("PUT", "/jobs/{id}", &format!("/jobs/{publish}"), Some(every), 200).await;
+    assert!(v["next_run_ms"].as_u64().is_some(), "an interval job has a next run: {v}");
+    w.hit("PUT", "/jobs/{id}", &format!("/jobs/{publish}"), Some(job("hot", json!({}))), 400).await;
+    w.hit("POST", "/jobs/{id}/cancel", &format!("/jobs/{publish}/cancel"), None, 409).await;
+    let v = w.hit("POST", "/jobs/{id}/run", &format!("/jobs/{publish}/run"), None, 202).await;
+    let run = v["run"].as_u64().unwrap();
+    w.hit("POST", "/jobs/{id}/run", "/jobs/999/run", None, 404).await;
+    let r = c.admin.wait_run(run, LIMIT).await.unwrap();
+    assert_eq!(r.state, RunState::Committed, "{r:#?}");
+    w.hit("GET", "/runs", "/runs", None, 200).await;
+    w.hit("GET", "/runs", "/runs?limit=0", None, 400).await;
+    w.hit("GET", "/runs/{id}", &format!("/runs/{run}"), None, 200).await;
+    w.hit("GET", "/runs/{id}", "/runs/999", None, 404).await;
+    w.hit("POST", "/runs/{id}/cancel", &format!("/runs/{run}/cancel"), None, 409).await;
+    let assignment = r.content_assignment.unwrap();
+    w.hit("GET", "/assignments", "/assignments?site=www", None, 200).await;
+    w.hit("GET", "/assignments", "/assignments?limit=x", None, 400).await;
+    w.hit("GET", "/assignments/{id}", &format!("/assignments/{assignment}"), None, 200).await;
+    w.hit("GET", "/assignments/{id}", "/assignments/999", None, 404).await;
+    w.hit("GET", "/snapshots", "/snapshots?site=www", None, 200).await;
+    w.hit("GET", "/snapshots", "/snapshots?limit=0", None, 400).await;
+
+    // A slow run (1 KiB/s bandwidth limit on 64 KiB) to cancel, by job and by run.
+    std::fs::write(staging.join("index.html"), vec![b'y'; 64 * 1024]).unwrap();
+    let slow = job("publish", json!({"policy": {"bandwidth": 1024, "compress_exclude": ["*"]}}));
+    let slow = w.hit("POST", "/jobs", "/jobs", Some(slow), 201).await["id"].as_u64().unwrap();
+    let run = w.hit("POST", "/jobs/{id}/run", &format!("/jobs/{slow}/run"), None, 202).await["run"]
+        .as_u64()
+        .unwrap();
+    w.hit("POST", "/jobs/{id}/cancel", &format!("/jobs/{slow}/cancel"), None, 202).await;
+    let r = c.admin.wait_run(run, LIMIT).await.unwrap();
+    assert_eq!(r.state, RunState::Cancelled, "{r:#?}");
+    let run = w.hit("POST", "/jobs/{id}/run", &format!("/jobs/{slow}/run"), None, 202).await["run"]
+        .as_u64()
+        .unwrap();
+    w.hit("POST", "/runs/{id}/cancel", &format!("/runs/{run}/cancel"), None, 202).await;
+    assert_eq!(c.admin.wait_run(run, LIMIT).await.unwrap().state, RunState::Cancelled);
+    w.hit("DELETE", "/jobs/{id}", &format!("/jobs/{slow}"), None, 200).await;
+    w.hit("DELETE", "/jobs/{id}", "/jobs/999", None, 404).await;
+
+    // Checkpoints.
+    let v = w.hit("POST", "/checkpoints", "/checkpoints", Some(json!({"site": "www"})), 201).await;
+    let ck = v["id"].as_u64().unwrap();
+    w.hit("POST", "/checkpoints", "/checkpoints", Some(json!({"site": "nope"})), 400).await;
+    w.hit("GET", "/checkpoints", "/checkpoints?site=www", None, 200).await;
+    w.hit("GET", "/checkpoints", "/checkpoints?site=nope", None, 400).await;
+    w.hit("GET", "/checkpoints/{site}/{id}", &format!("/checkpoints/www/{ck}"), None, 200).await;
+    w.hit("GET", "/checkpoints/{site}/{id}", "/checkpoints/www/999", None, 404).await;
+    let restore = format!("/checkpoints/www/{ck}/restore");
+    w.hit("POST", "/checkpoints/{site}/{id}/restore", &restore, Some(json!({"group": "nope"})), 400).await;
+    let v =
+        w.hit("POST", "/checkpoints/{site}/{id}/restore", &restore, Some(json!({"group": "web"})), 202).await;
+    let r = c.admin.wait_run(v["run"].as_u64().unwrap(), LIMIT).await.unwrap();
+    assert!(matches!(r.state, RunState::Committed | RunState::Unchanged), "{r:#?}");
+    w.hit("DELETE", "/checkpoints/{site}/{id}", &format!("/checkpoints/www/{ck}"), None, 200).await;
+    w.hit("DELETE", "/checkpoints/{site}/{id}", &format!("/checkpoints/www/{ck}"), None, 404).await;
+
+    // Events and the static order.
+    let v = w.hit("GET", "/events", "/events?kind=committed", None, 200).await;
+    assert!(
+        v.as_array().unwrap().iter().all(|e| e["kind"] == "committed") && !v.as_array().unwrap().is_empty(),
+        "{v}"
+    );
+    w.hit("GET", "/events", "/events?limit=20000", None, 400).await;
+    w.hit("GET", "/tree-order", "/tree-order", None, 200).await;
+    w.hit("GET", "/tree-order", "/tree-order?x=1", None, 400).await;
+    w.hit("PUT", "/tree-order", "/tree-order", Some(json!({"segments": ["seg-2", "seg-1"]})), 200).await;
+    w.hit("PUT", "/tree-order", "/tree-order", Some(json!({"segments": ["seg-1", "seg-1"]})), 400).await;
+    let v = w.hit("GET", "/tree-order", "/tree-order", None, 200).await;
+    assert_eq!(v["segments"], json!(["seg-2", "seg-1"]));
+    w.hit("DELETE", "/groups/{name}", "/groups/web", None, 409).await;
+
+    // Coverage: every route was seen succeeding and refusing bad input,
+    // but for the two that take none (the document, and logging out).
+    let no_input: BTreeSet<(String, String)> = [("get", "/openapi.json"), ("delete", "/session")]
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    for r in ROUTES {
+        let key = (r.method.to_owned(), r.path.to_owned());
+        assert!(w.ok.contains(&key), "no successful call of {} {}", r.method, r.path);
+        assert!(w.bad.contains(&key) || no_input.contains(&key), "no bad call of {} {}", r.method, r.path);
+    }
+    c.stop().await;
+}

@@ -1,0 +1,164 @@
+//! The CLI client against a demo cluster, entirely through `cmover`
+//! commands (separate processes, `CMOVER_CCM`/`CMOVER_TOKEN` from the
+//! demo's output): add a site and a group, add a job and run it with
+//! `--wait`, list runs, make a checkpoint and restore it, show the status.
+//! Bad input fails with the API's message naming the field.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cmover::storage::tree::compare_trees;
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `cmover ARGS` against the demo's CCM.
+fn cmover(url: &str, token: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cmover"))
+        .args(args)
+        .env("CMOVER_CCM", url)
+        .env("CMOVER_TOKEN", token)
+        .output()
+        .unwrap()
+}
+
+/// Like `cmover`, but it must succeed; returns its standard output.
+fn ok(url: &str, token: &str, args: &[&str]) -> String {
+    let out = cmover(url, token, args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "cmover {args:?} failed: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+fn assert_live(dir: &Path, site: &str, expected: &Path) {
+    for id in 1..=4 {
+        let live = dir.join(format!("agents/{id}/sites/{site}/live"));
+        assert_eq!(compare_trees(&live, expected).unwrap(), Vec::<String>::new(), "agent {id}");
+    }
+}
+
+#[test]
+fn the_cli_drives_a_demo_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cmover"))
+        .args(["demo", "--segments", "2", "--agents-per-segment", "2", "--http", "127.0.0.1:0", "--dir"])
+        .arg(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let _demo = Demo(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let export = loop {
+        let left = LIMIT.checked_sub(start.elapsed()).expect("the demo never printed its CLI line");
+        let line = rx.recv_timeout(left).expect("the demo stopped early");
+        if let Some((_, rest)) = line.split_once("export ") {
+            break rest.to_owned();
+        }
+    };
+    let var = |name: &str| {
+        export.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{name}="))).unwrap().to_owned()
+    };
+    let (url, token) = (var("CMOVER_CCM"), var("CMOVER_TOKEN"));
+
+    // A second site, on every server.
+    let shop = tmp.path().join("shop");
+    std::fs::create_dir_all(shop.join("img")).unwrap();
+    std::fs::write(shop.join("index.html"), "<h1>shop</h1>\n").unwrap();
+    std::fs::write(shop.join("img/logo.svg"), "<svg/>\n").unwrap();
+    let shop_s = shop.to_str().unwrap();
+    ok(&url, &token, &["site", "add", "shop", "--staging", shop_s]);
+    ok(
+        &url,
+        &token,
+        &["group", "add", "shopweb", "--site", "shop", "--servers", "1,2,3,4", "--quorum", "75%"],
+    );
+    let text = ok(&url, &token, &["site", "list"]);
+    assert!(text.contains("shop") && text.contains("www"), "{text}");
+    let text =
+        ok(&url, &token, &["job", "add", "--site", "shop", "--group", "shopweb", "--name", "shop publish"]);
+    let job: String = text.split_whitespace().nth(1).unwrap().to_owned();
+    let text = ok(&url, &token, &["job", "run", &job, "--wait"]);
+    assert!(text.contains("Committed") && text.contains("release 1 of shop"), "{text}");
+    assert_live(&dir, "shop", &shop);
+
+    // Runs, as a table and as JSON.
+    let text = ok(&url, &token, &["run", "list"]);
+    assert!(text.lines().next().unwrap().starts_with("RUN"), "{text}");
+    assert!(text.lines().any(|l| l.contains("shop") && l.contains("committed")), "{text}");
+    let runs: serde_json::Value =
+        serde_json::from_str(&ok(&url, &token, &["run", "list", "--json"])).unwrap();
+    assert!(
+        runs.as_array().unwrap().iter().any(|r| r["site"] == "shop" && r["state"] == "committed"),
+        "{runs}"
+    );
+
+    // A checkpoint, an edit published, then the checkpoint restored.
+    let text = ok(&url, &token, &["checkpoint", "add", "--site", "shop"]);
+    let ck: String = text.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(text.contains("at release 1"), "{text}");
+    let v1 = tmp.path().join("v1");
+    cmover::storage::tree::copy_tree(&shop, &v1).unwrap();
+    // Checkpoints (tar) keep modification times to the second.
+    for f in ["index.html", "img/logo.svg"] {
+        let t = filetime::FileTime::from_last_modification_time(&std::fs::metadata(v1.join(f)).unwrap());
+        filetime::set_file_mtime(v1.join(f), filetime::FileTime::from_unix_time(t.unix_seconds(), 0))
+            .unwrap();
+    }
+    std::fs::write(shop.join("index.html"), "<h1>shop, changed</h1>\n").unwrap();
+    ok(&url, &token, &["job", "run", &job, "--wait"]);
+    assert_live(&dir, "shop", &shop);
+    let text = ok(&url, &token, &["checkpoint", "list", "--site", "shop"]);
+    assert!(text.lines().any(|l| l.split_whitespace().next() == Some(ck.as_str())), "{text}");
+    let text = ok(&url, &token, &["checkpoint", "restore", "shop", &ck, "--group", "shopweb", "--wait"]);
+    assert!(text.contains("Committed") && text.contains("release 3 of shop"), "{text}");
+    assert_live(&dir, "shop", &v1);
+
+    // The status names every server and its live release per site.
+    let text = ok(&url, &token, &["status"]);
+    assert!(text.contains("site shop: live release 3"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.contains("shop=3")).count(), 4, "{text}");
+
+    // Bad input: the API's message, naming the field; non-zero exit.
+    let out = cmover(&url, &token, &["group", "add", "bad", "--site", "nope", "--servers", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("site") && err.contains("does not exist"), "{err}");
+    let out = cmover(&url, "wrong", &["site", "list"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    // A run that fails makes `--wait` exit non-zero.
+    let text = ok(
+        &url,
+        &token,
+        &["job", "add", "--site", "shop", "--group", "shopweb", "--kind", "remove", "--path", "no/such"],
+    );
+    let bad_job: String = text.split_whitespace().nth(1).unwrap().to_owned();
+    let out = cmover(&url, &token, &["job", "run", &bad_job, "--wait"]);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Failed"));
+}
