@@ -20,5 +20,6 @@ pub mod ids;
 pub mod mctp;
 pub mod paths;
 pub mod reports;
+pub mod schedule;
 pub mod time;
 pub mod wire;
