@@ -6,6 +6,7 @@
 
 pub mod agent_state;
 pub mod assignment_file;
+pub mod checkpoint;
 pub mod db;
 pub mod pack;
 pub mod records;
