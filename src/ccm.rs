@@ -93,16 +93,30 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
     }
     let url = config.ccm.url();
     let auth = web::Data::new(NodeAuth::from_secret(&secret, config.ccm.max_clock_skew));
+    crate::metrics::init();
+    let observers = crate::ops::start_ccm_observers(&config, &db, &secret)?;
     let state = web::Data::new(CcmState {
-        ccm: Ccm::new(config.clone(), db.clone(), secret).start(),
+        ccm: Ccm::new(config.clone(), db.clone(), secret).with_observers(observers).start(),
         db: db.clone(),
         admin_token: config.ccm.admin_token.clone(),
         egress: Default::default(),
     });
     let egress = state.egress.clone();
     let ccm = state.ccm.clone();
+    let refresh: crate::metrics::Refresh = {
+        let (db, egress) = (db.clone(), egress.clone());
+        std::sync::Arc::new(move || {
+            crate::ops::job_gauges(&db);
+            let sent = egress.load(std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!("cmover_ccm_egress_bytes_total", "node" => crate::metrics::CCM).absolute(sent);
+        })
+    };
     let server = HttpServer::new(move || {
-        App::new().app_data(auth.clone()).app_data(state.clone()).configure(ccm_api::config)
+        App::new()
+            .app_data(auth.clone())
+            .app_data(state.clone())
+            .service(crate::metrics::resource_with(crate::metrics::CCM, Some(refresh.clone())))
+            .configure(ccm_api::config)
     })
     .workers(2)
     .disable_signals()

@@ -137,6 +137,8 @@ pub struct Ccm {
     epoch: actix::clock::Instant,
     active: HashMap<u64, Active>,
     by_assignment: HashMap<u64, u64>,
+    /// Told of every run that ends (load balancer, caches).
+    observers: Vec<Recipient<crate::ops::RunEnded>>,
 }
 
 fn table<R: crate::storage::db::Record>(db: &Db) -> Table<R> {
@@ -171,7 +173,14 @@ impl Ccm {
             epoch: actix::clock::Instant::now(),
             active: HashMap::new(),
             by_assignment: HashMap::new(),
+            observers: Vec::new(),
         }
+    }
+
+    /// Tells `observers` of every run that ends ([`crate::ops::RunEnded`]).
+    pub fn with_observers(mut self, observers: Vec<Recipient<crate::ops::RunEnded>>) -> Self {
+        self.observers = observers;
+        self
     }
 
     fn now(&self) -> Time {
@@ -264,6 +273,7 @@ impl Ccm {
             .get(&job.group)?
             .ok_or(CcmError::NotFound { what: "content group", name: job.group.clone() })?;
         if let Some(other) = self.active.values().find(|a| a.run.site == site.name) {
+            metrics::counter!("cmover_conflicts_total", "node" => crate::metrics::CCM).increment(1);
             return Err(CcmError::Conflict(format!(
                 "run {} of site {} is in progress; wait for it or cancel it",
                 other.run.id, site.name
@@ -938,6 +948,10 @@ impl Ccm {
         let run = run.clone();
         self.history(kind, message, Some(run_id), Some(&run.site));
         self.save(&run, true);
+        crate::ops::run_metrics(&run);
+        for o in &self.observers {
+            o.do_send(crate::ops::RunEnded(run.clone()));
+        }
     }
 
     fn record_segment(&mut self, report: &SegmentReport) -> Result<(), CcmError> {
