@@ -307,6 +307,7 @@ fn data_advertise(config: &Config, http: &str, bound: SocketAddr) -> Result<Stri
 fn build(config: &Config) -> Result<Parts, AgentError> {
     let a = &config.agent;
     let id = NodeId(config.node.id);
+    crate::metrics::init();
     let assignments: PathBuf = a.data_dir.join("assignments");
     let receiving = a.data_dir.join("receiving");
     for dir in [&assignments, &receiving, &a.sites_root] {
@@ -400,6 +401,7 @@ fn build(config: &Config) -> Result<Parts, AgentError> {
         receiver: Some(receiver.clone().recipient()),
         held: Some(receiver.clone().recipient()),
         registration: Some((elector.clone().recipient(), info.clone())),
+        hooks: config.hooks.clone(),
     })
     .start();
     let seed = id.0 ^ crate::http::signed::unix_ms().rotate_left(17);
@@ -454,7 +456,12 @@ fn build(config: &Config) -> Result<Parts, AgentError> {
         interpreter_status: interpreter.clone().recipient(),
         held: Some(receiver.recipient()),
     }));
-    let api = NodeApi { notify: leader.clone().recipient(), status: leader.clone().recipient(), assignments };
+    let api = NodeApi {
+        notify: leader.clone().recipient(),
+        status: leader.clone().recipient(),
+        assignments,
+        metrics_node: crate::metrics::node_label(id),
+    };
     let (_, server) = node_api::serve(listener, NodeAuth::from_secret(&secret, a.api_max_skew), api)
         .map_err(io("start the node HTTP server"))?;
     tracing::info!(

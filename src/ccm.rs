@@ -100,7 +100,9 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
     }
     let url = config.ccm.url();
     let auth = web::Data::new(NodeAuth::from_secret(&secret, config.ccm.max_clock_skew));
-    let ccm = Ccm::new(config.clone(), db.clone(), secret).start();
+    crate::metrics::init();
+    let observers = crate::ops::start_ccm_observers(&config, &db, &secret)?;
+    let ccm = Ccm::new(config.clone(), db.clone(), secret).with_observers(observers).start();
     let scheduler = Scheduler::new(config.clone(), db.clone(), ccm.clone()).start();
     ccm.do_send(NotifyRunsTo(scheduler.clone().recipient(), scheduler.clone().recipient()));
     let state = web::Data::new(CcmState {
@@ -116,8 +118,20 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
     });
     let egress = state.egress.clone();
     let ccm = state.ccm.clone();
+    let refresh: crate::metrics::Refresh = {
+        let (db, egress) = (db.clone(), egress.clone());
+        std::sync::Arc::new(move || {
+            crate::ops::job_gauges(&db);
+            let sent = egress.load(std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!("cmover_ccm_egress_bytes_total", "node" => crate::metrics::CCM).absolute(sent);
+        })
+    };
     let server = HttpServer::new(move || {
-        App::new().app_data(auth.clone()).app_data(state.clone()).configure(ccm_api::config)
+        App::new()
+            .app_data(auth.clone())
+            .app_data(state.clone())
+            .service(crate::metrics::resource_with(crate::metrics::CCM, Some(refresh.clone())))
+            .configure(ccm_api::config)
     })
     .workers(2)
     .disable_signals()

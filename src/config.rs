@@ -80,6 +80,14 @@ pub struct Config {
     pub agent: AgentConfig,
     /// The data channel that carries assignments inside a segment.
     pub data: DataConfig,
+    /// The CCM: the load balancer in front of the servers.
+    pub lb: crate::ops::config::LbConfig,
+    /// The CCM: caches invalidated after a commit.
+    pub cache: crate::ops::config::CacheConfig,
+    /// The CCM: delivery of webhooks.
+    pub webhook: crate::ops::config::WebhookConfig,
+    /// Each server: commands run around a commit, per site.
+    pub hooks: crate::ops::config::HooksConfig,
 }
 
 /// `[agent]`: the agent process (`cmover agent`).
@@ -918,6 +926,12 @@ impl Config {
         self.reports.validate()?;
         self.ccm.validate()?;
         self.validate_agent()?;
+        self.lb.validate()?;
+        self.cache.validate()?;
+        let webhooks =
+            self.lb.driver == crate::ops::config::LbDriverKind::Webhook || !self.cache.webhook_url.is_empty();
+        self.webhook.validate(webhooks)?;
+        self.hooks.validate()?;
         Ok(())
     }
 }
@@ -1171,6 +1185,20 @@ mod tests {
             ("[data]\ngroup = \"10.1.1.1\"\n", "data.group"),
             ("[data]\nport = 0\n", "data.port"),
             ("[data]\nadvertise = \"here\"\n", "data.advertise"),
+            ("[lb]\ndriver = \"haproxy\"\n", "lb.haproxy_socket"),
+            ("[lb]\ndriver = \"haproxy\"\nhaproxy_socket = \"/run/h.sock\"\n", "lb.haproxy_backend"),
+            ("[lb]\ndriver = \"webhook\"\n", "lb.webhook_url"),
+            ("[lb]\ndriver = \"webhook\"\nwebhook_url = \"ftp://x\"\n", "lb.webhook_url"),
+            ("[lb]\ndriver = \"webhook\"\nwebhook_url = \"http://x/h\"\n", "webhook.secret_file"),
+            ("[lb.servers]\nweb-1 = \"web/web-1\"\n", "lb.servers"),
+            ("[lb.servers]\n1 = \"a/b/c\"\n", "lb.servers"),
+            ("[lb]\ncheck_interval = \"1ms\"\n", "lb.check_interval"),
+            ("[cache]\npurge = [\"127.0.0.1:6081\"]\n", "cache.purge"),
+            ("[cache]\npurge = [\"http://127.0.0.1:6081\"]\n", "cache.base_urls"),
+            ("[cache.base_urls]\nwww = \"www.example.com\"\n", "cache.base_urls.www"),
+            ("[webhook]\nattempts = 0\n", "webhook.attempts"),
+            ("[hooks]\ntimeout = \"0s\"\n", "hooks.timeout"),
+            ("[hooks.sites.www]\npre_commit = \"\"\n", "hooks.sites.www"),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(text, "f.toml").unwrap_err();

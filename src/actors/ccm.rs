@@ -178,6 +178,8 @@ pub struct Ccm {
     by_assignment: HashMap<u64, u64>,
     ended_to: Option<Recipient<RunEnded>>,
     began_to: Option<Recipient<RunBegan>>,
+    /// Told of every run that ends (load balancer, caches).
+    observers: Vec<Recipient<crate::ops::RunEnded>>,
 }
 
 fn table<R: crate::storage::db::Record>(db: &Db) -> Table<R> {
@@ -237,7 +239,14 @@ impl Ccm {
             by_assignment: HashMap::new(),
             ended_to: None,
             began_to: None,
+            observers: Vec::new(),
         }
+    }
+
+    /// Tells `observers` of every run that ends ([`crate::ops::RunEnded`]).
+    pub fn with_observers(mut self, observers: Vec<Recipient<crate::ops::RunEnded>>) -> Self {
+        self.observers = observers;
+        self
     }
 
     fn now(&self) -> Time {
@@ -412,6 +421,7 @@ impl Ccm {
             a.run.site == site.name && (a.group.iter().any(|s| members.contains(s)) || a.run.job == job.id)
         };
         if let Some(other) = self.active.values().find(|a| conflicting(a)) {
+            metrics::counter!("cmover_conflicts_total", "node" => crate::metrics::CCM).increment(1);
             return Err(CcmError::Conflict(format!(
                 "run {} of site {} (job {}) is in progress on the same servers; wait for it or cancel it",
                 other.run.id, site.name, other.run.job
@@ -1194,6 +1204,10 @@ impl Ccm {
         self.history(kind, message, Some(run_id), Some(&run.site));
         self.save(&run, true);
         self.ended(&run);
+        crate::ops::run_metrics(&run);
+        for o in &self.observers {
+            o.do_send(crate::ops::RunEnded(run.clone()));
+        }
     }
 
     fn record_segment(&mut self, report: &SegmentReport) -> Result<(), CcmError> {

@@ -31,6 +31,8 @@ use actix::prelude::*;
 use super::elector::UpdateInfo;
 use super::multicast_receiver::{AssignmentReceived, MarkHeld, ReportResult};
 use crate::http::files::{self, assignment_path};
+use crate::ops::config::HooksConfig;
+use crate::ops::hooks::{self, Hook};
 use crate::protocol::assignment::Kind;
 use crate::protocol::control::{MemberInfo, SiteSerial};
 use crate::protocol::crypto::ContentKey;
@@ -94,6 +96,8 @@ pub struct InterpreterSetup {
     pub held: Option<Recipient<MarkHeld>>,
     /// The elector, and the registration to update when live serials change.
     pub registration: Option<(Recipient<UpdateInfo>, MemberInfo)>,
+    /// Per-site pre- and post-commit commands (`[hooks]`).
+    pub hooks: HooksConfig,
 }
 
 /// The shared part a blocking task works with.
@@ -103,6 +107,9 @@ struct Work {
     state: Arc<AgentState>,
     key: Option<ContentKey>,
     site_options: SiteOptions,
+    hooks: HooksConfig,
+    /// The `node` label of this server's metrics.
+    metrics_node: String,
     /// One assignment at a time.
     lock: Mutex<()>,
 }
@@ -210,6 +217,7 @@ impl Work {
         // Every kind is idempotent (a rollback names its release), so a
         // crash before the record below only means doing it again.
         let detail = Some(site.execute(&file).map_err(|e| e.to_string())?);
+        self.run_hooks(&site, h)?;
         let applied = Applied {
             site: h.site.as_str().to_owned(),
             serial: h.serial.0,
@@ -219,6 +227,43 @@ impl Work {
         self.state.record_applied(id, applied.clone()).map_err(|e| e.to_string())?;
         let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(Done { applied, replayed: false, live: scan_live(&self.sites_root), ms, detail })
+    }
+}
+
+impl Work {
+    /// The site's hooks around a commit: a failing pre-commit hook discards
+    /// the release it was given and fails the assignment (so the server is
+    /// left out of the commit); a failing post-commit hook is only reported.
+    fn run_hooks(&self, site: &SiteRoot, h: &crate::protocol::assignment::Header) -> Result<(), String> {
+        let (hook, release) = match h.kind {
+            Kind::Content => (Hook::PreCommit, site.incoming_dir(h.serial)),
+            Kind::Commit => (Hook::PostCommit, site.release_dir(h.serial)),
+            _ => return Ok(()),
+        };
+        let res = hooks::run(&self.hooks, hook, h.site.as_str(), h.serial.0, &release);
+        let result = match &res {
+            Ok(false) => return Ok(()),
+            Ok(true) => "ok",
+            Err(_) => "failed",
+        };
+        metrics::counter!("cmover_hook_runs_total", "node" => self.metrics_node.clone(), "hook" => hook.name(), "result" => result)
+            .increment(1);
+        match res {
+            Err(e) if hook == Hook::PreCommit => {
+                if let Err(abort) = site.abort(h.serial) {
+                    tracing::warn!(event = "abort_failed", site = %h.site, serial = h.serial.0, error = %abort);
+                }
+                Err(e.to_string())
+            }
+            Err(e) => {
+                tracing::warn!(event = "hook_failed", site = %h.site, serial = h.serial.0, error = %e);
+                Ok(())
+            }
+            Ok(_) => {
+                tracing::info!(event = "hook_ran", site = %h.site, serial = h.serial.0, hook = hook.name());
+                Ok(())
+            }
+        }
     }
 }
 
@@ -234,6 +279,8 @@ impl ContentInterpreter {
                 state: setup.state,
                 key: setup.key,
                 site_options: setup.site_options,
+                hooks: setup.hooks,
+                metrics_node: crate::metrics::node_label(setup.node),
                 lock: Mutex::new(()),
             }),
             receiver: setup.receiver,
@@ -267,6 +314,8 @@ impl ContentInterpreter {
                         );
                     } else {
                         act.status.executed += 1;
+                        metrics::histogram!("cmover_assignment_apply_seconds", "node" => act.work.metrics_node.clone(), "kind" => a.kind.clone())
+                            .record(done.ms as f64 / 1000.0);
                         let event = match a.kind.as_str() {
                             "content" => "applied",
                             "commit" => "committed",
@@ -285,6 +334,7 @@ impl ContentInterpreter {
                 }
                 Err(error) => {
                     act.status.failed += 1;
+                    metrics::counter!("cmover_apply_failures_total", "node" => act.work.metrics_node.clone()).increment(1);
                     tracing::warn!(event = "apply_failed", %node, assignment = id, %error, "assignment failed");
                 }
             }
@@ -415,6 +465,7 @@ mod tests {
             receiver: None,
             held: None,
             registration: None,
+            hooks: HooksConfig::default(),
         }
     }
 

@@ -532,6 +532,9 @@ impl DataChannel {
             Ok(_) => None,
             Err(e) => {
                 self.0.rejected.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("cmover_datagrams_rejected_total", "node" => crate::metrics::node_label(self.0.node),
+                    "channel" => "data", "reason" => crate::metrics::reject_reason(&e))
+                .increment(1);
                 tracing::debug!(event = "data_rejected", %from, error = %e);
                 None
             }

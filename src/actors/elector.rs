@@ -239,6 +239,23 @@ impl ElectorActor {
     /// Logs an event as a structured line, and acts on channel moves.
     fn report(&mut self, event: &Event, ctx: &mut Context<Self>) {
         let node = self.core.id();
+        let label = crate::metrics::node_label(node);
+        match event {
+            Event::LeaderElected { me, .. } => {
+                metrics::counter!("cmover_leader_changes_total", "node" => label.clone()).increment(1);
+                if *me {
+                    metrics::counter!("cmover_elections_total", "node" => label.clone()).increment(1);
+                }
+            }
+            Event::LeaderLost { .. } => {
+                metrics::counter!("cmover_la_missed_total", "node" => label.clone()).increment(1)
+            }
+            Event::MemberJoined { .. } | Event::MemberLeft { .. } | Event::SegmentChanged { .. } => {
+                let members = self.core.members().len();
+                metrics::gauge!("cmover_registered_members", "node" => label.clone()).set(members as f64);
+            }
+            _ => {}
+        }
         match event {
             Event::LeaderElected { leader, me, previous } => tracing::info!(
                 event = "leader_elected",
@@ -318,6 +335,22 @@ impl StreamHandler<Incoming> for ElectorActor {
                     self.accepted += 1;
                     let now = self.now();
                     self.core.handle_datagram(now, sender, msg);
+                } else {
+                    let r = self.gate.rejected();
+                    let node = crate::metrics::node_label(self.core.id());
+                    for (reason, n) in [
+                        ("malformed", r.malformed),
+                        ("bad_tag", r.bad_tag),
+                        ("stale", r.stale),
+                        ("from_future", r.from_future),
+                        ("replayed", r.replayed),
+                    ] {
+                        if n > 0 {
+                            metrics::counter!("cmover_datagrams_rejected_total", "node" => node.clone(),
+                                "channel" => "control", "reason" => reason)
+                            .absolute(n);
+                        }
+                    }
                 }
             }
             Err(e) => tracing::debug!(node = %self.core.id(), error = %e, "control socket error"),

@@ -399,6 +399,9 @@ async fn fetch(shared: &Shared, notify: &Notify) -> Result<[u8; 32], String> {
     if let Some(h) = &shared.held {
         h.do_send(MarkHeld { assignment: AssignmentSerial(a.id), hash: expected });
     }
+    let source = if notify.fetch_from.trim_end_matches('/') == shared.ccm_url { "ccm" } else { "leader" };
+    metrics::counter!("cmover_hop_bytes_total", "node" => crate::metrics::node_label(shared.node), "from" => source)
+        .increment(got.bytes);
     tracing::info!(
         event = "fetched", node = %shared.node, assignment = a.id, from = %notify.fetch_from,
         bytes = got.bytes, ms = got.ms, resumed = got.resumed, refetched = got.refetched, "assignment fetched"

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use crate::protocol::crypto::Sha256;
 use crate::protocol::ids::{AssignmentSerial, NodeId};
 use crate::protocol::mctp::{
-    msg::is_mctp_tag, Announce, Message, Receiver, ReceiverConfig, ReceiverEvent, SessionId,
+    msg::is_mctp_tag, Announce, Message, Receiver, ReceiverConfig, ReceiverEvent, SessionId, StatusKind,
 };
 use crate::protocol::reports::{self, CollectorConfig, Reporter};
 use crate::protocol::time::Time;
@@ -331,6 +331,12 @@ impl MulticastReceiver {
         }
         let mut buf = Vec::with_capacity(1500);
         while let Some((to, msg)) = self.core.poll_transmit() {
+            if let Message::Status(s) = &msg {
+                if s.kind == StatusKind::Nack && !s.missing.is_empty() {
+                    metrics::counter!("cmover_mctp_nacks_total", "node" => crate::metrics::node_label(self.channel.node()))
+                        .increment(1);
+                }
+            }
             buf.clear();
             msg.encode(&mut buf);
             if let Err(e) = self.channel.send(Dest::Node(to), &buf) {

@@ -247,6 +247,16 @@ impl MulticastSender {
                     tracing::info!(event = "mctp_pass", %session, pass, sent, missing, active, rate);
                 }
                 SenderEvent::Finished(o) => {
+                    let result = if o.gave_up || !o.completed { "gave_up" } else { "completed" };
+                    let node = crate::metrics::node_label(self.channel.node());
+                    metrics::counter!("cmover_mctp_sessions_total", "node" => node.clone(), "result" => result).increment(1);
+                    metrics::counter!("cmover_mctp_passes_total", "node" => node.clone())
+                        .increment(u64::from(o.passes));
+                    metrics::counter!("cmover_mctp_frames_sent_total", "node" => node.clone())
+                        .increment(o.frames_sent);
+                    let again = o.frames_sent.saturating_sub(u64::from(o.frames_needed));
+                    metrics::counter!("cmover_mctp_frames_retransmitted_total", "node" => node)
+                        .increment(again);
                     let silent: Vec<u64> = o.silent.iter().map(|n| n.0).collect();
                     let laggards: Vec<u64> = o.laggards.iter().map(|(n, _)| n.0).collect();
                     if o.gave_up || !o.completed {

@@ -31,6 +31,9 @@ pub struct NodeApi {
     pub status: Recipient<GetNodeStatus>,
     /// Where assignment copies are kept.
     pub assignments: PathBuf,
+    /// The `node` label whose series `GET /metrics` serves (unsigned, like
+    /// every Prometheus target).
+    pub metrics_node: String,
 }
 
 /// Mounts the node routes (the app must also carry `web::Data<NodeAuth>`
@@ -82,13 +85,18 @@ pub fn serve(
     let addr = listener.local_addr()?;
     let auth = web::Data::new(auth);
     let api = web::Data::new(api);
-    let server =
-        HttpServer::new(move || App::new().app_data(auth.clone()).app_data(api.clone()).configure(config))
-            .workers(2)
-            .disable_signals()
-            .shutdown_timeout(5)
-            .listen(listener)?
-            .run();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(auth.clone())
+            .app_data(api.clone())
+            .service(crate::metrics::resource(api.metrics_node.clone()))
+            .configure(config)
+    })
+    .workers(2)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .listen(listener)?
+    .run();
     let handle = server.handle();
     actix_rt::spawn(server);
     Ok((addr, handle))
@@ -179,6 +187,7 @@ mod tests {
                 notify: fake.clone().recipient(),
                 status: fake.recipient(),
                 assignments: dir.path().to_owned(),
+                metrics_node: "1".into(),
             };
             let app = test::init_service(
                 App::new()

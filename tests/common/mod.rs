@@ -1,5 +1,6 @@
 pub mod cluster;
 pub mod mctp_cluster;
+pub mod ops;
 
 /// Sends SIGTERM to a child process.
 #[allow(dead_code)]
