@@ -7,8 +7,9 @@
 //! every datagram received is authenticated, decrypted in place and
 //! replay-checked before its payload is looked at, and rejections are
 //! counted. All the channels a node opens number their datagrams from one
-//! sequence ([`DataChannel::open_sibling`]), so no nonce is used twice. Where multicast is unavailable the channel fans a "group"
-//! datagram out to every registered member, one copy each, sealed once.
+//! sequence ([`DataChannel::open_sibling`]), so no nonce is used twice.
+//! Where multicast is unavailable the channel fans a "group" datagram out
+//! to every registered member, one copy each, sealed once.
 //!
 //! The kernel's per-datagram cost, not the bytes, is what limits a UDP
 //! sender (each `sendto` walks the whole stack, and on loopback the
@@ -598,4 +599,43 @@ impl DataChannel {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(node: u64) -> DataChannelConfig {
+        DataChannelConfig {
+            node: NodeId(node),
+            secret: b"data channel test secret, 32 b!".to_vec(),
+            bind: "127.0.0.1:0".parse().unwrap(),
+            mode: DataMode::Unicast,
+            peers: Vec::new(),
+            drop_rate: 0.0,
+            drop_seed: 0,
+        }
+    }
+
+    fn sealed_seq(channel: &DataChannel) -> u64 {
+        let mut out = Vec::new();
+        channel
+            .seal_into(&mut out, |o| {
+                o.extend_from_slice(b"payload");
+                Ok(())
+            })
+            .unwrap();
+        u64::from_le_bytes(out[12..20].try_into().unwrap())
+    }
+
+    #[tokio::test]
+    async fn sibling_channels_of_a_node_share_one_sequence() {
+        let (member, _) = DataChannel::open(config(1)).unwrap();
+        let (leader, _) = member.open_sibling(config(1)).unwrap();
+        let first = sealed_seq(&member);
+        assert_eq!(sealed_seq(&leader), first + 1);
+        assert_eq!(sealed_seq(&member), first + 2);
+        let other = member.open_sibling(config(2)).unwrap_err();
+        assert_eq!(other.kind(), io::ErrorKind::InvalidInput);
+    }
 }
