@@ -17,9 +17,9 @@
 //! Frame sizes: 1403 is the default (`[mctp] frame_size`), one frame per
 //! 1500-byte Ethernet MTU. 8972 fills a 9000-byte jumbo frame. 65000 is the
 //! largest that fits loopback's 64 KiB MTU unfragmented: the loopback row,
-//! not what a 1500-MTU LAN can carry. Every datagram is authenticated
-//! (HMAC-SHA256) whatever its size, and every receiver checks the SHA-256
-//! of the whole assignment.
+//! not what a 1500-MTU LAN can carry. Every datagram is sealed
+//! (AES-256-GCM, see `protocol::wire`) whatever its size, and every receiver
+//! checks the SHA-256 of the whole assignment.
 //!
 //! Loopback settings of the leader: a high initial rate, reports within
 //! 20 ms, one announce and 10 ms before the first frame
@@ -44,8 +44,9 @@
 //! the process spent in a run (all threads, user + system: what the
 //! transfer costs, whatever else the machine does), and the median peak
 //! heap. When both sides saturate the CPUs, goodput follows CPU seconds:
-//! MCTP's floor is two SHA-256 passes over every byte at every receiver
-//! (the datagrams' HMAC and the assignment's hash), which TCP does not do.
+//! MCTP's floor is a SHA-256 pass (the assignment's hash) and an AES-GCM
+//! pass (opening the datagrams) over every byte at every receiver, which
+//! TCP does not do.
 
 mod common;
 

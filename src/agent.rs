@@ -372,9 +372,11 @@ fn build(config: &Config) -> Result<Parts, AgentError> {
             "choose a free port and an address of this host (and, in multicast mode, check data.interface)",
         )
     })?;
-    let (leader_channel, leader_incoming) =
-        DataChannel::open(channel(SocketAddr::new(d.bind.ip(), 0), false))
-            .map_err(io("open the leader's data channel"))?;
+    // The leader's sockets number their datagrams on from the member's:
+    // one sequence per node (the numbers are nonces).
+    let (leader_channel, leader_incoming) = member_channel
+        .open_sibling(channel(SocketAddr::new(d.bind.ip(), 0), false))
+        .map_err(io("open the leader's data channel"))?;
     let data = member_channel.local_addr().map_err(io("read the data address"))?;
     let name = if config.node.name.is_empty() { format!("node-{id}") } else { config.node.name.clone() };
     let info = MemberInfo {

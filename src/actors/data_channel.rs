@@ -2,11 +2,14 @@
 //!
 //! Not an actor: a cloneable handle over one unicast socket (every send, and
 //! unicast receipt) plus, for a member of a multicast group, a receive-only
-//! socket joined to the group. Every datagram is sealed with the data
-//! channel's key ([`wire`]); every datagram received is authenticated and
+//! socket joined to the group. Every datagram is sealed with the node's
+//! data-channel key ([`wire`]: AES-256-GCM, the sequence number as nonce);
+//! every datagram received is authenticated, decrypted in place and
 //! replay-checked before its payload is looked at, and rejections are
-//! counted. Where multicast is unavailable the channel fans a "group"
-//! datagram out to every registered member, one copy each, sealed once.
+//! counted. All the channels a node opens number their datagrams from one
+//! sequence ([`DataChannel::open_sibling`]), so no nonce is used twice.
+//! Where multicast is unavailable the channel fans a "group" datagram out
+//! to every registered member, one copy each, sealed once.
 //!
 //! The kernel's per-datagram cost, not the bytes, is what limits a UDP
 //! sender (each `sendto` walks the whole stack, and on loopback the
@@ -29,6 +32,7 @@
 use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,10 +50,12 @@ use rand_chacha::ChaCha8Rng;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use crate::protocol::crypto::MacKey;
 use crate::protocol::ids::NodeId;
 use crate::protocol::mctp::Dest;
-use crate::protocol::wire::{self, Channel, Received, ReplayGuard, ReplayLimits, Sequencer};
+use crate::protocol::wire::{
+    self, Channel, Envelope, OpeningKeys, Received, ReplayGuard, ReplayLimits, SealingKey, Sequencer,
+    WireError,
+};
 
 /// How the data channel reaches the segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,8 +114,9 @@ struct Inner {
     node: NodeId,
     socket: Arc<UdpSocket>,
     group: Option<SocketAddr>,
-    key: MacKey,
-    seq: Mutex<Sequencer>,
+    key: SealingKey,
+    /// Shared by every channel of the node: the numbers are nonces.
+    seq: Arc<Mutex<Sequencer>>,
     peers: Mutex<HashMap<NodeId, SocketAddr>>,
     replay: Mutex<ReplayGuard>,
     drop: Mutex<(f64, ChaCha8Rng)>,
@@ -186,9 +193,10 @@ impl Drop for Lent {
 /// ([`Batch`]), read with as few system calls as the kernel allows.
 pub struct Incoming {
     socket: Arc<UdpSocket>,
-    key: MacKey,
-    channel: Channel,
+    keys: OpeningKeys,
     buf: Vec<u8>,
+    /// The datagrams of the last read, opened in place: kept for its allocation.
+    opened: Vec<Result<(Envelope, Range<usize>), WireError>>,
     pool: Pool,
     cmsg: Vec<u8>,
 }
@@ -200,8 +208,15 @@ impl std::fmt::Debug for Incoming {
 }
 
 impl Incoming {
-    fn new(socket: Arc<UdpSocket>, key: MacKey, channel: Channel) -> Self {
-        Incoming { socket, key, channel, buf: Vec::new(), pool: Pool::default(), cmsg: nix::cmsg_space!(i32) }
+    fn new(socket: Arc<UdpSocket>, keys: OpeningKeys) -> Self {
+        Incoming {
+            socket,
+            keys,
+            buf: Vec::new(),
+            opened: Vec::new(),
+            pool: Pool::default(),
+            cmsg: nix::cmsg_space!(i32),
+        }
     }
 
     /// One read: the datagrams it holds (several with GRO), or the error.
@@ -229,18 +244,23 @@ impl Incoming {
         let Some(from) = from.filter(|_| n > 0) else {
             return Ok(n);
         };
+        // Authenticate and decrypt every datagram of the read in place,
+        // before the buffer is shared.
+        let segment = segment.filter(|&s| s > 0).unwrap_or(n);
+        self.opened.clear();
+        for at in (0..n).step_by(segment) {
+            let end = (at + segment).min(n);
+            let opened = wire::open(&mut self.keys, &mut self.buf[at..end]);
+            self.opened.push(opened.map(|(env, payload)| (env, at + payload.start..at + payload.end)));
+        }
         let data = if n < COPY_BELOW {
             Bytes::copy_from_slice(&self.buf[..n])
         } else {
             let buf = std::mem::take(&mut self.buf);
             Bytes::from_owner(Lent { buf, len: n, pool: self.pool.clone() })
         };
-        let segment = segment.filter(|&s| s > 0).unwrap_or(n);
-        let mut at = 0;
-        while at < n {
-            let end = (at + segment).min(n);
-            batch.push((wire::open_datagram(&self.key, self.channel, data.slice(at..end)), from));
-            at = end;
+        for opened in self.opened.drain(..) {
+            batch.push((opened.map(|(env, payload)| (env, data.slice(payload))), from));
         }
         Ok(n)
     }
@@ -303,8 +323,31 @@ fn unix_ms() -> u64 {
 
 impl DataChannel {
     /// Opens the sockets (inside a tokio runtime) and returns the handle and
-    /// the incoming streams to add to the owning actor.
+    /// the incoming streams to add to the owning actor. A node that needs
+    /// more than one channel opens the others with [`open_sibling`](Self::open_sibling).
     pub fn open(cfg: DataChannelConfig) -> io::Result<(DataChannel, Vec<Incoming>)> {
+        Self::open_with(cfg, None)
+    }
+
+    /// Opens another channel of this channel's node (other sockets, the
+    /// same key) that numbers its datagrams from the same sequence. The
+    /// sequence number is the nonce of the node's key, so two channels of
+    /// one node must never count on their own. `cfg.node` must be this
+    /// channel's node.
+    pub fn open_sibling(&self, cfg: DataChannelConfig) -> io::Result<(DataChannel, Vec<Incoming>)> {
+        if cfg.node != self.0.node {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a sibling of node {}'s data channel opened for node {}", self.0.node, cfg.node),
+            ));
+        }
+        Self::open_with(cfg, Some(self.0.seq.clone()))
+    }
+
+    fn open_with(
+        cfg: DataChannelConfig,
+        seq: Option<Arc<Mutex<Sequencer>>>,
+    ) -> io::Result<(DataChannel, Vec<Incoming>)> {
         let std_socket = crate::udp::bind_unicast(cfg.bind)?;
         let mut incoming_sockets = Vec::new();
         let mut group = None;
@@ -330,19 +373,22 @@ impl DataChannel {
         }
         let _ = socket2::SockRef::from(&std_socket).set_send_buffer_size(4 << 20);
         let socket = Arc::new(UdpSocket::from_std(std_socket)?);
-        let key = MacKey::derive(&cfg.secret, Channel::Data.key_label());
-        let mut incoming = vec![Incoming::new(socket.clone(), key.clone(), Channel::Data)];
+        let keys = OpeningKeys::new(&cfg.secret, Channel::Data);
+        let mut incoming = vec![Incoming::new(socket.clone(), keys.clone())];
         for s in incoming_sockets {
-            incoming.push(Incoming::new(Arc::new(UdpSocket::from_std(s)?), key.clone(), Channel::Data));
+            incoming.push(Incoming::new(Arc::new(UdpSocket::from_std(s)?), keys.clone()));
         }
-        let start_us =
-            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+        let seq = seq.unwrap_or_else(|| {
+            let start_us =
+                SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+            Arc::new(Mutex::new(Sequencer::new(cfg.node, start_us)))
+        });
         let inner = Inner {
             node: cfg.node,
             socket,
             group,
-            key,
-            seq: Mutex::new(Sequencer::new(cfg.node, start_us)),
+            key: keys.sealing_key(cfg.node),
+            seq,
             peers: Mutex::new(cfg.peers.into_iter().collect()),
             replay: Mutex::new(ReplayGuard::new(ReplayLimits::default())),
             drop: Mutex::new((cfg.drop_rate.clamp(0.0, 1.0), ChaCha8Rng::seed_from_u64(cfg.drop_seed))),
@@ -556,4 +602,43 @@ impl DataChannel {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(node: u64) -> DataChannelConfig {
+        DataChannelConfig {
+            node: NodeId(node),
+            secret: b"data channel test secret, 32 b!".to_vec(),
+            bind: "127.0.0.1:0".parse().unwrap(),
+            mode: DataMode::Unicast,
+            peers: Vec::new(),
+            drop_rate: 0.0,
+            drop_seed: 0,
+        }
+    }
+
+    fn sealed_seq(channel: &DataChannel) -> u64 {
+        let mut out = Vec::new();
+        channel
+            .seal_into(&mut out, |o| {
+                o.extend_from_slice(b"payload");
+                Ok(())
+            })
+            .unwrap();
+        u64::from_le_bytes(out[12..20].try_into().unwrap())
+    }
+
+    #[tokio::test]
+    async fn sibling_channels_of_a_node_share_one_sequence() {
+        let (member, _) = DataChannel::open(config(1)).unwrap();
+        let (leader, _) = member.open_sibling(config(1)).unwrap();
+        let first = sealed_seq(&member);
+        assert_eq!(sealed_seq(&leader), first + 1);
+        assert_eq!(sealed_seq(&member), first + 2);
+        let other = member.open_sibling(config(2)).unwrap_err();
+        assert_eq!(other.kind(), io::ErrorKind::InvalidInput);
+    }
 }

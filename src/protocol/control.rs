@@ -28,10 +28,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::bytes::{DecodeError, Reader};
-use super::crypto::MacKey;
 use super::ids::NodeId;
 use super::wire::{
-    self, Channel, DatagramCodec, Envelope, RejectCounts, ReplayGuard, ReplayLimits, Sequencer, WireError,
+    self, Channel, DatagramCodec, Envelope, OpeningKeys, RejectCounts, ReplayGuard, ReplayLimits, SealingKey,
+    Sequencer, WireError,
 };
 
 /// Longest node name or HTTP address in a registration, in bytes.
@@ -345,7 +345,8 @@ impl Encoder<(Envelope, ControlMsg)> for ControlCodec {
 #[derive(Debug)]
 pub struct ControlGate {
     me: NodeId,
-    key: MacKey,
+    sealing: SealingKey,
+    opening: OpeningKeys,
     sequencer: Sequencer,
     guard: ReplayGuard,
     rejected: RejectCounts,
@@ -354,11 +355,13 @@ pub struct ControlGate {
 
 impl ControlGate {
     /// A gate for node `me`. `seq_start` should be the start-up time in Unix
-    /// microseconds, so that a restarted node numbers above its old datagrams.
+    /// microseconds, so that a restarted node numbers above its old datagrams
+    /// (the numbers are nonces: see [`wire`]). One gate per node.
     pub fn new(secret: &[u8], me: NodeId, seq_start: u64, limits: ReplayLimits) -> Self {
         ControlGate {
             me,
-            key: MacKey::derive(secret, Channel::Control.key_label()),
+            sealing: SealingKey::new(secret, Channel::Control, me),
+            opening: OpeningKeys::new(secret, Channel::Control),
             sequencer: Sequencer::new(me, seq_start),
             guard: ReplayGuard::new(limits),
             rejected: RejectCounts::default(),
@@ -371,7 +374,7 @@ impl ControlGate {
         let env = self.sequencer.next(Channel::Control, now_ms);
         let mut out = BytesMut::new();
         // Control messages are bounded far below MAX_PAYLOAD, so sealing cannot fail.
-        if let Err(e) = wire::seal(&self.key, &env, &msg.to_bytes(), &mut out) {
+        if let Err(e) = wire::seal(&self.sealing, &env, &msg.to_bytes(), &mut out) {
             unreachable!("control message over the datagram limit: {e}");
         }
         out.freeze()
@@ -401,12 +404,10 @@ impl ControlGate {
 
     /// Opens a raw datagram (decode, authenticate, replay check) in one step.
     pub fn open(&mut self, now_ms: u64, datagram: &[u8]) -> Option<(NodeId, ControlMsg)> {
-        let received = wire::open(&self.key, datagram).and_then(|(env, payload)| {
-            if env.channel != Channel::Control {
-                return Err(WireError::BadTag);
-            }
-            Ok((env, ControlMsg::decode(payload)?))
-        });
+        // Opening decrypts in place: work on a copy (control datagrams are small).
+        let mut datagram = datagram.to_vec();
+        let received = wire::open(&mut self.opening, &mut datagram)
+            .and_then(|(env, payload)| Ok((env, ControlMsg::decode(&datagram[payload])?)));
         self.admit(now_ms, received)
     }
 

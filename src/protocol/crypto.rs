@@ -5,10 +5,12 @@
 //! one purpose says nothing about another. Content encryption uses
 //! AES-256-GCM with a fresh subkey per assignment (HKDF with a random salt
 //! stored in the header) and a nonce made from the chunk's offset, so no
-//! nonce is ever reused under one key. Datagrams are authenticated with
-//! HMAC-SHA256 (see `wire`).
+//! nonce is ever reused under one key. Datagrams are sealed with
+//! AES-256-GCM under a key per channel and sender ([`DatagramKeyRoot`], see
+//! `wire` for the nonce); node-to-node HTTP requests are signed with
+//! HMAC-SHA256 ([`MacKey`]).
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use ring::hkdf;
 use ring::hmac;
 use thiserror::Error;
@@ -73,7 +75,7 @@ fn expand(prk: &hkdf::Prk, info: &[u8]) -> [u8; 32] {
     out
 }
 
-/// An HMAC-SHA256 key, derived for one purpose (a datagram channel, the node API).
+/// An HMAC-SHA256 key, derived for one purpose (the node API's request signatures).
 #[derive(Clone)]
 pub struct MacKey(hmac::Key);
 
@@ -109,6 +111,102 @@ impl MacKey {
 impl std::fmt::Debug for MacKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("MacKey(..)")
+    }
+}
+
+/// Bytes of a datagram's AEAD nonce.
+pub const DATAGRAM_NONCE_LEN: usize = 12;
+/// Bytes of a datagram's AEAD tag.
+pub const DATAGRAM_TAG_LEN: usize = 16;
+
+/// Where the datagram keys of one channel come from: the cluster secret
+/// through HKDF-SHA256 with the channel's label, then one key per sender
+/// (the label followed by the sender's id). A key per sender lets the nonce
+/// be the sender's own sequence number: no two senders ever share a key,
+/// so no coordination between them is needed for nonces to be unique.
+#[derive(Clone)]
+pub struct DatagramKeyRoot {
+    prk: hkdf::Prk,
+    label: &'static str,
+}
+
+impl std::fmt::Debug for DatagramKeyRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatagramKeyRoot({:?})", self.label)
+    }
+}
+
+impl DatagramKeyRoot {
+    /// The root of the keys labelled `label`, from the cluster secret.
+    pub fn derive(secret: &[u8], label: &'static str) -> Self {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"cmover v1").extract(secret);
+        DatagramKeyRoot { prk, label }
+    }
+
+    /// The key `sender` seals its datagrams of this channel with (and
+    /// everyone else opens them with).
+    pub fn sender_key(&self, sender: u64) -> DatagramKey {
+        let mut key = [0u8; 32];
+        let id = sender.to_le_bytes();
+        let info = [self.label.as_bytes(), &id[..]];
+        // Only fails for output lengths over 255 × 32 bytes; ours is 32.
+        if let Ok(okm) = self.prk.expand(&info, Len32) {
+            let _ = okm.fill(&mut key);
+        }
+        // AES-256 takes any 32-byte key.
+        let unbound = UnboundKey::new(&AES_256_GCM, &key).unwrap_or_else(|_| unreachable!("32-byte key"));
+        DatagramKey(LessSafeKey::new(unbound))
+    }
+}
+
+/// One sender's AES-256-GCM key on one datagram channel. The caller
+/// supplies the nonce and must never use one twice with the same key.
+#[derive(Clone)]
+pub struct DatagramKey(LessSafeKey);
+
+impl std::fmt::Debug for DatagramKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatagramKey(..)")
+    }
+}
+
+impl DatagramKey {
+    /// Encrypts `in_out` in place, authenticates it with `aad`, and returns
+    /// the tag.
+    pub fn seal(
+        &self,
+        nonce: [u8; DATAGRAM_NONCE_LEN],
+        aad: &[u8],
+        in_out: &mut [u8],
+    ) -> [u8; DATAGRAM_TAG_LEN] {
+        let mut out = [0u8; DATAGRAM_TAG_LEN];
+        // Sealing only fails for inputs over 64 GiB; datagrams are under 64 KiB.
+        if let Ok(tag) =
+            self.0.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), in_out)
+        {
+            out.copy_from_slice(tag.as_ref());
+        }
+        out
+    }
+
+    /// Checks `tag` over `aad` and `in_out` and decrypts `in_out` in place.
+    /// False (and `in_out` garbled) if the tag does not verify.
+    pub fn open(
+        &self,
+        nonce: [u8; DATAGRAM_NONCE_LEN],
+        aad: &[u8],
+        in_out: &mut [u8],
+        tag: &[u8; DATAGRAM_TAG_LEN],
+    ) -> bool {
+        self.0
+            .open_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                Tag::from(*tag),
+                in_out,
+                0..,
+            )
+            .is_ok()
     }
 }
 
@@ -297,6 +395,34 @@ mod tests {
         assert_eq!(parse_key_file(b"  00112233445566778899aabbccddeeff\n").unwrap().len(), 16);
         assert!(matches!(parse_key_file(b"0011"), Err(CryptoError::ShortSecret { len: 2 })));
         assert!(matches!(parse_key_file(b"zz"), Err(CryptoError::BadKeyFile(_))));
+    }
+
+    #[test]
+    fn datagram_keys_are_per_label_and_sender() {
+        let secret = b"secret secret secret";
+        let data = DatagramKeyRoot::derive(secret, "data");
+        let nonce = [3u8; DATAGRAM_NONCE_LEN];
+        let mut buf = b"frame".to_vec();
+        let tag = data.sender_key(7).seal(nonce, b"header", &mut buf);
+        assert_ne!(&buf[..], b"frame");
+        let opens = |key: DatagramKey, aad: &[u8], nonce, tag| {
+            let mut copy = buf.clone();
+            key.open(nonce, aad, &mut copy, &tag) && copy == b"frame"
+        };
+        assert!(opens(data.sender_key(7), b"header", nonce, tag));
+        assert!(!opens(data.sender_key(8), b"header", nonce, tag));
+        assert!(!opens(DatagramKeyRoot::derive(secret, "control").sender_key(7), b"header", nonce, tag));
+        assert!(!opens(
+            DatagramKeyRoot::derive(b"other secret!!!!", "data").sender_key(7),
+            b"header",
+            nonce,
+            tag
+        ));
+        assert!(!opens(data.sender_key(7), b"headex", nonce, tag));
+        assert!(!opens(data.sender_key(7), b"header", [4u8; DATAGRAM_NONCE_LEN], tag));
+        let mut bad = tag;
+        bad[15] ^= 1;
+        assert!(!opens(data.sender_key(7), b"header", nonce, bad));
     }
 
     #[test]
