@@ -120,6 +120,8 @@ pub fn reject_reason(e: &crate::protocol::wire::WireError) -> &'static str {
             "malformed"
         }
         WireError::BadTag => "bad_tag",
+        // Only sealing fails this way; counted if it ever shows.
+        WireError::WrongKey { .. } => "wrong_key",
         WireError::Stale { .. } => "stale",
         WireError::FromFuture { .. } => "from_future",
         WireError::Replayed { .. } => "replayed",
