@@ -8,14 +8,14 @@
 //! starts, so a restart never fires a job twice. The `Ccm` says when runs
 //! start and end; failures come back as retries with backoff.
 //!
-//! With `ccm.auto_catch_up`, it also watches the servers: one new to a
-//! content group gets a `replicate`, one whose live release lags the
-//! site's (for two checks in a row, so a report that crossed a commit does
-//! not count) gets a `synchronize`, through per-group jobs it makes itself.
+//! With `ccm.auto_catch_up`, it also watches the servers (the rule is the
+//! sans-IO `protocol::catch_up`): one new to a content group gets a
+//! `replicate`, one whose live release lags the site's gets a
+//! `synchronize`, through per-group jobs it makes itself.
 //! Sites with `on_change` jobs have their staging directories watched
 //! (inotify through `notify`); the core debounces the events.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use actix::prelude::*;
@@ -23,6 +23,7 @@ use actix::prelude::*;
 use super::ccm::{Ccm, CcmError, RunJob};
 use crate::config::Config;
 use crate::http::signed::unix_ms;
+use crate::protocol::catch_up::{CatchUp, GroupView, Need, ServerView};
 use crate::protocol::ids::{JobId, NodeId};
 use crate::protocol::schedule::{self, Action, JobSpec, JobTimes, Reason, Schedule};
 use crate::storage::db::{Db, Table};
@@ -85,21 +86,13 @@ pub struct Scheduler {
     db: Db,
     ccm: Addr<Ccm>,
     core: schedule::Scheduler,
-    /// Servers seen lagging at the last catch-up check: (group, server).
-    lagging: BTreeSet<(String, NodeId)>,
-    /// Runs in progress → their site: no catch-up for a site while it has one.
-    running: BTreeMap<u64, String>,
-    /// Site → when its last run ended: segment reports sent before a commit
-    /// may still arrive for a while, saying the old release.
-    settled: BTreeMap<String, u64>,
+    /// The catch-up rule.
+    catch_up: CatchUp,
     watcher: Option<notify::RecommendedWatcher>,
     /// Watched directory → site, shared with the watcher's thread.
     roots: Option<Roots>,
     watched: BTreeMap<String, PathBuf>,
 }
-
-/// Catch-up leaves a site alone this long after one of its runs ended.
-const SETTLE_MS: u64 = 5_000;
 
 type Roots = std::sync::Arc<std::sync::Mutex<BTreeMap<PathBuf, String>>>;
 
@@ -112,9 +105,7 @@ impl Scheduler {
             db,
             ccm,
             core: schedule::Scheduler::new(tz),
-            lagging: BTreeSet::new(),
-            running: BTreeMap::new(),
-            settled: BTreeMap::new(),
+            catch_up: CatchUp::default(),
             watcher: None,
             roots: None,
             watched: BTreeMap::new(),
@@ -274,7 +265,8 @@ impl Scheduler {
         Some(id)
     }
 
-    /// Starts replicate / synchronize runs for servers that need them.
+    /// Starts replicate / synchronize runs for servers that need them (the
+    /// rule is `protocol::catch_up`).
     fn catch_up(&mut self, now: u64) {
         let (Some(groups), Some(sites), Some(servers)) =
             (table::<GroupRecord>(&self.db), table::<SiteRecord>(&self.db), table::<ServerRecord>(&self.db))
@@ -283,48 +275,41 @@ impl Scheduler {
         };
         let (Ok(groups), Ok(servers)) = (groups.all(), servers.all()) else { return };
         let servers: HashMap<NodeId, ServerRecord> = servers.into_iter().map(|s| (s.id, s)).collect();
-        let mut lagging_now = BTreeSet::new();
-        for g in groups {
-            let Some(site) = sites.get(&g.site).ok().flatten() else { continue };
-            // A run in progress changes live releases: look again when it is over.
-            let recent = self.settled.get(&site.name).is_some_and(|t| now < t + SETTLE_MS);
-            if site.live_serial == 0 || recent || self.running.values().any(|s| *s == site.name) {
+        let views: Vec<GroupView> = groups
+            .iter()
+            .map(|g| {
+                let site_serial = sites.get(&g.site).ok().flatten().map_or(0, |s| s.live_serial);
+                let servers = g
+                    .servers
+                    .iter()
+                    .map(|id| {
+                        let rec = servers.get(id);
+                        ServerView {
+                            id: *id,
+                            online: rec.is_some_and(|r| r.online),
+                            live: rec.and_then(|r| r.live.get(&g.site).copied()).unwrap_or(0),
+                        }
+                    })
+                    .collect();
+                GroupView { name: g.name.clone(), site: g.site.clone(), site_serial, servers }
+            })
+            .collect();
+        for need in self.catch_up.check(now, &views) {
+            let (name, kind) = match need {
+                Need::Replicate(g) => (g, JobKind::Replicate),
+                Need::Synchronize(g) => (g, JobKind::Synchronize),
+            };
+            let Some(g) = groups.iter().find(|g| g.name == name) else { continue };
+            let Some(job) = self.auto_job(g, kind) else { continue };
+            if self.core.is_running(job) {
                 continue;
             }
-            let (mut new, mut stale) = (false, false);
-            for s in &g.servers {
-                let Some(rec) = servers.get(s).filter(|r| r.online) else { continue };
-                let live = rec.live.get(&site.name).copied().unwrap_or(0);
-                if live == site.live_serial {
-                    continue;
-                }
-                let key = (g.name.clone(), *s);
-                // Twice in a row: a report that crossed a commit does not count.
-                if self.lagging.contains(&key) {
-                    if live == 0 {
-                        new = true;
-                    } else {
-                        stale = true;
-                    }
-                }
-                lagging_now.insert(key);
-            }
-            for (wanted, kind) in [(new, JobKind::Replicate), (stale, JobKind::Synchronize)] {
-                if !wanted {
-                    continue;
-                }
-                let Some(job) = self.auto_job(&g, kind) else { continue };
-                if self.core.is_running(job) {
-                    continue;
-                }
-                let actions = self.load(job, now);
-                debug_assert!(actions.iter().all(|a| matches!(a, Action::Persist { .. })));
-                if self.core.trigger(job, Reason::Trigger) {
-                    tracing::info!(event = "catch_up", job = %job, kind = kind.name(), group = %g.name);
-                }
+            let actions = self.load(job, now);
+            debug_assert!(actions.iter().all(|a| matches!(a, Action::Persist { .. })));
+            if self.core.trigger(job, Reason::Trigger) {
+                tracing::info!(event = "catch_up", job = %job, kind = kind.name(), group = %g.name);
             }
         }
-        self.lagging = lagging_now;
     }
 
     /// Watches the staging directories of sites with `on_change` jobs.
@@ -420,9 +405,7 @@ impl Handler<RunEnded> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: RunEnded, ctx: &mut Context<Self>) {
-        if let Some(site) = self.running.remove(&msg.run) {
-            self.settled.insert(site, unix_ms());
-        }
+        self.catch_up.run_ended(msg.run, unix_ms());
         // A cancelled run is not retried.
         let ok = matches!(msg.state, RunState::Committed | RunState::Unchanged | RunState::Cancelled);
         let actions = self.core.finished(msg.job, ok, unix_ms());
@@ -434,7 +417,7 @@ impl Handler<RunBegan> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: RunBegan, _: &mut Context<Self>) {
-        self.running.insert(msg.run, msg.site);
+        self.catch_up.run_began(msg.run, &msg.site);
         if !self.core.is_running(msg.job) {
             self.core.started_elsewhere(msg.job);
         }

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod assignment;
 pub mod bytes;
+pub mod catch_up;
 pub mod control;
 pub mod crypto;
 pub mod delta;
