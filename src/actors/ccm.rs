@@ -40,8 +40,8 @@ use crate::storage::assignment_file::AssignmentFile;
 use crate::storage::checkpoint::{CheckpointInfo, Checkpoints};
 use crate::storage::db::{Db, DbError, Table};
 use crate::storage::records::{
-    AssignmentRecord, GroupRecord, HistoryRecord, JobKind, JobRecord, Phase, Policy, RunRecord, RunState,
-    SegmentProgress, SegmentRecord, ServerRecord, SettingRecord, SiteRecord, SnapshotRecord,
+    AssignmentRecord, GroupRecord, JobKind, JobRecord, Phase, Policy, RunRecord, RunState, SegmentProgress,
+    SegmentRecord, ServerRecord, SettingRecord, SiteRecord, SnapshotRecord,
 };
 use crate::storage::releases::{SiteOptions, SiteRoot};
 
@@ -263,24 +263,7 @@ impl Ccm {
     }
 
     fn history(&self, kind: &str, message: String, run: Option<u64>, site: Option<&str>) {
-        let id = match self.db.next("history") {
-            Ok(id) => id,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot number a history entry");
-                return;
-            }
-        };
-        let rec = HistoryRecord {
-            id,
-            at_ms: unix_ms(),
-            kind: kind.into(),
-            message,
-            run,
-            site: site.map(Into::into),
-        };
-        if let Err(e) = table::<HistoryRecord>(&self.db).put(&rec) {
-            tracing::error!(error = %e, "cannot append to the history");
-        }
+        crate::ops::append_history(&self.db, kind, message, run, site);
     }
 
     /// Tells the scheduler that `run` is over.

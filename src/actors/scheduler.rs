@@ -28,7 +28,7 @@ use crate::protocol::ids::{JobId, NodeId};
 use crate::protocol::schedule::{self, Action, JobSpec, JobTimes, Reason, Schedule};
 use crate::storage::db::{Db, Table};
 use crate::storage::records::{
-    GroupRecord, HistoryRecord, JobKind, JobParams, JobRecord, Policy, RunState, ServerRecord, SiteRecord,
+    GroupRecord, JobKind, JobParams, JobRecord, Policy, RunState, ServerRecord, SiteRecord,
 };
 
 /// A run ended (sent by the `Ccm`).
@@ -113,22 +113,7 @@ impl Scheduler {
     }
 
     fn history(&self, kind: &str, message: String, site: Option<&str>) {
-        let Some(t) = table::<HistoryRecord>(&self.db) else { return };
-        let id = match self.db.next("history") {
-            Ok(id) => id,
-            Err(e) => return tracing::error!(error = %e, "cannot number a history entry"),
-        };
-        let rec = HistoryRecord {
-            id,
-            at_ms: unix_ms(),
-            kind: kind.into(),
-            message,
-            run: None,
-            site: site.map(Into::into),
-        };
-        if let Err(e) = t.put(&rec) {
-            tracing::error!(error = %e, "cannot append to the history");
-        }
+        crate::ops::append_history(&self.db, kind, message, None, site);
     }
 
     /// The core's view of a job.

@@ -155,16 +155,7 @@ fn not_found(what: &str, name: impl std::fmt::Display) -> ApiError {
 }
 
 fn history(state: &CcmState, kind: &str, message: String, site: Option<&str>) -> Result<(), ApiError> {
-    let id = state.db.next("history")?;
-    let rec = HistoryRecord {
-        id,
-        at_ms: unix_ms(),
-        kind: kind.into(),
-        message,
-        run: None,
-        site: site.map(Into::into),
-    };
-    table::<HistoryRecord>(state)?.put(&rec)?;
+    crate::ops::append_history(&state.db, kind, message, None, site);
     Ok(())
 }
 
