@@ -673,12 +673,8 @@ pub struct JobInput {
     #[serde(default)]
     pub policy: Policy,
     /// A disabled job runs only when asked (default true).
-    #[serde(default = "yes")]
+    #[serde(default = "crate::storage::records::yes")]
     pub enabled: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// A job as the API shows it: the record and its next run time.
@@ -773,6 +769,28 @@ pub fn check_job(state: &CcmState, j: &JobInput) -> Result<GroupRecord, ApiError
     Ok(group)
 }
 
+/// Stores a new job from a checked definition (flushed) and tells the scheduler.
+fn add_job(state: &CcmState, j: JobInput) -> Result<JobRecord, ApiError> {
+    let rec = JobRecord {
+        id: JobId(state.db.next("job")?),
+        name: j.name,
+        site: j.site,
+        group: j.group,
+        kind: j.kind,
+        params: j.params,
+        schedule: j.schedule,
+        policy: j.policy,
+        enabled: j.enabled,
+        times: JobTimes::default(),
+        created_ms: unix_ms(),
+        runs: Vec::new(),
+    };
+    table::<JobRecord>(state)?.put(&rec)?;
+    state.db.flush()?;
+    state.scheduler.do_send(JobChanged(rec.id));
+    Ok(rec)
+}
+
 async fn list_jobs(
     req: HttpRequest,
     state: web::Data<CcmState>,
@@ -800,30 +818,13 @@ async fn create_job(
     authorize(&req, &state)?;
     let j = body.into_inner();
     check_job(&state, &j)?;
-    let id = JobId(state.db.next("job")?);
-    let rec = JobRecord {
-        id,
-        name: j.name,
-        site: j.site,
-        group: j.group,
-        kind: j.kind,
-        params: j.params,
-        schedule: j.schedule,
-        policy: j.policy,
-        enabled: j.enabled,
-        times: JobTimes::default(),
-        created_ms: unix_ms(),
-        runs: Vec::new(),
-    };
-    table::<JobRecord>(&state)?.put(&rec)?;
+    let rec = add_job(&state, j)?;
     history(
         &state,
         "job_created",
-        format!("job {id} ({}) {} site {} on group {}", rec.name, rec.kind.name(), rec.site, rec.group),
+        format!("job {} ({}) {} site {} on group {}", rec.id, rec.name, rec.kind.name(), rec.site, rec.group),
         Some(&rec.site),
     )?;
-    state.db.flush()?;
-    state.scheduler.do_send(JobChanged(id));
     created(&state, view(&state, rec))
 }
 
@@ -1172,24 +1173,7 @@ async fn restore_checkpoint(
         ApiError::Invalid { field, message } if field == "params.checkpoint" => ApiError::NotFound(message),
         e => e,
     })?;
-    let job = JobId(state.db.next("job")?);
-    let rec = JobRecord {
-        id: job,
-        name: input.name,
-        site: input.site,
-        group: input.group,
-        kind: input.kind,
-        params: input.params,
-        schedule: input.schedule,
-        policy: input.policy,
-        enabled: true,
-        times: JobTimes::default(),
-        created_ms: unix_ms(),
-        runs: Vec::new(),
-    };
-    table::<JobRecord>(&state)?.put(&rec)?;
-    state.db.flush()?;
-    state.scheduler.do_send(JobChanged(job));
+    let job = add_job(&state, input)?.id;
     let run = state.ccm.send(RunJob { job, reason: "manual".into() }).await??;
     Ok(HttpResponse::Accepted().json(RestoreStarted { job: job.0, run }))
 }

@@ -300,7 +300,8 @@ pub struct JobRecord {
     pub runs: Vec<u64>,
 }
 
-fn yes() -> bool {
+/// `true`, the serde default of `enabled` fields.
+pub(crate) fn yes() -> bool {
     true
 }
 
