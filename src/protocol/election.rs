@@ -438,6 +438,14 @@ pub struct Elector {
     /// registered (a restarted agent is still listed, with its old details),
     /// so it stops registering only once it has registered itself.
     registered_with: Option<NodeId>,
+    /// Member: our registration details changed (a live serial, an address)
+    /// and the leader may not have them yet. Set on a change; cleared by the
+    /// first list newer than the one held when the new details were sent,
+    /// since the leader answers every changed registration with a new list.
+    info_unacked: bool,
+    /// Member: the version of the list held when the changed details were
+    /// last sent (`None`: not sent yet).
+    info_sent_at: Option<u64>,
     /// The leader last reported in an event.
     announced: Option<NodeId>,
     transmits: VecDeque<Transmit>,
@@ -476,6 +484,8 @@ impl Elector {
             list: None,
             moved_to: None,
             registered_with: None,
+            info_unacked: false,
+            info_sent_at: None,
             announced: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -627,6 +637,8 @@ impl Elector {
             self.timers.set(Timer::Claim, now + self.claim_delay(now));
         }
         if info_changed {
+            self.info_unacked = self.state != State::LeaderIsMe;
+            self.info_sent_at = None;
             match self.state {
                 State::LeaderIsMe => {
                     let info = self.config.info.clone();
@@ -757,6 +769,7 @@ impl Elector {
         self.timers.set(Timer::LeaderTimeout, now + self.config.timers.leader_timeout());
         self.lost = None;
         let listed = self.registered_with == Some(leader)
+            && !self.info_unacked
             && self.list.as_ref().is_some_and(|l| l.leader == leader && l.members.contains(&self.me));
         if previous != Some(leader) && !listed {
             // A new leader: register with it.
@@ -917,6 +930,9 @@ impl Elector {
                 let info = self.config.info.bounded();
                 self.send(Dest::Node(leader), ControlMsg::Register(info));
                 self.registered_with = Some(leader);
+                if self.info_unacked {
+                    self.info_sent_at = Some(self.list.as_ref().map_or(0, |l| l.version));
+                }
                 // Registered for sure only once a list names us; until then
                 // retry, after the time the leader takes to send its list.
                 let retry = m.list_delay + m.register_jitter + self.jitter();
@@ -1075,8 +1091,12 @@ impl Elector {
         let joined = !before.as_ref().is_some_and(|r| r.online);
         let changed = joined || before.as_ref().is_some_and(|r| r.info != info);
         self.table.insert(from, MemberRecord { info: info.clone(), last_seen: now, online: true });
-        if joined {
+        if changed {
+            // New details count as a change of the list, so that the member,
+            // which waits for a list newer than its registration, stops retrying.
             self.list_version += 1;
+        }
+        if joined {
             self.events.push_back(Event::MemberJoined { id: from, info });
         }
         if changed {
@@ -1132,7 +1152,14 @@ impl Elector {
             self.events.push_back(Event::MemberListChanged { leader: from, members: members.clone() });
         }
         self.list = Some(HeldList { leader: from, version, members });
-        if listed && self.registered_with == Some(from) {
+        // Changed details count as received only from a list the leader made
+        // after they were sent: a list already on its way, or one answering
+        // someone else, must not end the retries (the leader would keep the
+        // old live serials and the CCM would never synchronize this node).
+        if self.info_unacked && self.info_sent_at.is_some_and(|sent| version > sent) {
+            self.info_unacked = false;
+        }
+        if listed && self.registered_with == Some(from) && !self.info_unacked {
             self.timers.stop(Timer::Register);
         } else if !listed || self.timers.get(Timer::Register).is_none() {
             // Missing, or listed from an earlier life: register (again).

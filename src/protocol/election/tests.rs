@@ -549,6 +549,69 @@ fn design5_changed_registration_details_reach_the_leader() {
     assert!(sent.iter().any(|s| s.msg == ControlMsg::Register(c.info.clone())));
 }
 
+/// Runs follower `m` from `from` to `to` ms with an LA from HIGH announcing
+/// list `version` every 100 ms; returns what it sent.
+fn following(m: &mut Elector, from: u64, to: u64, version: u64) -> Vec<Transmit> {
+    let mut sent = Vec::new();
+    for t in (from..=to).step_by(100) {
+        sent.extend(run_until(m, at(t)));
+        m.handle_datagram(
+            at(t),
+            HIGH,
+            ControlMsg::LeaderAlive { priority: prio(1000), list_version: version },
+        );
+    }
+    sent
+}
+
+#[test]
+fn design5_changed_details_are_sent_again_until_a_newer_list_answers_them() {
+    // Registered and listed at version 5.
+    let mut m = follower_of(HIGH);
+    run_until(&mut m, at(100));
+    m.handle_datagram(at(110), HIGH, ControlMsg::MemberList { version: 5, members: vec![ME, HIGH] });
+    assert!(!kinds(&run_until(&mut m, at(140))).contains(&"register"));
+    // New live serial; before the jitter runs out, a list answering another
+    // member arrives: it must not cancel the registration of the new details.
+    let mut c = config();
+    c.info.serials.push(SiteSerial { site: "www".into(), serial: 3 });
+    m.handle_config(at(150), c.clone());
+    m.handle_datagram(at(151), HIGH, ControlMsg::MemberList { version: 6, members: vec![ME, HIGH] });
+    let sent = run_until(&mut m, at(250));
+    assert!(sent.iter().any(|s| s.msg == ControlMsg::Register(c.info.clone())), "{:?}", kinds(&sent));
+    // That registration is lost; a list of the same version (already on its
+    // way) does not stop the retries either.
+    m.handle_datagram(at(260), HIGH, ControlMsg::MemberList { version: 6, members: vec![ME, HIGH] });
+    let sent = following(&mut m, 300, 1000, 6);
+    assert!(sent.iter().any(|s| s.msg == ControlMsg::Register(c.info.clone())), "{:?}", kinds(&sent));
+    // The leader got it and answered with a newer list: retries end.
+    m.handle_datagram(at(1010), HIGH, ControlMsg::MemberList { version: 7, members: vec![ME, HIGH] });
+    let sent = following(&mut m, 1100, 3000, 7);
+    assert!(!kinds(&sent).contains(&"register"), "{:?}", kinds(&sent));
+}
+
+#[test]
+fn design5_the_leader_answers_changed_details_with_a_newer_list() {
+    let (mut gl, t) = leader();
+    gl.handle_datagram(t, LOW, ControlMsg::Register(MemberInfo::default()));
+    let first = run_until(&mut gl, t + ms(1000));
+    let version = |sent: &[Transmit]| {
+        sent.iter()
+            .find_map(|s| match &s.msg {
+                ControlMsg::MemberList { version, .. } => Some(*version),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let v1 = version(&first);
+    let mut info = MemberInfo::default();
+    info.serials.push(SiteSerial { site: "www".into(), serial: 2 });
+    gl.handle_datagram(t + ms(1000), LOW, ControlMsg::Register(info.clone()));
+    let v2 = version(&run_until(&mut gl, t + ms(2000)));
+    assert!(v2 > v1, "{v2} after {v1}");
+    assert!(gl.member_details().contains(&(LOW, info)));
+}
+
 #[test]
 fn patent_the_leader_can_move_the_segment_to_another_control_channel() {
     let group = Ipv4Addr::new(239, 9, 9, 9);
