@@ -92,6 +92,7 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
         db.table::<SessionRecord>()?;
         db.table::<SettingRecord>()?;
     }
+    first_admin(&config, &db)?;
     let addr = config.ccm.http_bind;
     let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
@@ -115,6 +116,8 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
         tree_order: config.ccm.tree_order.clone(),
         time_zone: crate::protocol::schedule::parse_time_zone(&config.ccm.time_zone)
             .unwrap_or(chrono_tz::UTC),
+        live: crate::http::live::start(db.clone()),
+        integrations: serde_json::json!({ "lb": config.lb, "cache": config.cache }),
     });
     let egress = state.egress.clone();
     let ccm = state.ccm.clone();
@@ -132,6 +135,7 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
             .app_data(state.clone())
             .service(crate::metrics::resource_with(crate::metrics::CCM, Some(refresh.clone())))
             .configure(ccm_api::config)
+            .configure(crate::http::ui::config)
     })
     .workers(2)
     .disable_signals()
@@ -146,6 +150,36 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
     });
     tracing::info!(event = "ccm_started", url = %url, data_dir = %config.ccm.data_dir.display());
     Ok(CcmHandle { ccm, db, url, server: handle, egress, scheduler })
+}
+
+/// Creates `ccm.first_admin` when no admin account exists yet.
+fn first_admin(config: &Config, db: &Db) -> Result<(), StartError> {
+    let name = &config.ccm.first_admin;
+    let users = db.table::<crate::storage::records::UserRecord>()?;
+    if name.is_empty() || !users.is_empty() {
+        return Ok(());
+    }
+    let file = &config.ccm.first_admin_password_file;
+    let bad = |problem: String| ConfigError::Invalid {
+        key: "ccm.first_admin_password_file".into(),
+        problem,
+        fix: "put the first admin's password (10 characters or more) in a file only the CCM can read".into(),
+    };
+    if file.as_os_str().is_empty() {
+        return Err(bad(format!("ccm.first_admin is {name:?} but no password file is given")).into());
+    }
+    let password =
+        std::fs::read_to_string(file).map_err(|e| bad(format!("cannot read {}: {e}", file.display())))?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.chars().count() < 10 {
+        return Err(bad(format!("the password in {} is shorter than 10 characters", file.display())).into());
+    }
+    let user = crate::http::session::new_user(name, password)
+        .map_err(|e| bad(format!("cannot hash the password: {e}")))?;
+    users.put(&user)?;
+    db.flush()?;
+    tracing::info!(event = "first_admin_created", user = %name);
+    Ok(())
 }
 
 /// Runs the CCM until Ctrl-C (or SIGTERM).
@@ -163,4 +197,34 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         handle.stop().await;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::records::UserRecord;
+
+    #[test]
+    fn the_first_admin_comes_from_the_config_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::temporary().unwrap();
+        let mut config = Config::default();
+        config.ccm.first_admin = "root".into();
+        let err = first_admin(&config, &db).unwrap_err().to_string();
+        assert!(err.contains("ccm.first_admin_password_file"), "{err}");
+        config.ccm.first_admin_password_file = dir.path().join("pw");
+        std::fs::write(&config.ccm.first_admin_password_file, "short\n").unwrap();
+        let err = first_admin(&config, &db).unwrap_err().to_string();
+        assert!(err.contains("shorter than 10"), "{err}");
+        std::fs::write(&config.ccm.first_admin_password_file, "a long enough secret\n").unwrap();
+        first_admin(&config, &db).unwrap();
+        let users = db.table::<UserRecord>().unwrap();
+        let root = users.get(&"root".to_string()).unwrap().unwrap();
+        assert!(crate::http::session::check_password(&root, "a long enough secret"));
+        // Accounts exist now: a changed file changes nothing.
+        std::fs::write(&config.ccm.first_admin_password_file, "another long secret").unwrap();
+        first_admin(&config, &db).unwrap();
+        let root = users.get(&"root".to_string()).unwrap().unwrap();
+        assert!(crate::http::session::check_password(&root, "a long enough secret"));
+    }
 }

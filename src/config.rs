@@ -507,6 +507,10 @@ pub struct CcmConfig {
     /// Start a replicate for servers new to a content group, and a
     /// synchronize for servers whose live release lags, by themselves.
     pub auto_catch_up: bool,
+    /// The web UI's first admin account, created at start when there is none.
+    pub first_admin: String,
+    /// The file holding `first_admin`'s password.
+    pub first_admin_password_file: PathBuf,
 }
 
 impl Default for CcmConfig {
@@ -528,6 +532,8 @@ impl Default for CcmConfig {
             time_zone: "UTC".into(),
             scheduler_tick: Duration::from_secs(1),
             auto_catch_up: true,
+            first_admin: String::new(),
+            first_admin_password_file: PathBuf::new(),
         }
     }
 }

@@ -291,9 +291,11 @@ async fn cluster_demo(opts: DemoOptions, out: &mut (impl Write + Send)) -> Resul
         writeln!(out, "  {}: leader {}, members {}", s.name, s.leader, members.join(", "))?;
     }
     let job = setup_job(&cluster, &staging).await?;
+    let password = web_admin(&cluster).await?;
     let result = async {
         publish(&cluster, job, &staging, out).await?;
         print_where(&cluster, job, &staging, out)?;
+        writeln!(out, "  Web UI:     {}/  (user {ADMIN}, password {password})", cluster.url())?;
         if opts.once {
             return Ok(());
         }
@@ -319,6 +321,26 @@ async fn setup_job(c: &LocalCluster, staging: &Path) -> Result<u64, DemoError> {
     c.admin.create_site(SITE, staging).await?;
     c.admin.create_group(GROUP, SITE, &c.ids(), crate::storage::records::Quorum::All).await?;
     Ok(c.admin.create_job(SITE, GROUP, "publish").await?)
+}
+
+/// The web UI's login of the demo.
+const ADMIN: &str = "admin";
+
+/// The demo's admin account: created with a random password kept in
+/// `<dir>/admin-password` (mode 0600), or that password when it exists.
+async fn web_admin(c: &LocalCluster) -> Result<String, DemoError> {
+    let file = c.opts.dir.join("admin-password");
+    if let Ok(p) = fs::read_to_string(&file) {
+        return Ok(p.trim().to_owned());
+    }
+    let password = crate::http::session::random_hex(9)
+        .map_err(|e| DemoError::Invalid { flag: "--dir", problem: e.to_string() })?;
+    c.admin
+        .ok("POST", "/api/v1/users", Some(serde_json::json!({ "name": ADMIN, "password": password })))
+        .await?;
+    fs::write(&file, &password)?;
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600))?;
+    Ok(password)
 }
 
 /// Runs the publish job once and shows what happened.

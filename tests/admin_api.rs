@@ -54,6 +54,36 @@ impl Walk {
     }
 }
 
+/// Reads a Server-Sent Events stream until its first `overview` (and,
+/// when asked for, `run`) events; answers them by name.
+async fn first_events(url: &str, token: &str, path: &str) -> Value {
+    use futures_util::StreamExt;
+    let mut res =
+        awc::Client::new().get(format!("{url}/api/v1{path}")).bearer_auth(token).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers().get("content-type").unwrap(), "text/event-stream");
+    let want_run = path.contains("run=");
+    let mut text = String::new();
+    let mut events = serde_json::Map::new();
+    while events.len() < 1 + usize::from(want_run) {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(30), res.next())
+            .await
+            .expect("no event within 30 s")
+            .expect("the stream ended")
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let name = block.lines().find_map(|l| l.strip_prefix("event: "));
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "));
+            if let (Some(name), Some(data)) = (name, data) {
+                events.insert(name.to_owned(), serde_json::from_str(data).unwrap());
+            }
+        }
+    }
+    Value::Object(events)
+}
+
 /// Without credentials, every protected route answers 401 (and so exists: unknown routes are 404).
 async fn unauthenticated_calls_get_401(url: &str) {
     let anonymous = AdminClient::new(url, "");
@@ -293,6 +323,18 @@ async fn every_route_answers_good_and_bad_calls_and_is_documented() {
     let v = w.hit("GET", "/tree-order", "/tree-order", None, 200).await;
     assert_eq!(v["segments"], json!(["seg-2", "seg-1"]));
     w.hit("DELETE", "/groups/{name}", "/groups/web", None, 409).await;
+    let v = w.hit("GET", "/settings", "/settings", None, 200).await;
+    assert_eq!(v["tree_order"], json!(["seg-2", "seg-1"]), "{v}");
+    assert!(v["integrations"]["lb"]["driver"].is_string(), "{v}");
+    w.hit("GET", "/settings", "/settings?x=1", None, 400).await;
+
+    // The live stream: an overview at once, and the run's record with ?run.
+    let first = first_events(&url, &c.token, "/stream?run=1").await;
+    assert_eq!(first["overview"]["servers"].as_array().map(Vec::len), Some(2), "{first}");
+    assert_eq!(first["run"]["id"], 1, "{first}");
+    w.ok.insert(("get".into(), "/stream".into()));
+    w.hit("GET", "/stream", "/stream?run=abc", None, 400).await;
+    w.hit("GET", "/stream", "/stream?run=99999", None, 404).await;
 
     // Coverage: every route was seen succeeding and refusing bad input,
     // but for the two that take none (the document, and logging out).

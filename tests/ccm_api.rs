@@ -179,6 +179,7 @@ async fn leader_round(
         segment: segment.into(),
         leader: gl_id(gl),
         servers: servers.iter().map(|(id, o)| (NodeId(*id), o.clone())).collect(),
+        delivery: None,
     };
     let _: serde_json::Value = gl.post_json(ccm, "/node/v1/report", &result).await.unwrap();
     forwarded

@@ -1519,6 +1519,9 @@ impl Handler<SegmentResultReceived> for Ccm {
         for (server, outcome) in &r.servers {
             outcomes.insert(*server, outcome.clone());
         }
+        if matches!(a.wave, Wave::Content) && r.delivery.is_some() {
+            a.run.segments.entry(r.segment.clone()).or_default().delivery = r.delivery;
+        }
         if let Some(d) = a.dist.as_mut() {
             d.handle_reported(&r.segment);
         }

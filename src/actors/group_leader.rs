@@ -42,8 +42,8 @@ use super::report_collector::{CollectReports, ReportsCollected};
 use crate::http::files::{assignment_path, fetch_assignment, FetchOptions};
 use crate::http::signed::NodeClient;
 use crate::protocol::api::{
-    MemberReport, NextHop, NextHopRequest, NodeStatus, NotLeader, Notify, SegmentReport, SegmentResult,
-    ServerOutcome,
+    DeliveryStats, MemberReport, NextHop, NextHopRequest, NodeStatus, NotLeader, Notify, SegmentReport,
+    SegmentResult, ServerOutcome,
 };
 use crate::protocol::control::MemberInfo;
 use crate::protocol::election::Event;
@@ -337,14 +337,14 @@ async fn run_job(shared: Rc<Shared>, notify: Notify) -> SegmentResult {
     let node = shared.node;
     let members: Vec<NodeId> = lock(&shared.members).keys().copied().collect();
     let targets: Vec<NodeId> = if notify.targets.is_empty() { members } else { notify.targets.clone() };
-    let servers = match fetch(&shared, &notify).await {
+    let (servers, delivery) = match fetch(&shared, &notify).await {
         Ok(hash) => {
             forward(&shared, id).await;
             deliver(&shared, id, hash, &targets).await
         }
         Err(error) => {
             let error = format!("group leader {node} could not fetch assignment {id}: {error}");
-            targets.iter().map(|t| (*t, ServerOutcome::Failed { error: error.clone() })).collect()
+            (targets.iter().map(|t| (*t, ServerOutcome::Failed { error: error.clone() })).collect(), None)
         }
     };
     let result = SegmentResult {
@@ -353,6 +353,7 @@ async fn run_job(shared: Rc<Shared>, notify: Notify) -> SegmentResult {
         segment: shared.segment.clone(),
         leader: node,
         servers,
+        delivery: delivery.map(|d| DeliveryStats { bytes: notify.assignment.size, ..d }),
     };
     let count = |f: fn(&ServerOutcome) -> bool| result.servers.values().filter(|o| f(o)).count();
     tracing::info!(
@@ -457,7 +458,7 @@ async fn deliver(
     id: u64,
     hash: [u8; 32],
     targets: &[NodeId],
-) -> BTreeMap<NodeId, ServerOutcome> {
+) -> (BTreeMap<NodeId, ServerOutcome>, Option<DeliveryStats>) {
     let path = assignment_path(&shared.assignments, id);
     let me = shared.node;
     let others: Vec<NodeId> = targets.iter().copied().filter(|t| *t != me).collect();
@@ -472,11 +473,11 @@ async fn deliver(
             Err(e) => ServerOutcome::Failed { error: format!("the content interpreter is not running: {e}") },
         })
     };
-    let (own, mut servers) = tokio::join!(here, multicast(shared, id, hash, &path, others));
+    let (own, (mut servers, delivery)) = tokio::join!(here, multicast(shared, id, hash, &path, others));
     if let Some(own) = own {
         servers.insert(me, own);
     }
-    servers
+    (servers, delivery)
 }
 
 async fn multicast(
@@ -485,10 +486,10 @@ async fn multicast(
     hash: [u8; 32],
     path: &std::path::Path,
     others: Vec<NodeId>,
-) -> BTreeMap<NodeId, ServerOutcome> {
+) -> (BTreeMap<NodeId, ServerOutcome>, Option<DeliveryStats>) {
     let mut out = BTreeMap::new();
     if others.is_empty() {
-        return out;
+        return (out, None);
     }
     let assignment = AssignmentSerial(id);
     let (tx, rx) = oneshot::channel();
@@ -498,12 +499,20 @@ async fn multicast(
         |error: String| others.iter().map(|n| (*n, ServerOutcome::Failed { error: error.clone() })).collect();
     match shared.sender.send(send).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return failed_all(format!("the leader cannot read its copy {}: {e}", path.display())),
-        Err(e) => return failed_all(format!("the leader's multicast sender is not running: {e}")),
+        Ok(Err(e)) => {
+            return (failed_all(format!("the leader cannot read its copy {}: {e}", path.display())), None)
+        }
+        Err(e) => return (failed_all(format!("the leader's multicast sender is not running: {e}")), None),
     }
     let Ok(sent) = rx.await else {
-        return failed_all("the multicast session was dropped".into());
+        return (failed_all("the multicast session was dropped".into()), None);
     };
+    let delivery = Some(DeliveryStats {
+        bytes: 0,
+        frames_needed: sent.frames_needed,
+        frames_sent: sent.frames_sent,
+        passes: sent.passes,
+    });
     let mut collect = Vec::new();
     for n in &others {
         if sent.acked.contains(n) || sent.already_had.contains(n) || sent.failed.contains(n) {
@@ -516,7 +525,7 @@ async fn multicast(
         }
     }
     if collect.is_empty() {
-        return out;
+        return (out, delivery);
     }
     // Members report once they have carried the assignment out, which for a
     // large release takes longer than the collector's patience: members
@@ -553,7 +562,7 @@ async fn multicast(
     for n in pending {
         out.insert(n, ServerOutcome::Silent);
     }
-    out
+    (out, delivery)
 }
 
 impl Actor for GroupLeader {

@@ -17,6 +17,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::ccm_api::{ApiError, CcmState};
+use super::live::stream;
 use super::session::{self, authorize};
 use super::signed::unix_ms;
 use crate::actors::ccm::{CancelRun, CreateCheckpoint, RunJob, SetTreeOrder};
@@ -102,6 +103,8 @@ routes! {
     get "/events" => list_events, "History and conflicts, newest first (?kind, ?site, ?run, ?limit)", body None, auth true;
     get "/tree-order" => get_tree_order, "The group leaders' static order", body None, auth true;
     put "/tree-order" => set_tree_order, "Set the group leaders' static order", body Some("TreeOrder"), auth true;
+    get "/settings" => get_settings, "The static order and the load-balancer and cache integrations", body None, auth true;
+    get "/stream" => stream, "Live overview as Server-Sent Events; ?run adds that run's record", body None, auth true;
 }
 
 /// Adds the admin API under `/api/v1`.
@@ -1201,6 +1204,35 @@ async fn get_tree_order(
         None => state.tree_order.clone(),
     };
     ok(TreeOrder { segments })
+}
+
+/// `GET /api/v1/settings` query: none is taken.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoQuery {}
+
+/// `GET /api/v1/settings`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Settings {
+    /// The group leaders' static order in effect.
+    pub tree_order: Vec<String>,
+    /// The load-balancer and cache integrations (`[lb]`, `[cache]` of the
+    /// CCM's configuration file; changed there).
+    pub integrations: serde_json::Value,
+}
+
+async fn get_settings(
+    req: HttpRequest,
+    state: web::Data<CcmState>,
+    _q: web::Query<NoQuery>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let stored = table::<SettingRecord>(&state)?.get(&"tree_order".to_owned())?;
+    let tree_order: Vec<String> = match stored {
+        Some(r) => serde_json::from_value(r.value).unwrap_or_default(),
+        None => state.tree_order.clone(),
+    };
+    ok(Settings { tree_order, integrations: state.integrations.clone() })
 }
 
 async fn set_tree_order(

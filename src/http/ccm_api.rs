@@ -40,6 +40,10 @@ pub struct CcmState {
     pub time_zone: chrono_tz::Tz,
     /// Bytes of assignment files served to leaders (the CCM's egress).
     pub egress: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The web UI's live overview.
+    pub live: super::live::Live,
+    /// The load-balancer and cache configuration, as the settings screen shows it.
+    pub integrations: serde_json::Value,
 }
 
 /// An API error, answered as JSON.

@@ -7,6 +7,8 @@ pub mod admin_api;
 pub mod admin_client;
 pub mod ccm_api;
 pub mod files;
+pub mod live;
 pub mod node_api;
 pub mod session;
 pub mod signed;
+pub mod ui;

@@ -37,7 +37,8 @@ pub enum Caller {
     User(String),
 }
 
-fn random_hex(n: usize) -> Result<String, ApiError> {
+/// `n` random bytes, hex-encoded.
+pub fn random_hex(n: usize) -> Result<String, ApiError> {
     let mut b = vec![0u8; n];
     SystemRandom::new().fill(&mut b).map_err(|_| ApiError::Internal("no system randomness".into()))?;
     Ok(hex::encode(b))

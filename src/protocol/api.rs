@@ -249,6 +249,22 @@ pub struct SegmentResult {
     pub leader: NodeId,
     /// One entry per targeted server (the leader included when targeted).
     pub servers: BTreeMap<NodeId, ServerOutcome>,
+    /// How the multicast in the segment went (none when nothing was multicast).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryStats>,
+}
+
+/// What moving one assignment through a segment's multicast took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DeliveryStats {
+    /// The assignment's size.
+    pub bytes: u64,
+    /// Frames in the assignment.
+    pub frames_needed: u32,
+    /// Frames sent, all passes together.
+    pub frames_sent: u64,
+    /// Passes (the first transmission and each retransmission round).
+    pub passes: u32,
 }
 
 /// `GET /node/v1/status`: what an agent knows about itself.

@@ -293,6 +293,19 @@ impl<R: Record> Table<R> {
             .collect()
     }
 
+    /// The last `n` records in key order, the last first (for ids: newest first).
+    pub fn last(&self, n: usize) -> Result<Vec<R>, DbError> {
+        self.tree
+            .iter()
+            .rev()
+            .take(n)
+            .map(|kv| {
+                let (k, v) = kv.map_err(storage(&self.path))?;
+                self.decode(&|| hex::encode(&k), &v)
+            })
+            .collect()
+    }
+
     /// Records whose key starts with the first part `prefix` of a tuple key.
     pub fn with_prefix<A: Key>(&self, prefix: &A) -> Result<Vec<R>, DbError> {
         let a = prefix.to_bytes();
@@ -401,6 +414,18 @@ mod tests {
         assert_eq!(t.delete(&1).unwrap().unwrap().name, "b!");
         assert!(t.get(&1).unwrap().is_none());
         assert_eq!((db.next("jobs").unwrap(), db.next("jobs").unwrap(), db.next("runs").unwrap()), (1, 2, 1));
+    }
+
+    #[test]
+    fn last_gives_the_highest_keys_first() {
+        let db = Db::temporary().unwrap();
+        let t = db.table::<Thing>().unwrap();
+        for id in [3, 300, 1, 256, 2] {
+            t.put(&Thing { id, name: id.to_string() }).unwrap();
+        }
+        let ids: Vec<u64> = t.last(3).unwrap().iter().map(|x| x.id).collect();
+        assert_eq!(ids, [300, 256, 3]);
+        assert_eq!(t.last(10).unwrap().len(), 5);
     }
 
     #[test]

@@ -355,6 +355,9 @@ pub struct Phase {
 /// One segment's part in a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct SegmentProgress {
+    /// The content assignment's multicast in the segment, once reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<crate::protocol::api::DeliveryStats>,
     /// The leader notified.
     pub leader: Option<NodeId>,
     /// `pending`, `notified`, `holding`, `reported`, `failed`.

@@ -1,3 +1,4 @@
+pub mod browser;
 pub mod cluster;
 pub mod mctp_cluster;
 pub mod ops;

@@ -1,0 +1,364 @@
+//! The admin web UI in a real browser: headless Chromium through
+//! ChromeDriver, against an in-process cluster (a CCM and agents on
+//! 127.0.0.1, as `cmover demo` runs them). An admin logs in, creates a site
+//! and a content group, publishes and watches the run commit with every
+//! server green, edits staging and publishes again, rolls back; a failed
+//! login and a bad cron expression show their errors where they belong;
+//! the page follows the CCM's state within 2 s through Server-Sent Events.
+//! Every test saves screenshots under `target/ui-screenshots/` and asserts
+//! the browser's console stayed free of errors.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cmover::local_cluster::{ClusterOptions, LocalCluster};
+use cmover::storage::records::{Quorum, RunState};
+use fantoccini::key::Key;
+use serde_json::json;
+
+mod common;
+
+use common::browser::Browser;
+use common::cluster::{init_logs, LIMIT};
+
+const USER: &str = "ada";
+const PASSWORD: &str = "correct horse battery";
+
+fn write_site(staging: &Path, release: &str) {
+    std::fs::create_dir_all(staging).unwrap();
+    std::fs::write(staging.join("index.html"), format!("<h1>release {release}</h1>\n")).unwrap();
+    std::fs::write(staging.join("about.html"), "about us\n").unwrap();
+}
+
+async fn cluster(dir: &Path, segments: usize, per_segment: usize) -> LocalCluster {
+    let mut opts = ClusterOptions::new(dir, segments, per_segment);
+    // One leader served by the CCM, the next by that leader: the tree shows it.
+    opts.fanout = 1;
+    let c = LocalCluster::start(opts).await.unwrap();
+    c.wait_segments(LIMIT).await.unwrap();
+    c.admin.ok("POST", "/api/v1/users", Some(json!({ "name": USER, "password": PASSWORD }))).await.unwrap();
+    c
+}
+
+/// Logs in through the form (submitted with the Enter key) and waits for the overview.
+async fn login(b: &Browser, url: &str) {
+    b.goto(&format!("{url}/")).await;
+    b.fill("#login-form [name=user]", USER).await;
+    b.fill("#login-form [name=password]", PASSWORD).await;
+    let enter = Key::Enter.to_string();
+    b.on("#login-form [name=password]", |e| {
+        let enter = enter.clone();
+        async move { e.send_keys(&enter).await }
+    })
+    .await;
+    b.find("#overview").await;
+    b.until("the live overview", "document.querySelector('#live').dataset.state === 'live'").await;
+}
+
+/// Every visible form control has a label (its own or `aria-label`).
+async fn assert_labelled(b: &Browser, page: &str) {
+    let unlabelled = b
+        .eval(
+            "[...document.querySelectorAll('main input, main select, main textarea')]
+              .filter(e => e.offsetParent !== null && e.labels.length === 0 && !e.getAttribute('aria-label'))
+              .map(e => e.outerHTML)",
+        )
+        .await;
+    assert_eq!(unlabelled, json!([]), "{page}: controls without a label");
+}
+
+/// Opens a run's page (after "Run now") and waits for it to end; answers its state.
+async fn run_page_result(b: &Browser) -> String {
+    b.find("#run-state").await;
+    let state = b
+        .until(
+            "the run to end",
+            "['committed','failed','cancelled','unchanged'].find(s => document.querySelector('#run-state')?.dataset.state === s)",
+        )
+        .await;
+    state.as_str().unwrap().to_owned()
+}
+
+async fn assert_every_server_green(b: &Browser, servers: usize) {
+    let outcomes = b
+        .until(
+            "every server's result",
+            &format!(
+                "(() => {{ const r = [...document.querySelectorAll('#run-servers tr[data-server]')].map(t => t.dataset.outcome);
+                   return r.length === {servers} && r.every(o => o === 'ok') ? r : null; }})()"
+            ),
+        )
+        .await;
+    assert_eq!(outcomes.as_array().unwrap().len(), servers);
+}
+
+#[actix_rt::test]
+async fn an_admin_publishes_edits_and_rolls_back_through_the_ui() {
+    init_logs();
+    let Some(mut b) = Browser::start("publish").await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let staging = tmp.path().join("staging");
+    write_site(&staging, "1");
+    let c = cluster(&tmp.path().join("cluster"), 2, 2).await;
+    let url = c.url();
+    login(&b, &url).await;
+    b.until("4 servers in 2 segments", "document.querySelectorAll('[data-segment] .server').length === 4")
+        .await;
+    b.shot("overview-before").await;
+
+    // A site and a content group, through the forms.
+    b.goto(&format!("{url}/#/sites")).await;
+    b.fill("#site-form [name=name]", "www").await;
+    b.fill("#site-form [name=staging]", staging.to_str().unwrap()).await;
+    b.click("#site-form button[type=submit]").await;
+    b.find("#sites-table tr[data-site=www]").await;
+    b.until(
+        "all 4 servers highlighted as new",
+        "document.querySelectorAll('#servers-table tr.new').length === 4",
+    )
+    .await;
+    b.shot("sites-new-servers").await;
+    assert_labelled(&b, "sites").await;
+    b.fill("#group-form [name=name]", "web").await;
+    b.until(
+        "the site in the group form",
+        "document.querySelector('#group-form [name=site]').value === 'www'",
+    )
+    .await;
+    for i in 1..=4 {
+        b.click(&format!("#group-form .checks label:nth-child({i}) input")).await;
+    }
+    b.click("#group-form button[type=submit]").await;
+    b.find("#groups-table tr[data-group=web]").await;
+    b.until("no server new any more", "document.querySelectorAll('#servers-table tr.new').length === 0")
+        .await;
+    let group = c.admin.ok("GET", "/api/v1/groups/web", None).await.unwrap();
+    assert_eq!(group["servers"].as_array().unwrap().len(), 4, "{group}");
+
+    // A publish job, through the form; run it and watch the run.
+    b.goto(&format!("{url}/#/jobs")).await;
+    b.click("#new-job").await;
+    b.fill("#job-form [name=name]", "publish web").await;
+    b.until("the group in the job form", "document.querySelector('#job-form [name=group]').value === 'web'")
+        .await;
+    assert_labelled(&b, "job form").await;
+    b.click("#job-save").await;
+    b.find("#jobs-table tr[data-job] [data-action=run]").await;
+    b.click("#jobs-table tr[data-job] [data-action=run]").await;
+    assert_eq!(run_page_result(&b).await, "committed");
+    assert_every_server_green(&b, 4).await;
+    b.until(
+        "the distribution tree",
+        "document.querySelectorAll('#run svg [data-tree-segment]').length === 2",
+    )
+    .await;
+    let relayed =
+        b.eval("[...document.querySelectorAll('#segments-table tr[data-segment]')].map(r => r.cells[3].textContent)").await;
+    let relayed_by_leader =
+        relayed.as_array().unwrap().iter().any(|f| f.as_str().unwrap().starts_with("web-"));
+    assert!(relayed_by_leader, "one leader fetched from another: {relayed}");
+    b.until("the phase timeline", "document.querySelectorAll('#timeline [data-phase]').length >= 3").await;
+    b.shot("run-committed").await;
+    for id in c.ids() {
+        let live = std::fs::read_to_string(c.live_dir(id, "www").join("index.html")).unwrap();
+        assert!(live.contains("release 1"), "server {id}: {live}");
+    }
+    b.goto(&format!("{url}/#/")).await;
+    b.until(
+        "every server online with release 1",
+        "[...document.querySelectorAll('.server')].every(s => s.dataset.state === 'online' && s.textContent.includes('www: 1'))",
+    )
+    .await;
+    b.shot("overview-release-1").await;
+
+    // Staging changes; publish again from the jobs list.
+    write_site(&staging, "2");
+    b.goto(&format!("{url}/#/jobs")).await;
+    b.click("#jobs-table tr[data-job] [data-action=run]").await;
+    assert_eq!(run_page_result(&b).await, "committed");
+    assert_every_server_green(&b, 4).await;
+    for id in c.ids() {
+        let live = std::fs::read_to_string(c.live_dir(id, "www").join("index.html")).unwrap();
+        assert!(live.contains("release 2"), "server {id}: {live}");
+    }
+
+    // Roll back, confirmed in the dialog.
+    b.goto(&format!("{url}/#/releases")).await;
+    b.until("release 2 live", "document.querySelector('#live-release')?.textContent === '2'").await;
+    b.click("#rollback").await;
+    b.until("the confirmation", "document.querySelector('#confirm').open").await;
+    b.shot("rollback-confirm").await;
+    b.click("#confirm-ok").await;
+    assert_eq!(run_page_result(&b).await, "committed");
+    assert_every_server_green(&b, 4).await;
+    for id in c.ids() {
+        let live = std::fs::read_to_string(c.live_dir(id, "www").join("index.html")).unwrap();
+        assert!(live.contains("release 1"), "server {id} after the rollback: {live}");
+    }
+    b.goto(&format!("{url}/#/releases")).await;
+    b.until("release 1 live again", "document.querySelector('#live-release')?.textContent === '1'").await;
+
+    // History, settings, and a narrow window.
+    b.goto(&format!("{url}/#/events")).await;
+    b.until(
+        "committed events",
+        "document.querySelectorAll('#events-table tr[data-kind=committed]').length >= 2",
+    )
+    .await;
+    b.until(
+        "the rollback's event",
+        "document.querySelectorAll('#events-table tr[data-kind=rolled_back]').length === 1",
+    )
+    .await;
+    b.fill("#events-filter [name=kind]", "committed").await;
+    b.click("#events-filter button[type=submit]").await;
+    b.until(
+        "only committed events",
+        "(() => { const k = [...document.querySelectorAll('#events-table tr[data-kind]')].map(r => r.dataset.kind);
+           return k.length >= 2 && k.every(x => x === 'committed'); })()",
+    )
+    .await;
+    b.goto(&format!("{url}/#/settings")).await;
+    b.find("#integrations dl").await;
+    b.fill("#tree-order-form [name=segments]", "seg-2\nseg-1").await;
+    b.click("#tree-order-form button[type=submit]").await;
+    let order = async {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let v = c.admin.ok("GET", "/api/v1/tree-order", None).await.unwrap();
+            if v["segments"] == json!(["seg-2", "seg-1"]) || Instant::now() > deadline {
+                return v;
+            }
+            actix::clock::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert_eq!(order.await["segments"], json!(["seg-2", "seg-1"]));
+    b.client.set_window_size(400, 800).await.unwrap();
+    b.goto(&format!("{url}/#/")).await;
+    b.until("the overview, narrow", "document.querySelectorAll('.server').length === 4").await;
+    let fits = b.eval("document.documentElement.scrollWidth <= window.innerWidth + 1").await;
+    assert_eq!(fits, json!(true), "the overview scrolls sideways in a 400 px window");
+    b.shot("overview-narrow").await;
+    b.assert_no_console_errors(&[]).await;
+    b.close().await;
+    c.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_failed_login_and_a_bad_cron_expression_show_their_errors() {
+    init_logs();
+    let Some(mut b) = Browser::start("errors").await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let staging = tmp.path().join("staging");
+    write_site(&staging, "1");
+    let c = cluster(&tmp.path().join("cluster"), 1, 2).await;
+    c.admin.create_site("www", &staging).await.unwrap();
+    c.admin.create_group("web", "www", &c.ids(), Quorum::All).await.unwrap();
+    let url = c.url();
+
+    // A wrong password: an error, and still the login form.
+    b.goto(&format!("{url}/")).await;
+    b.fill("#login-form [name=user]", USER).await;
+    b.fill("#login-form [name=password]", "not the password").await;
+    b.click("#login-submit").await;
+    let error = b.until("the login error", "document.querySelector('#login-error').textContent").await;
+    assert_eq!(error, json!("Wrong user name or password."));
+    assert_eq!(b.eval("document.querySelector('#top').hidden").await, json!(true));
+    b.shot("login-failed").await;
+
+    // The right one; then a job with a bad cron expression.
+    login(&b, &url).await;
+    b.goto(&format!("{url}/#/jobs/new")).await;
+    b.until("the group in the job form", "document.querySelector('#job-form [name=group]').value === 'web'")
+        .await;
+    b.choose("#job-form [data-field='schedule.type']", "cron").await;
+    b.fill("#job-form [data-field='schedule.expr']", "61 * * * *").await;
+    b.click("#job-save").await;
+    let shown = b
+        .until("the schedule error", "document.querySelector('[data-error-for=schedule]').textContent")
+        .await;
+    // The very message of the API, beside the schedule's fields.
+    let (status, api) = c
+        .admin
+        .call(
+            "POST",
+            "/api/v1/jobs",
+            Some(json!({"site": "www", "group": "web", "kind": "publish", "schedule": {"type": "cron", "expr": "61 * * * *"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{api}");
+    assert_eq!(api["field"], "schedule");
+    assert_eq!(shown, api["error"], "the UI shows the API's message");
+    assert!(shown.as_str().unwrap().contains("cron expression"), "{shown}");
+    let beside = b
+        .eval(
+            "document.querySelector('[data-error-for=schedule]').closest('fieldset')
+               .contains(document.querySelector('[data-field=\"schedule.expr\"]'))",
+        )
+        .await;
+    assert_eq!(beside, json!(true), "the message sits with the cron field");
+    b.shot("bad-cron").await;
+    let jobs = c.admin.ok("GET", "/api/v1/jobs", None).await.unwrap();
+    assert_eq!(jobs, json!([]), "no job was stored");
+    // Only the refused calls are in the console (the browser logs every 4xx).
+    b.assert_no_console_errors(&["401", "400"]).await;
+    b.close().await;
+    c.stop().await;
+}
+
+#[actix_rt::test]
+async fn the_page_follows_the_server_within_two_seconds() {
+    init_logs();
+    let Some(mut b) = Browser::start("live").await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let staging = tmp.path().join("staging");
+    write_site(&staging, "1");
+    let c = cluster(&tmp.path().join("cluster"), 1, 2).await;
+    let url = c.url();
+    login(&b, &url).await;
+
+    // Each change is made through the API, not the page; the page is then
+    // polled until it shows it. Staleness = shown − acknowledged.
+    let mut stale = Vec::new();
+    for k in 1..=5 {
+        let site = format!("s{k}");
+        c.admin.create_site(&site, &staging).await.unwrap();
+        let changed = Instant::now();
+        b.until("the new site", &format!("document.querySelector('#overview tr[data-site=\"{site}\"]')"))
+            .await;
+        stale.push(changed.elapsed());
+    }
+    // A run, followed on its page: from the CCM's committed to the page's.
+    c.admin.create_group("web", "s1", &c.ids(), Quorum::All).await.unwrap();
+    let job = c.admin.create_job("s1", "web", "publish").await.unwrap();
+    let run = c.admin.run_job(job).await.unwrap();
+    b.goto(&format!("{url}/#/runs/{run}")).await;
+    b.find("#run-state").await;
+    let deadline = Instant::now() + LIMIT;
+    let committed = loop {
+        let r = c.admin.run(run).await.unwrap();
+        if r.state.is_final() {
+            assert_eq!(r.state, RunState::Committed, "{r:#?}");
+            break Instant::now();
+        }
+        assert!(Instant::now() < deadline, "run {run} did not end");
+        actix::clock::sleep(Duration::from_millis(10)).await;
+    };
+    b.until(
+        "the run committed on its page",
+        "document.querySelector('#run-state').dataset.state === 'committed'",
+    )
+    .await;
+    stale.push(committed.elapsed());
+    b.shot("run-live").await;
+
+    stale.sort();
+    let median = stale[stale.len() / 2];
+    let worst = *stale.last().unwrap();
+    eprintln!("UI staleness over {} changes: median {median:?}, worst {worst:?}", stale.len());
+    assert!(worst <= Duration::from_secs(2), "the page lagged the CCM by {worst:?}: {stale:?}");
+    b.assert_no_console_errors(&[]).await;
+    b.close().await;
+    c.stop().await;
+}
