@@ -51,12 +51,17 @@ pub struct CcmHandle {
     pub egress: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The scheduler.
     pub scheduler: Addr<Scheduler>,
+    /// The web UI's live overview.
+    pub live: crate::http::live::LiveTask,
 }
 
 impl CcmHandle {
     /// Stops the HTTP server and the orchestrator and flushes the database,
     /// as a process exit would; runs in flight are recovered by the next start.
     pub async fn stop(self) {
+        // The live overview first: its end closes the UI's event streams,
+        // which a graceful stop would otherwise wait for.
+        self.live.stop().await;
         self.server.stop(true).await;
         let _ = self.scheduler.send(StopScheduler).await;
         let _ = self.ccm.send(crate::actors::ccm::Shutdown).await;
@@ -106,6 +111,7 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
     let ccm = Ccm::new(config.clone(), db.clone(), secret).with_observers(observers).start();
     let scheduler = Scheduler::new(config.clone(), db.clone(), ccm.clone()).start();
     ccm.do_send(NotifyRunsTo(scheduler.clone().recipient(), scheduler.clone().recipient()));
+    let (live, live_task) = crate::http::live::start(db.clone());
     let state = web::Data::new(CcmState {
         ccm,
         db: db.clone(),
@@ -116,7 +122,7 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
         tree_order: config.ccm.tree_order.clone(),
         time_zone: crate::protocol::schedule::parse_time_zone(&config.ccm.time_zone)
             .unwrap_or(chrono_tz::UTC),
-        live: crate::http::live::start(db.clone()),
+        live,
         integrations: serde_json::json!({ "lb": config.lb, "cache": config.cache }),
     });
     let egress = state.egress.clone();
@@ -149,7 +155,7 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
         }
     });
     tracing::info!(event = "ccm_started", url = %url, data_dir = %config.ccm.data_dir.display());
-    Ok(CcmHandle { ccm, db, url, server: handle, egress, scheduler })
+    Ok(CcmHandle { ccm, db, url, server: handle, egress, scheduler, live: live_task })
 }
 
 /// Creates `ccm.first_admin` when no admin account exists yet.

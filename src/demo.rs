@@ -333,6 +333,11 @@ async fn web_admin(c: &LocalCluster) -> Result<String, DemoError> {
     if let Ok(p) = fs::read_to_string(&file) {
         return Ok(p.trim().to_owned());
     }
+    let users = c.admin.ok("GET", "/api/v1/users", None).await?;
+    if users.as_array().into_iter().flatten().any(|u| u["name"] == ADMIN) {
+        // Made by an earlier run whose password file is gone: keep it.
+        return Ok("as set before; `cmover user add` makes another account".into());
+    }
     let password = crate::http::session::random_hex(9)
         .map_err(|e| DemoError::Invalid { flag: "--dir", problem: e.to_string() })?;
     c.admin

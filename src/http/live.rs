@@ -213,11 +213,23 @@ pub struct Published {
 /// The receiving end the stream handlers watch.
 pub type Live = watch::Receiver<Arc<Published>>;
 
+/// The task that rebuilds the overview.
+#[derive(Debug)]
+pub struct LiveTask(tokio::task::JoinHandle<()>);
+
+impl LiveTask {
+    /// Stops it; every stream then ends, and nothing holds the database.
+    pub async fn stop(self) {
+        self.0.abort();
+        let _ = self.0.await;
+    }
+}
+
 /// Starts the task that rebuilds the overview every [`TICK`] (on the
-/// current actix arbiter); it stops when every receiver is gone.
-pub fn start(db: Db) -> Live {
+/// current actix arbiter); it runs until stopped or every receiver is gone.
+pub fn start(db: Db) -> (Live, LiveTask) {
     let (tx, rx) = watch::channel(Arc::new(Published::default()));
-    actix::spawn(async move {
+    let task = actix::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut version = 0;
@@ -243,7 +255,7 @@ pub fn start(db: Db) -> Live {
             }
         }
     });
-    rx
+    (rx, LiveTask(task))
 }
 
 /// `GET /api/v1/stream` query.
