@@ -30,14 +30,37 @@ fn write_site(staging: &Path, release: &str) {
     std::fs::write(staging.join("about.html"), "about us\n").unwrap();
 }
 
-async fn cluster(dir: &Path, segments: usize, per_segment: usize) -> LocalCluster {
-    let mut opts = ClusterOptions::new(dir, segments, per_segment);
+/// A browser, and a cluster of `segments` × `per_segment` agents with an
+/// admin account; staging (release 1) in `staging`. `None`: skipped.
+struct Setup {
+    b: Browser,
+    c: LocalCluster,
+    staging: std::path::PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+async fn setup(test: &str, segments: usize, per_segment: usize) -> Option<Setup> {
+    init_logs();
+    let b = Browser::start(test).await?;
+    let tmp = tempfile::tempdir().unwrap();
+    let staging = tmp.path().join("staging");
+    write_site(&staging, "1");
+    let mut opts = ClusterOptions::new(&tmp.path().join("cluster"), segments, per_segment);
     // One leader served by the CCM, the next by that leader: the tree shows it.
     opts.fanout = 1;
     let c = LocalCluster::start(opts).await.unwrap();
     c.wait_segments(LIMIT).await.unwrap();
     c.admin.ok("POST", "/api/v1/users", Some(json!({ "name": USER, "password": PASSWORD }))).await.unwrap();
-    c
+    Some(Setup { b, c, staging, _tmp: tmp })
+}
+
+impl Setup {
+    /// Asserts a console free of errors (but `allowed`), then stops everything.
+    async fn finish(self, allowed: &[&str]) {
+        self.b.assert_no_console_errors(allowed).await;
+        self.b.close().await;
+        self.c.stop().await;
+    }
 }
 
 /// Logs in through the form (submitted with the Enter key) and waits for the overview.
@@ -94,14 +117,10 @@ async fn assert_every_server_green(b: &Browser, servers: usize) {
 
 #[actix_rt::test]
 async fn an_admin_publishes_edits_and_rolls_back_through_the_ui() {
-    init_logs();
-    let Some(mut b) = Browser::start("publish").await else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let staging = tmp.path().join("staging");
-    write_site(&staging, "1");
-    let c = cluster(&tmp.path().join("cluster"), 2, 2).await;
+    let Some(mut t) = setup("publish", 2, 2).await else { return };
+    let (b, c, staging) = (&mut t.b, &t.c, t.staging.clone());
     let url = c.url();
-    login(&b, &url).await;
+    login(b, &url).await;
     b.until("4 servers in 2 segments", "document.querySelectorAll('[data-segment] .server').length === 4")
         .await;
     b.shot("overview-before").await;
@@ -118,7 +137,7 @@ async fn an_admin_publishes_edits_and_rolls_back_through_the_ui() {
     )
     .await;
     b.shot("sites-new-servers").await;
-    assert_labelled(&b, "sites").await;
+    assert_labelled(b, "sites").await;
     b.fill("#group-form [name=name]", "web").await;
     b.until(
         "the site in the group form",
@@ -141,12 +160,12 @@ async fn an_admin_publishes_edits_and_rolls_back_through_the_ui() {
     b.fill("#job-form [name=name]", "publish web").await;
     b.until("the group in the job form", "document.querySelector('#job-form [name=group]').value === 'web'")
         .await;
-    assert_labelled(&b, "job form").await;
+    assert_labelled(b, "job form").await;
     b.click("#job-save").await;
     b.find("#jobs-table tr[data-job] [data-action=run]").await;
     b.click("#jobs-table tr[data-job] [data-action=run]").await;
-    assert_eq!(run_page_result(&b).await, "committed");
-    assert_every_server_green(&b, 4).await;
+    assert_eq!(run_page_result(b).await, "committed");
+    assert_every_server_green(b, 4).await;
     b.until(
         "the distribution tree",
         "document.querySelectorAll('#run svg [data-tree-segment]').length === 2",
@@ -175,8 +194,8 @@ async fn an_admin_publishes_edits_and_rolls_back_through_the_ui() {
     write_site(&staging, "2");
     b.goto(&format!("{url}/#/jobs")).await;
     b.click("#jobs-table tr[data-job] [data-action=run]").await;
-    assert_eq!(run_page_result(&b).await, "committed");
-    assert_every_server_green(&b, 4).await;
+    assert_eq!(run_page_result(b).await, "committed");
+    assert_every_server_green(b, 4).await;
     for id in c.ids() {
         let live = std::fs::read_to_string(c.live_dir(id, "www").join("index.html")).unwrap();
         assert!(live.contains("release 2"), "server {id}: {live}");
@@ -189,8 +208,8 @@ async fn an_admin_publishes_edits_and_rolls_back_through_the_ui() {
     b.until("the confirmation", "document.querySelector('#confirm').open").await;
     b.shot("rollback-confirm").await;
     b.click("#confirm-ok").await;
-    assert_eq!(run_page_result(&b).await, "committed");
-    assert_every_server_green(&b, 4).await;
+    assert_eq!(run_page_result(b).await, "committed");
+    assert_every_server_green(b, 4).await;
     for id in c.ids() {
         let live = std::fs::read_to_string(c.live_dir(id, "www").join("index.html")).unwrap();
         assert!(live.contains("release 1"), "server {id} after the rollback: {live}");
@@ -239,19 +258,13 @@ async fn an_admin_publishes_edits_and_rolls_back_through_the_ui() {
     let fits = b.eval("document.documentElement.scrollWidth <= window.innerWidth + 1").await;
     assert_eq!(fits, json!(true), "the overview scrolls sideways in a 400 px window");
     b.shot("overview-narrow").await;
-    b.assert_no_console_errors(&[]).await;
-    b.close().await;
-    c.stop().await;
+    t.finish(&[]).await;
 }
 
 #[actix_rt::test]
 async fn a_failed_login_and_a_bad_cron_expression_show_their_errors() {
-    init_logs();
-    let Some(mut b) = Browser::start("errors").await else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let staging = tmp.path().join("staging");
-    write_site(&staging, "1");
-    let c = cluster(&tmp.path().join("cluster"), 1, 2).await;
+    let Some(mut t) = setup("errors", 1, 2).await else { return };
+    let (b, c, staging) = (&mut t.b, &t.c, t.staging.clone());
     c.admin.create_site("www", &staging).await.unwrap();
     c.admin.create_group("web", "www", &c.ids(), Quorum::All).await.unwrap();
     let url = c.url();
@@ -267,7 +280,7 @@ async fn a_failed_login_and_a_bad_cron_expression_show_their_errors() {
     b.shot("login-failed").await;
 
     // The right one; then a job with a bad cron expression.
-    login(&b, &url).await;
+    login(b, &url).await;
     b.goto(&format!("{url}/#/jobs/new")).await;
     b.until("the group in the job form", "document.querySelector('#job-form [name=group]').value === 'web'")
         .await;
@@ -302,21 +315,15 @@ async fn a_failed_login_and_a_bad_cron_expression_show_their_errors() {
     let jobs = c.admin.ok("GET", "/api/v1/jobs", None).await.unwrap();
     assert_eq!(jobs, json!([]), "no job was stored");
     // Only the refused calls are in the console (the browser logs every 4xx).
-    b.assert_no_console_errors(&["401", "400"]).await;
-    b.close().await;
-    c.stop().await;
+    t.finish(&["401", "400"]).await;
 }
 
 #[actix_rt::test]
 async fn the_page_follows_the_server_within_two_seconds() {
-    init_logs();
-    let Some(mut b) = Browser::start("live").await else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let staging = tmp.path().join("staging");
-    write_site(&staging, "1");
-    let c = cluster(&tmp.path().join("cluster"), 1, 2).await;
+    let Some(mut t) = setup("live", 1, 2).await else { return };
+    let (b, c, staging) = (&mut t.b, &t.c, t.staging.clone());
     let url = c.url();
-    login(&b, &url).await;
+    login(b, &url).await;
 
     // Each change is made through the API, not the page; the page is then
     // polled until it shows it. Staleness = shown − acknowledged.
@@ -358,7 +365,5 @@ async fn the_page_follows_the_server_within_two_seconds() {
     let worst = *stale.last().unwrap();
     eprintln!("UI staleness over {} changes: median {median:?}, worst {worst:?}", stale.len());
     assert!(worst <= Duration::from_secs(2), "the page lagged the CCM by {worst:?}: {stale:?}");
-    b.assert_no_console_errors(&[]).await;
-    b.close().await;
-    c.stop().await;
+    t.finish(&[]).await;
 }

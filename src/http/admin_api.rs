@@ -1198,12 +1198,15 @@ async fn get_tree_order(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
     q.limit()?;
-    let stored = table::<SettingRecord>(&state)?.get(&"tree_order".to_owned())?;
-    let segments: Vec<String> = match stored {
+    ok(TreeOrder { segments: tree_order(&state)? })
+}
+
+/// The static order in effect: as set through the API, else as configured.
+fn tree_order(state: &CcmState) -> Result<Vec<String>, ApiError> {
+    Ok(match table::<SettingRecord>(state)?.get(&"tree_order".to_owned())? {
         Some(r) => serde_json::from_value(r.value).unwrap_or_default(),
         None => state.tree_order.clone(),
-    };
-    ok(TreeOrder { segments })
+    })
 }
 
 /// `GET /api/v1/settings` query: none is taken.
@@ -1227,12 +1230,7 @@ async fn get_settings(
     _q: web::Query<NoQuery>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
-    let stored = table::<SettingRecord>(&state)?.get(&"tree_order".to_owned())?;
-    let tree_order: Vec<String> = match stored {
-        Some(r) => serde_json::from_value(r.value).unwrap_or_default(),
-        None => state.tree_order.clone(),
-    };
-    ok(Settings { tree_order, integrations: state.integrations.clone() })
+    ok(Settings { tree_order: tree_order(&state)?, integrations: state.integrations.clone() })
 }
 
 async fn set_tree_order(
