@@ -217,6 +217,24 @@ async fn an_admin_publishes_edits_and_rolls_back_through_the_ui() {
     b.goto(&format!("{url}/#/releases")).await;
     b.until("release 1 live again", "document.querySelector('#live-release')?.textContent === '1'").await;
 
+    // A checkpoint of it, then staging moves on to release 3 (published
+    // through the API), and the checkpoint is restored, confirmed.
+    b.click("#checkpoint-create").await;
+    b.find("#checkpoints-table tr[data-checkpoint]").await;
+    write_site(&staging, "3");
+    let publish = c.admin.ok("GET", "/api/v1/jobs", None).await.unwrap()[0]["id"].as_u64().unwrap();
+    let r = c.admin.wait_run(c.admin.run_job(publish).await.unwrap(), LIMIT).await.unwrap();
+    assert_eq!(r.state, RunState::Committed, "{r:#?}");
+    b.click("#checkpoints-table tr[data-checkpoint] [data-action=restore]").await;
+    b.until("the confirmation", "document.querySelector('#confirm').open").await;
+    b.click("#confirm-ok").await;
+    assert_eq!(run_page_result(b).await, "committed");
+    assert_every_server_green(b, 4).await;
+    for id in c.ids() {
+        let live = std::fs::read_to_string(c.live_dir(id, "www").join("index.html")).unwrap();
+        assert!(live.contains("release 1"), "server {id} after the restore: {live}");
+    }
+
     // History, settings, and a narrow window.
     b.goto(&format!("{url}/#/events")).await;
     b.until(

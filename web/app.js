@@ -976,7 +976,7 @@ function viewReleases() {
           h('tbody', {}, cps.map(c => h('tr', { 'data-checkpoint': c.id },
             h('td', {}, c.id), h('td', {}, c.serial), h('td', {}, when(c.created_ms)), h('td', {}, `${c.files} files, ${bytes(c.bytes)}`),
             h('td', {}, h('div', { class: 'actions' },
-              h('button', { type: 'button', class: 'quiet', onclick: async () => {
+              h('button', { type: 'button', class: 'quiet', 'data-action': 'restore', onclick: async () => {
                 if (!(await confirmDialog(`Restore checkpoint ${c.id}?`, `Release ${c.serial} of ${site.value} goes live again on ${group.value}, as a new release.`, 'Restore'))) return;
                 await act(async () => {
                   const r = await api('POST', `/checkpoints/${s}/${c.id}/restore`, { group: group.value });
