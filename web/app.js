@@ -914,7 +914,12 @@ function viewRun(id) {
       h('div', { class: 'panel', id: 'run-errors' }, h('h2', {}, 'Errors'),
         errors.length ? h('ul', {}, errors) : h('p', { class: 'muted' }, 'None.')));
   };
-  act(async () => { const r = await api('GET', '/runs/' + id); if (!run) { run = r; render(); } });
+  api('GET', '/runs/' + id).then(r => { if (!run) { run = r; render(); } }, e => {
+    if (e.status === 404) {
+      connectLive(null);
+      el.replaceChildren(h('h1', {}, 'Run ' + id), h('p', {}, 'There is no run ' + id + '. ', h('a', { href: '#/runs' }, 'All runs')));
+    } else if (e.status !== 401) toast(e.message, true);
+  });
   return {
     el,
     runId: id,
