@@ -119,6 +119,17 @@ async function api(method, path, body) {
   return data;
 }
 
+// For a view that reloads a list on live events: answers only the newest
+// of overlapping loads (an older answer arriving last must not win).
+function newest() {
+  let n = 0;
+  return async promise => {
+    const mine = ++n;
+    const v = await promise;
+    return mine === n ? v : undefined;
+  };
+}
+
 // Runs an action, shows its error as a toast.
 async function act(fn) {
   try { return await fn(); } catch (e) { if (e.status !== 401) toast(e.message, true); return undefined; }
@@ -267,6 +278,7 @@ function connectLive(runId) {
   es.addEventListener('overview', e => {
     S.ov = JSON.parse(e.data);
     S.ovAt = Date.now();
+    S.retry = 0;
     document.body.dataset.overviewVersion = e.lastEventId;
     liveBadge('live', 'live');
     if (S.view && S.view.overview) S.view.overview(S.ov);
@@ -277,8 +289,16 @@ function connectLive(runId) {
   es.onerror = async () => {
     liveBadge('lost', 'reconnecting');
     if (es.readyState === EventSource.CLOSED) {
-      // Refused (a lost session answers 401): find out, then retry.
-      try { await api('GET', '/session'); setTimeout(() => { if (S.es === es) connectLive(runId); }, 1000); } catch (_) { /* to login */ }
+      // Refused or gone: a lost session goes to the login form, anything
+      // else is tried again, less and less often.
+      S.retry = Math.min((S.retry || 500) * 2, 15000);
+      const again = () => { if (S.es === es) connectLive(runId); };
+      try {
+        await api('GET', '/session');
+        setTimeout(again, S.retry);
+      } catch (e) {
+        if (e.status === 401) toLogin(); else setTimeout(again, S.retry);
+      }
     }
   };
 }
@@ -465,11 +485,13 @@ function viewSites() {
   const editSite = async site => {
     const input = h('input', { value: site.staging, 'aria-label': 'Staging directory of ' + site.name });
     const err = h('div', { class: 'error' });
-    const row = h('tr', {}, h('td', { colspan: 4 }, h('form', { class: 'row' }, h('div', { class: 'field' }, input, err),
-      h('button', { type: 'submit' }, 'Save'))));
+    sitesBox.querySelectorAll('tr.editing').forEach(r => r.remove());
+    const close = () => { row.remove(); last = ''; render(S.ov); };
+    const row = h('tr', { class: 'editing' }, h('td', { colspan: 4 }, h('form', { class: 'row' }, h('div', { class: 'field' }, input, err),
+      h('button', { type: 'submit' }, 'Save'), h('button', { type: 'button', class: 'quiet', onclick: close }, 'Cancel'))));
     row.querySelector('form').addEventListener('submit', async ev => {
       ev.preventDefault();
-      try { await api('PUT', '/sites/' + encodeURIComponent(site.name), { staging: input.value.trim() }); toast('Saved.'); last = ''; render(S.ov); } catch (e) { err.textContent = e.message; }
+      try { await api('PUT', '/sites/' + encodeURIComponent(site.name), { staging: input.value.trim() }); toast('Saved.'); close(); } catch (e) { err.textContent = e.message; }
     });
     sitesBox.querySelector(`tr[data-site="${CSS.escape(site.name)}"]`).after(row);
     input.focus();
@@ -486,6 +508,10 @@ function viewSites() {
   const render = ov => {
     const key = JSON.stringify([ov.sites, ov.groups, ov.servers.map(s => [s.id, s.name, s.segment, s.state, s.groups])]);
     if (key === last) return;
+    // Not under the user's hands: an open edit row, or focus in a table
+    // (a chosen "add to group"); the next change redraws.
+    const active = document.activeElement;
+    if (sitesBox.querySelector('tr.editing') || (active && active.closest('#sites-table, #groups-table, #servers-table'))) return;
     last = key;
     const siteValue = gSite.value;
     gSite.replaceChildren(...ov.sites.map(s => h('option', { value: s.name }, s.name)));
@@ -547,8 +573,9 @@ function scheduleText(s) {
 function viewJobs() {
   const box = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
   let running = new Set();
+  const only = newest();
   const load = async () => {
-    const jobs = await act(() => api('GET', '/jobs?limit=1000'));
+    const jobs = await only(act(() => api('GET', '/jobs?limit=1000')));
     if (!jobs) return;
     box.replaceChildren(jobs.length ? h('div', { class: 'table-wrap' }, h('table', { id: 'jobs-table' },
       h('thead', {}, h('tr', {}, h('th', {}, 'Job'), h('th', {}, 'Kind'), h('th', {}, 'Site / group'), h('th', {}, 'Schedule'),
@@ -619,6 +646,8 @@ function viewJobForm(id) {
     enabled: h('input', { type: 'checkbox', checked: true }),
   };
   const show = (el, on) => { el.closest('.field').hidden = !on; };
+  let origAt = null; // a stored "once" time, kept to the millisecond
+  let atShown = null;
   const sync = () => {
     const k = f.kind.value;
     show(f.serial, k === 'switch');
@@ -683,7 +712,11 @@ function viewJobForm(id) {
     const num = el => (el.value === '' ? undefined : Number(el.value));
     const t = f.stype.value;
     const schedule = { type: t };
-    if (t === 'once') schedule.at_ms = f.at.value ? new Date(f.at.value).getTime() : 0;
+    if (t === 'once') {
+      if (!f.at.value) throw new ApiError(400, { field: 'schedule.at_ms', error: 'choose the date and time to run it' });
+      // Unchanged in the form: the exact time it had (the field shows minutes only).
+      schedule.at_ms = f.at.value === atShown ? origAt : new Date(f.at.value).getTime();
+    }
     if (t === 'every') schedule.interval_ms = Math.round(Number(f.every.value) * 1000);
     if (t === 'cron') schedule.expr = f.cron.value.trim();
     if (t === 'on_change') schedule.debounce_ms = Number(f.debounce.value || 0);
@@ -707,7 +740,8 @@ function viewJobForm(id) {
     ev.preventDefault();
     clearErrors(form);
     try {
-      const saved = await api(id ? 'PUT' : 'POST', id ? '/jobs/' + id : '/jobs', body());
+      const job = body();
+      const saved = await api(id ? 'PUT' : 'POST', id ? '/jobs/' + id : '/jobs', job);
       toast(`Job ${saved.id || id} saved.`);
       location.hash = '#/jobs';
     } catch (e) { showError(form, e); }
@@ -728,6 +762,8 @@ function viewJobForm(id) {
     if (s.type === 'once') {
       const d = new Date(s.at_ms);
       f.at.value = new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+      origAt = s.at_ms;
+      atShown = f.at.value;
     }
     if (s.type === 'every') f.every.value = s.interval_ms / 1000;
     if (s.type === 'cron') f.cron.value = s.expr;
@@ -775,8 +811,9 @@ function viewJobForm(id) {
 
 function viewRuns() {
   const box = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
+  const only = newest();
   const load = async () => {
-    const runs = await act(() => api('GET', '/runs?limit=100'));
+    const runs = await only(act(() => api('GET', '/runs?limit=100')));
     if (!runs) return;
     box.replaceChildren(runs.length ? h('div', { class: 'table-wrap' }, h('table', { id: 'runs-table' },
       h('thead', {}, h('tr', {}, h('th', {}, 'Run'), h('th', {}, 'Kind'), h('th', {}, 'Site / group'), h('th', {}, 'Release'),
@@ -852,6 +889,7 @@ function treeSvg(run) {
 function viewRun(id) {
   const el = h('section', { id: 'run', 'data-run': id }, h('h1', {}, 'Run ' + id), h('p', { class: 'muted' }, 'Loading…'));
   let run = null;
+  let namesKey = '';
   const cancel = async () => {
     if (await confirmDialog(`Cancel run ${id}?`, 'The run stops before its commit; every server stays on its current release.', 'Cancel run')) {
       await act(async () => { await api('POST', `/runs/${id}/cancel`); toast(`Run ${id}: cancel asked.`); });
@@ -892,7 +930,7 @@ function viewRun(id) {
         h('dt', {}, 'Job'), h('dd', {}, h('a', { href: '#/jobs/' + r.job }, '#' + r.job), ', ', r.reason),
         h('dt', {}, 'Started'), h('dd', {}, when(r.started_ms)),
         h('dt', {}, 'Took'), h('dd', {}, r.finished_ms ? duration(r.finished_ms - r.started_ms) : 'running…'),
-        r.summary ? [h('dt', {}, 'Content'), h('dd', {}, `${r.summary.files_new} new, ${r.summary.files_changed + r.summary.files_patched} changed, ` +
+        r.summary ? [h('dt', {}, 'Content'), h('dd', {}, `${r.summary.files_new} new, ${r.summary.files_changed} changed (${r.summary.files_patched} as deltas), ` +
           `${r.summary.removed} removed; ${bytes(r.summary.data_raw_bytes)} of data`)] : null),
       h('h3', {}, 'Phases'), h('div', { class: 'timeline', id: 'timeline' }, phases)),
       h('div', { class: 'panel tree' }, h('h2', {}, 'Distribution tree'),
@@ -924,7 +962,12 @@ function viewRun(id) {
     el,
     runId: id,
     run(r) { run = r; render(); },
-    overview() { if (run) render(); },
+    overview(ov) {
+      // Only names and groups on this page come from the overview.
+      const key = JSON.stringify([ov.servers.map(s => [s.id, s.name, s.segment]), ov.groups]);
+      if (run && key !== namesKey) render();
+      namesKey = key;
+    },
   };
 }
 
@@ -933,7 +976,9 @@ function viewRun(id) {
 // The job of `kind` for site/group (created, manual, when missing).
 async function jobFor(kind, site, group, params) {
   const jobs = await api('GET', `/jobs?site=${encodeURIComponent(site)}&kind=${kind}&limit=1000`);
-  const same = jobs.find(j => j.group === group && j.kind === kind && JSON.stringify(j.params || {}) === JSON.stringify({ paths: [], ...params }));
+  const p = j => j.params || {};
+  const same = jobs.find(j => j.group === group && j.kind === kind && !(p(j).paths || []).length &&
+    (p(j).serial ?? null) === (params.serial ?? null));
   if (same) return same.id;
   const made = await api('POST', '/jobs', { name: `${kind} ${group}`, site, group, kind, params: { paths: [], ...params }, schedule: { type: 'manual' } });
   return made.id;
@@ -952,10 +997,14 @@ function viewReleases() {
       location.hash = '#/runs/' + r.run;
     });
   };
+  const only = newest();
   const load = async () => {
     if (!site.value) { body.replaceChildren(h('p', { class: 'muted' }, 'No site yet.')); return; }
     const s = encodeURIComponent(site.value);
-    const [snaps, cps] = await Promise.all([api('GET', `/snapshots?site=${s}&limit=50`), api('GET', `/checkpoints?site=${s}`)]).catch(e => { toast(e.message, true); return [[], []]; });
+    const both = await only(Promise.all([api('GET', `/snapshots?site=${s}&limit=50`), api('GET', `/checkpoints?site=${s}`)])
+      .catch(e => { toast(e.message, true); return [[], []]; }));
+    if (!both) return;
+    const [snaps, cps] = both;
     const live = (S.ov.sites.find(x => x.name === site.value) || {}).live_serial || 0;
     body.replaceChildren(
       h('div', { class: 'panel' }, h('h2', {}, 'Releases'),
@@ -1028,6 +1077,7 @@ function viewEvents() {
   const form = h('form', { class: 'row panel', id: 'events-filter' },
     field('Kind', 'kind', kind), field('Site', 'site', site), field('Run', 'run', run), field('Show', 'limit', limit), kinds,
     h('button', { type: 'submit' }, 'Filter'), formError());
+  const only = newest();
   const load = async () => {
     const q = new URLSearchParams({ limit: limit.value });
     if (kind.value.trim()) q.set('kind', kind.value.trim());
@@ -1035,7 +1085,8 @@ function viewEvents() {
     if (run.value) q.set('run', run.value);
     try {
       clearErrors(form);
-      const events = await api('GET', '/events?' + q);
+      const events = await only(api('GET', '/events?' + q));
+      if (!events) return;
       const seen = new Set(events.map(e => e.kind));
       if (kinds.options.length < seen.size) kinds.replaceChildren(...[...seen].sort().map(k => h('option', { value: k })));
       box.replaceChildren(events.length ? h('div', { class: 'table-wrap' }, h('table', { id: 'events-table' },

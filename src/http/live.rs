@@ -25,8 +25,10 @@ use crate::storage::records::{
 pub const TICK: Duration = Duration::from_millis(200);
 /// A comment line this often keeps proxies from closing an idle stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
-/// Runs listed in the overview.
+/// Runs listed in the overview (with any older one still running).
 const RECENT_RUNS: usize = 12;
+/// How far back a run still running is looked for.
+const RUNNING_WINDOW: usize = 500;
 
 /// What a server is doing, as the overview shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,7 +138,13 @@ pub struct SegmentView {
 pub fn overview(db: &Db) -> Result<Overview, DbError> {
     let sites: Vec<SiteRecord> = db.table::<SiteRecord>()?.all()?;
     let groups: Vec<GroupRecord> = db.table::<GroupRecord>()?.all()?;
-    let records: Vec<RunRecord> = db.table::<RunRecord>()?.last(RECENT_RUNS)?;
+    // The newest runs, and any still running among the few hundred before.
+    let mut records: Vec<RunRecord> = db.table::<RunRecord>()?.last(RUNNING_WINDOW)?;
+    let mut kept = 0;
+    records.retain(|r| {
+        kept += 1;
+        kept <= RECENT_RUNS || !r.state.is_final()
+    });
     let last_event = db.table::<HistoryRecord>()?.last(1)?.first().map_or(0, |h| h.id);
     let segments = db
         .table::<SegmentRecord>()?
@@ -285,6 +293,10 @@ pub async fn stream(
     struct Follow {
         live: Live,
         db: Db,
+        // Checked again before each event: a logout or an expired session
+        // ends the stream.
+        req: HttpRequest,
+        state: web::Data<CcmState>,
         run: Option<u64>,
         last_run: String,
         run_over: bool,
@@ -307,6 +319,8 @@ pub async fn stream(
     let start = Follow {
         live: state.live.clone(),
         db: state.db.clone(),
+        req: req.clone(),
+        state: state.clone(),
         run,
         last_run: String::new(),
         run_over: false,
@@ -333,6 +347,9 @@ pub async fn stream(
                         break;
                     }
                     _ = tokio::time::sleep(wake) => {
+                        if authorize(&f.req, &f.state).is_err() {
+                            return None;
+                        }
                         let version = f.live.borrow().version;
                         if let Some(e) = f.run_event(version) {
                             return Some((Ok::<_, actix_web::Error>(e), f));
@@ -343,6 +360,9 @@ pub async fn stream(
                     }
                 }
             }
+        }
+        if authorize(&f.req, &f.state).is_err() {
+            return None;
         }
         let published = f.live.borrow_and_update().clone();
         if !published.json.is_empty() {
@@ -472,5 +492,18 @@ mod tests {
         assert_eq!([1, 2].map(|i| state(&o, i)), [ServerState::Online, ServerState::Failed]);
         servers.put(&server(2, true, 2)).unwrap();
         assert_eq!(state(&overview(&db).unwrap(), 2), ServerState::Online, "in step again");
+    }
+
+    #[test]
+    fn a_long_run_stays_in_view_behind_newer_ones() {
+        let db = Db::temporary().unwrap();
+        let runs = db.table::<RunRecord>().unwrap();
+        runs.put(&run(1, RunState::Distributing)).unwrap();
+        for id in 2..=40 {
+            runs.put(&run(id, RunState::Committed)).unwrap();
+        }
+        let ids: Vec<u64> = overview(&db).unwrap().runs.iter().map(|r| r.id).collect();
+        assert_eq!(ids.len(), RECENT_RUNS + 1, "{ids:?}");
+        assert_eq!((ids[0], *ids.last().unwrap()), (40, 1), "newest first, the running one kept: {ids:?}");
     }
 }

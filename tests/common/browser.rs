@@ -25,7 +25,10 @@ pub struct Browser {
     shots: u32,
     _driver: Program,
     _profile: tempfile::TempDir,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `POST /session/{id}/se/log`: the browser's console since the last call.
 #[derive(Debug)]
@@ -48,6 +51,9 @@ impl Browser {
         if !require("chromium", "chromium") || !require("chromedriver", "chromium-driver") {
             return None;
         }
+        // One browser test at a time: each runs a cluster and a Chromium,
+        // too much at once for a 2-core machine (the lock ends with the test).
+        let turn = ONE_AT_A_TIME.lock().await;
         let port = free_port();
         let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
         let mut cmd = Command::new("chromedriver");
@@ -91,7 +97,7 @@ impl Browser {
             }
         };
         client.set_window_size(1280, 800).await.unwrap();
-        Some(Browser { client, test: test.into(), shots: 0, _driver: driver, _profile: profile })
+        Some(Browser { client, test: test.into(), shots: 0, _driver: driver, _profile: profile, _turn: turn })
     }
 
     /// Saves a screenshot as `target/ui-screenshots/<test>-<n>-<step>.png`.
@@ -175,8 +181,9 @@ impl Browser {
         .await;
     }
 
-    /// Clicks the element matching `css`.
+    /// Clicks the element matching `css` (toasts, which could cover it, cleared first).
     pub async fn click(&self, css: &str) {
+        let _ = self.client.execute("document.getElementById('toast')?.replaceChildren()", vec![]).await;
         self.on(css, |e| async move { e.click().await }).await;
     }
 
