@@ -102,6 +102,17 @@ async fn run_page_result(b: &Browser) -> String {
     state.as_str().unwrap().to_owned()
 }
 
+/// On a run's page: the run commits, every one of the 4 servers is green,
+/// and each serves `release` of the test site.
+async fn run_committed_everywhere(b: &Browser, c: &LocalCluster, release: &str) {
+    assert_eq!(run_page_result(b).await, "committed");
+    assert_every_server_green(b, 4).await;
+    for id in c.ids() {
+        let live = std::fs::read_to_string(c.live_dir(id, "www").join("index.html")).unwrap();
+        assert!(live.contains(&format!("release {release}")), "server {id}: {live}");
+    }
+}
+
 async fn assert_every_server_green(b: &Browser, servers: usize) {
     let outcomes = b
         .until(
@@ -164,8 +175,7 @@ async fn an_admin_publishes_edits_and_rolls_back_through_the_ui() {
     b.click("#job-save").await;
     b.find("#jobs-table tr[data-job] [data-action=run]").await;
     b.click("#jobs-table tr[data-job] [data-action=run]").await;
-    assert_eq!(run_page_result(b).await, "committed");
-    assert_every_server_green(b, 4).await;
+    run_committed_everywhere(b, c, "1").await;
     b.until(
         "the distribution tree",
         "document.querySelectorAll('#run svg [data-tree-segment]').length === 2",
@@ -178,10 +188,6 @@ async fn an_admin_publishes_edits_and_rolls_back_through_the_ui() {
     assert!(relayed_by_leader, "one leader fetched from another: {relayed}");
     b.until("the phase timeline", "document.querySelectorAll('#timeline [data-phase]').length >= 3").await;
     b.shot("run-committed").await;
-    for id in c.ids() {
-        let live = std::fs::read_to_string(c.live_dir(id, "www").join("index.html")).unwrap();
-        assert!(live.contains("release 1"), "server {id}: {live}");
-    }
     b.goto(&format!("{url}/#/")).await;
     b.until(
         "every server online with release 1",
@@ -194,12 +200,7 @@ async fn an_admin_publishes_edits_and_rolls_back_through_the_ui() {
     write_site(&staging, "2");
     b.goto(&format!("{url}/#/jobs")).await;
     b.click("#jobs-table tr[data-job] [data-action=run]").await;
-    assert_eq!(run_page_result(b).await, "committed");
-    assert_every_server_green(b, 4).await;
-    for id in c.ids() {
-        let live = std::fs::read_to_string(c.live_dir(id, "www").join("index.html")).unwrap();
-        assert!(live.contains("release 2"), "server {id}: {live}");
-    }
+    run_committed_everywhere(b, c, "2").await;
 
     // Roll back, confirmed in the dialog.
     b.goto(&format!("{url}/#/releases")).await;
@@ -208,12 +209,7 @@ async fn an_admin_publishes_edits_and_rolls_back_through_the_ui() {
     b.until("the confirmation", "document.querySelector('#confirm').open").await;
     b.shot("rollback-confirm").await;
     b.click("#confirm-ok").await;
-    assert_eq!(run_page_result(b).await, "committed");
-    assert_every_server_green(b, 4).await;
-    for id in c.ids() {
-        let live = std::fs::read_to_string(c.live_dir(id, "www").join("index.html")).unwrap();
-        assert!(live.contains("release 1"), "server {id} after the rollback: {live}");
-    }
+    run_committed_everywhere(b, c, "1").await;
     b.goto(&format!("{url}/#/releases")).await;
     b.until("release 1 live again", "document.querySelector('#live-release')?.textContent === '1'").await;
 
@@ -228,12 +224,7 @@ async fn an_admin_publishes_edits_and_rolls_back_through_the_ui() {
     b.click("#checkpoints-table tr[data-checkpoint] [data-action=restore]").await;
     b.until("the confirmation", "document.querySelector('#confirm').open").await;
     b.click("#confirm-ok").await;
-    assert_eq!(run_page_result(b).await, "committed");
-    assert_every_server_green(b, 4).await;
-    for id in c.ids() {
-        let live = std::fs::read_to_string(c.live_dir(id, "www").join("index.html")).unwrap();
-        assert!(live.contains("release 1"), "server {id} after the restore: {live}");
-    }
+    run_committed_everywhere(b, c, "1").await;
 
     // History, settings, and a narrow window.
     b.goto(&format!("{url}/#/events")).await;
