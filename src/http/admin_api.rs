@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::ccm_api::{ApiError, CcmState};
@@ -118,7 +118,9 @@ pub fn config(cfg: &mut web::ServiceConfig) {
 }
 
 /// Refuses callers without credentials before anything else (a body that
-/// does not parse included), except on the public routes.
+/// does not parse included), except on the public routes. This is the one
+/// check of the protected routes: the handlers do not repeat it; the caller
+/// it found is left in the request's extensions.
 async fn require_auth(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
@@ -131,7 +133,8 @@ async fn require_auth(
             .app_data::<web::Data<CcmState>>()
             .ok_or_else(|| ApiError::Internal("the API has no state".into()))?
             .clone();
-        authorize(req.request(), &state)?;
+        let caller = authorize(req.request(), &state)?;
+        req.extensions_mut().insert(caller);
     }
     next.call(req).await
 }
@@ -270,7 +273,8 @@ async fn login(state: web::Data<CcmState>, body: web::Json<Login>) -> Result<Htt
 }
 
 async fn whoami(req: HttpRequest, state: web::Data<CcmState>) -> Result<HttpResponse, ApiError> {
-    match authorize(&req, &state)? {
+    let caller = req.extensions().get::<session::Caller>().cloned();
+    match caller.ok_or_else(|| ApiError::Unauthorized("no session".into()))? {
         session::Caller::Token => ok(SessionInfo { user: "token".into(), csrf: String::new() }),
         session::Caller::User(_) => {
             let s: SessionRecord =
@@ -304,23 +308,13 @@ pub struct UserInfo {
     pub created_ms: u64,
 }
 
-async fn list_users(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    q: web::Query<ListQuery>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn list_users(state: web::Data<CcmState>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
     q.limit()?;
     let users = table::<UserRecord>(&state)?.all()?;
     ok(users.into_iter().map(|u| UserInfo { name: u.name, created_ms: u.created_ms }).collect::<Vec<_>>())
 }
 
-async fn create_user(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    body: web::Json<NewUser>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn create_user(state: web::Data<CcmState>, body: web::Json<NewUser>) -> Result<HttpResponse, ApiError> {
     let NewUser { name, password } = body.into_inner();
     let good = |c: char| c.is_ascii_alphanumeric() || "-_.@".contains(c);
     if name.is_empty() || name.len() > 64 || !name.chars().all(good) {
@@ -339,12 +333,7 @@ async fn create_user(
     created(&state, UserInfo { name: rec.name, created_ms: rec.created_ms })
 }
 
-async fn delete_user(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    name: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn delete_user(state: web::Data<CcmState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
     table::<UserRecord>(&state)?.delete(&name)?.ok_or_else(|| not_found("user", &*name))?;
     for s in table::<SessionRecord>(&state)?.all()?.into_iter().filter(|s| s.user == *name) {
         table::<SessionRecord>(&state)?.delete(&s.token_sha256)?;
@@ -384,31 +373,16 @@ fn check_staging(staging: &std::path::Path) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn list_sites(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    q: web::Query<ListQuery>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn list_sites(state: web::Data<CcmState>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
     q.limit()?;
     ok(table::<SiteRecord>(&state)?.all()?)
 }
 
-async fn get_site(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    name: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn get_site(state: web::Data<CcmState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
     ok(table::<SiteRecord>(&state)?.get(&name)?.ok_or_else(|| not_found("site", &*name))?)
 }
 
-async fn create_site(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    body: web::Json<NewSite>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn create_site(state: web::Data<CcmState>, body: web::Json<NewSite>) -> Result<HttpResponse, ApiError> {
     let NewSite { name, staging } = body.into_inner();
     SiteName::new(&name).map_err(|e| invalid("name", e.to_string()))?;
     check_staging(&staging)?;
@@ -428,12 +402,10 @@ async fn create_site(
 }
 
 async fn update_site(
-    req: HttpRequest,
     state: web::Data<CcmState>,
     name: web::Path<String>,
     body: web::Json<SiteChange>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let staging = body.into_inner().staging;
     check_staging(&staging)?;
     let sites = table::<SiteRecord>(&state)?;
@@ -444,12 +416,7 @@ async fn update_site(
     ok(rec)
 }
 
-async fn delete_site(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    name: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn delete_site(state: web::Data<CcmState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
     table::<SiteRecord>(&state)?.get(&name)?.ok_or_else(|| not_found("site", &*name))?;
     let groups: Vec<String> = table::<GroupRecord>(&state)?
         .all()?
@@ -518,31 +485,19 @@ fn check_servers(servers: Vec<u64>) -> Result<Vec<NodeId>, ApiError> {
     Ok(servers)
 }
 
-async fn list_groups(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    q: web::Query<ListQuery>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn list_groups(state: web::Data<CcmState>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
     q.limit()?;
     ok(table::<GroupRecord>(&state)?.all()?)
 }
 
-async fn get_group(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    name: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn get_group(state: web::Data<CcmState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
     ok(table::<GroupRecord>(&state)?.get(&name)?.ok_or_else(|| not_found("content group", &*name))?)
 }
 
 async fn create_group(
-    req: HttpRequest,
     state: web::Data<CcmState>,
     body: web::Json<NewGroup>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let g = body.into_inner();
     if g.name.trim().is_empty() || g.name.len() > 64 {
         return Err(invalid("name", "give a name of 1 to 64 characters"));
@@ -568,12 +523,10 @@ async fn create_group(
 }
 
 async fn update_group(
-    req: HttpRequest,
     state: web::Data<CcmState>,
     name: web::Path<String>,
     body: web::Json<GroupChange>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let change = body.into_inner();
     let groups = table::<GroupRecord>(&state)?;
     let mut rec = groups.get(&name)?.ok_or_else(|| not_found("content group", &*name))?;
@@ -599,12 +552,7 @@ async fn update_group(
     ok(rec)
 }
 
-async fn delete_group(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    name: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn delete_group(state: web::Data<CcmState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let rec = table::<GroupRecord>(&state)?.get(&name)?.ok_or_else(|| not_found("content group", &*name))?;
     let jobs: Vec<u64> =
         table::<JobRecord>(&state)?.all()?.into_iter().filter(|j| j.group == *name).map(|j| j.id.0).collect();
@@ -622,30 +570,21 @@ async fn delete_group(
 // ---- servers and segments -----------------------------------------------
 
 async fn list_servers(
-    req: HttpRequest,
     state: web::Data<CcmState>,
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     q.limit()?;
     ok(table::<ServerRecord>(&state)?.all()?)
 }
 
-async fn get_server(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    id: web::Path<u64>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn get_server(state: web::Data<CcmState>, id: web::Path<u64>) -> Result<HttpResponse, ApiError> {
     ok(table::<ServerRecord>(&state)?.get(&NodeId(*id))?.ok_or_else(|| not_found("server", *id))?)
 }
 
 async fn list_segments(
-    req: HttpRequest,
     state: web::Data<CcmState>,
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     q.limit()?;
     ok(table::<SegmentRecord>(&state)?.all()?)
 }
@@ -794,31 +733,16 @@ fn add_job(state: &CcmState, j: JobInput) -> Result<JobRecord, ApiError> {
     Ok(rec)
 }
 
-async fn list_jobs(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    q: web::Query<ListQuery>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn list_jobs(state: web::Data<CcmState>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
     q.limit()?;
     ok(table::<JobRecord>(&state)?.all()?.into_iter().map(|j| view(&state, j)).collect::<Vec<_>>())
 }
 
-async fn get_job(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    id: web::Path<u64>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn get_job(state: web::Data<CcmState>, id: web::Path<u64>) -> Result<HttpResponse, ApiError> {
     ok(view(&state, table::<JobRecord>(&state)?.get(&JobId(*id))?.ok_or_else(|| not_found("job", *id))?))
 }
 
-async fn create_job(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    body: web::Json<JobInput>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn create_job(state: web::Data<CcmState>, body: web::Json<JobInput>) -> Result<HttpResponse, ApiError> {
     let j = body.into_inner();
     check_job(&state, &j)?;
     let rec = add_job(&state, j)?;
@@ -832,12 +756,10 @@ async fn create_job(
 }
 
 async fn update_job(
-    req: HttpRequest,
     state: web::Data<CcmState>,
     id: web::Path<u64>,
     body: web::Json<JobInput>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let id = JobId(*id);
     let old = table::<JobRecord>(&state)?.get(&id)?.ok_or_else(|| not_found("job", id))?;
     let j = body.into_inner();
@@ -863,12 +785,7 @@ async fn update_job(
     ok(view(&state, rec))
 }
 
-async fn delete_job(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    id: web::Path<u64>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn delete_job(state: web::Data<CcmState>, id: web::Path<u64>) -> Result<HttpResponse, ApiError> {
     let id = JobId(*id);
     let rec = table::<JobRecord>(&state)?.delete(&id)?.ok_or_else(|| not_found("job", id))?;
     history(&state, "job_deleted", format!("job {id} deleted"), Some(&rec.site))?;
@@ -884,22 +801,12 @@ pub struct RunStarted {
     pub run: u64,
 }
 
-async fn run_job(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    id: web::Path<u64>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn run_job(state: web::Data<CcmState>, id: web::Path<u64>) -> Result<HttpResponse, ApiError> {
     let run = state.ccm.send(RunJob { job: JobId(*id), reason: "manual".into() }).await??;
     Ok(HttpResponse::Accepted().json(RunStarted { run }))
 }
 
-async fn cancel_job(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    id: web::Path<u64>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn cancel_job(state: web::Data<CcmState>, id: web::Path<u64>) -> Result<HttpResponse, ApiError> {
     let job = table::<JobRecord>(&state)?.get(&JobId(*id))?.ok_or_else(|| not_found("job", *id))?;
     let runs = table::<RunRecord>(&state)?;
     let live = job.runs.iter().rev().find_map(|r| runs.get(r).ok().flatten().filter(|r| !r.state.is_final()));
@@ -939,12 +846,7 @@ impl ListQuery {
     }
 }
 
-async fn list_runs(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    q: web::Query<ListQuery>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn list_runs(state: web::Data<CcmState>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
     let limit = q.limit()?;
     let mut runs: Vec<RunRecord> = table::<RunRecord>(&state)?
         .all()?
@@ -956,21 +858,11 @@ async fn list_runs(
     ok(runs)
 }
 
-async fn get_run(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    id: web::Path<u64>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn get_run(state: web::Data<CcmState>, id: web::Path<u64>) -> Result<HttpResponse, ApiError> {
     ok(table::<RunRecord>(&state)?.get(&id)?.ok_or_else(|| not_found("run", *id))?)
 }
 
-async fn cancel_run(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    id: web::Path<u64>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn cancel_run(state: web::Data<CcmState>, id: web::Path<u64>) -> Result<HttpResponse, ApiError> {
     state.ccm.send(CancelRun(*id)).await??;
     Ok(HttpResponse::Accepted().json(RunStarted { run: *id }))
 }
@@ -978,11 +870,9 @@ async fn cancel_run(
 // ---- assignments, snapshots, events --------------------------------------
 
 async fn list_assignments(
-    req: HttpRequest,
     state: web::Data<CcmState>,
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let limit = q.limit()?;
     let mut v: Vec<AssignmentRecord> = table::<AssignmentRecord>(&state)?
         .all()?
@@ -994,21 +884,14 @@ async fn list_assignments(
     ok(v)
 }
 
-async fn get_assignment(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    id: web::Path<u64>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn get_assignment(state: web::Data<CcmState>, id: web::Path<u64>) -> Result<HttpResponse, ApiError> {
     ok(table::<AssignmentRecord>(&state)?.get(&id)?.ok_or_else(|| not_found("assignment", *id))?)
 }
 
 async fn list_snapshots(
-    req: HttpRequest,
     state: web::Data<CcmState>,
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let t = table::<SnapshotRecord>(&state)?;
     let mut v = match &q.site {
         Some(s) => t.with_prefix(s)?,
@@ -1019,12 +902,7 @@ async fn list_snapshots(
     ok(v)
 }
 
-async fn list_events(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    q: web::Query<ListQuery>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn list_events(state: web::Data<CcmState>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
     let limit = q.limit()?;
     let mut v: Vec<HistoryRecord> = table::<HistoryRecord>(&state)?
         .all()?
@@ -1076,11 +954,9 @@ fn ck_err(e: crate::storage::checkpoint::CheckpointError) -> ApiError {
 }
 
 async fn list_checkpoints(
-    req: HttpRequest,
     state: web::Data<CcmState>,
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let sites: Vec<String> = match &q.site {
         Some(s) => {
             table::<SiteRecord>(&state)?
@@ -1098,11 +974,9 @@ async fn list_checkpoints(
 }
 
 async fn create_checkpoint(
-    req: HttpRequest,
     state: web::Data<CcmState>,
     body: web::Json<NewCheckpoint>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let site = body.into_inner().site;
     if table::<SiteRecord>(&state)?.get(&site)?.is_none() {
         return Err(invalid("site", format!("site {site:?} does not exist")));
@@ -1121,11 +995,9 @@ pub struct CheckpointView {
 }
 
 async fn get_checkpoint(
-    req: HttpRequest,
     state: web::Data<CcmState>,
     p: web::Path<(String, u64)>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let (site, id) = p.into_inner();
     let checkpoint = checkpoints(&state)
         .get(&site, id)
@@ -1140,11 +1012,9 @@ async fn get_checkpoint(
 }
 
 async fn delete_checkpoint(
-    req: HttpRequest,
     state: web::Data<CcmState>,
     p: web::Path<(String, u64)>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let (site, id) = p.into_inner();
     if !checkpoints(&state).delete(&site, id).map_err(ck_err)? {
         return Err(not_found("checkpoint", format!("{site}/{id}")));
@@ -1155,12 +1025,10 @@ async fn delete_checkpoint(
 }
 
 async fn restore_checkpoint(
-    req: HttpRequest,
     state: web::Data<CcmState>,
     p: web::Path<(String, u64)>,
     body: web::Json<RestoreRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let (site, id) = p.into_inner();
     let input = JobInput {
         name: format!("restore checkpoint {id}"),
@@ -1192,11 +1060,9 @@ pub struct TreeOrder {
 }
 
 async fn get_tree_order(
-    req: HttpRequest,
     state: web::Data<CcmState>,
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     q.limit()?;
     ok(TreeOrder { segments: tree_order(&state)? })
 }
@@ -1224,21 +1090,14 @@ pub struct Settings {
     pub integrations: serde_json::Value,
 }
 
-async fn get_settings(
-    req: HttpRequest,
-    state: web::Data<CcmState>,
-    _q: web::Query<NoQuery>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+async fn get_settings(state: web::Data<CcmState>, _q: web::Query<NoQuery>) -> Result<HttpResponse, ApiError> {
     ok(Settings { tree_order: tree_order(&state)?, integrations: state.integrations.clone() })
 }
 
 async fn set_tree_order(
-    req: HttpRequest,
     state: web::Data<CcmState>,
     body: web::Json<TreeOrder>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let segments = body.into_inner().segments;
     let mut seen = std::collections::BTreeSet::new();
     for (i, s) in segments.iter().enumerate() {
