@@ -6,24 +6,17 @@
 
 mod common;
 
+use common::Demo;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use cmover::storage::tree::compare_trees;
 
 const LIMIT: Duration = Duration::from_secs(180);
-
-struct Demo(Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Runs `cmover ARGS` against the demo's CCM.
 fn cmover(url: &str, token: &str, args: &[&str]) -> Output {

@@ -5,24 +5,17 @@
 
 mod common;
 
+use common::Demo;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use cmover::storage::tree::compare_trees;
 
 const LIMIT: Duration = Duration::from_secs(180);
-
-struct Demo(Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Reads lines until one contains `want`; returns everything read.
 fn read_until(rx: &mpsc::Receiver<String>, want: &str, seen: &mut Vec<String>) {
