@@ -373,6 +373,23 @@ fn job_body(a: &JobSpecArgs) -> Result<Value> {
     }))
 }
 
+/// `GET path`: the answer as JSON with `--json`, else a table of its
+/// items, one `row` each, under `header`.
+async fn list(
+    c: &AdminClient,
+    json_out: bool,
+    path: &str,
+    header: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) -> Result<()> {
+    let v = call(c, "GET", path, None).await?;
+    if json_out {
+        return print_value(true, &v);
+    }
+    table(header, v.as_array().into_iter().flatten().map(row).collect());
+    Ok(())
+}
+
 /// Prints rows under a header, columns aligned.
 fn table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -440,17 +457,10 @@ async fn site(c: &AdminClient, json_out: bool, cmd: SiteCmd) -> Result<()> {
             println!("site {name} created, staged at {}", staging.display());
         }
         SiteCmd::List => {
-            let v = call(c, "GET", "/api/v1/sites", None).await?;
-            if json_out {
-                return print_value(true, &v);
-            }
-            let rows = v
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|x| vec![s(&x["name"]), s(&x["live_serial"]), s(&x["staging"])])
-                .collect();
-            table(&["site", "live", "staging"], rows);
+            list(c, json_out, "/api/v1/sites", &["site", "live", "staging"], |x| {
+                vec![s(&x["name"]), s(&x["live_serial"]), s(&x["staging"])]
+            })
+            .await?;
         }
         SiteCmd::Show { name } => {
             print_value(json_out, &call(c, "GET", &format!("/api/v1/sites/{name}"), None).await?)?
@@ -474,17 +484,10 @@ async fn group(c: &AdminClient, json_out: bool, cmd: GroupCmd) -> Result<()> {
             println!("content group {name} of site {site} created: servers {servers:?}, quorum {q}");
         }
         GroupCmd::List => {
-            let v = call(c, "GET", "/api/v1/groups", None).await?;
-            if json_out {
-                return print_value(true, &v);
-            }
-            let rows = v
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|x| vec![s(&x["name"]), s(&x["site"]), s(&x["servers"]), s(&x["quorum"])])
-                .collect();
-            table(&["group", "site", "servers", "quorum"], rows);
+            list(c, json_out, "/api/v1/groups", &["group", "site", "servers", "quorum"], |x| {
+                vec![s(&x["name"]), s(&x["site"]), s(&x["servers"]), s(&x["quorum"])]
+            })
+            .await?;
         }
         GroupCmd::Show { name } => {
             print_value(json_out, &call(c, "GET", &format!("/api/v1/groups/{name}"), None).await?)?
@@ -507,15 +510,12 @@ async fn job(c: &AdminClient, json_out: bool, cmd: JobCmd) -> Result<()> {
             println!("job {} created ({} site {} on group {})", s(&v["id"]), a.kind, a.site, a.group);
         }
         JobCmd::List => {
-            let v = call(c, "GET", "/api/v1/jobs", None).await?;
-            if json_out {
-                return print_value(true, &v);
-            }
-            let rows = v
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|x| {
+            list(
+                c,
+                json_out,
+                "/api/v1/jobs",
+                &["id", "name", "kind", "site", "group", "schedule", "next run", "runs"],
+                |x| {
                     vec![
                         s(&x["id"]),
                         s(&x["name"]),
@@ -526,9 +526,9 @@ async fn job(c: &AdminClient, json_out: bool, cmd: JobCmd) -> Result<()> {
                         when(&x["next_run_ms"]),
                         x["runs"].as_array().map_or(0, Vec::len).to_string(),
                     ]
-                })
-                .collect();
-            table(&["id", "name", "kind", "site", "group", "schedule", "next run", "runs"], rows);
+                },
+            )
+            .await?;
         }
         JobCmd::Show { id } => {
             print_value(json_out, &call(c, "GET", &format!("/api/v1/jobs/{id}"), None).await?)?
@@ -556,25 +556,19 @@ async fn job(c: &AdminClient, json_out: bool, cmd: JobCmd) -> Result<()> {
     Ok(())
 }
 
-fn run_rows(v: &Value) -> Vec<Vec<String>> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .map(|x| {
-            let failed = x["failed_servers"].as_array().map_or(0, Vec::len);
-            vec![
-                s(&x["id"]),
-                s(&x["job"]),
-                s(&x["kind"]),
-                s(&x["site"]),
-                s(&x["serial"]),
-                s(&x["state"]),
-                when(&x["started_ms"]),
-                failed.to_string(),
-                x["error"].as_str().unwrap_or("").chars().take(60).collect(),
-            ]
-        })
-        .collect()
+fn run_row(x: &Value) -> Vec<String> {
+    let failed = x["failed_servers"].as_array().map_or(0, Vec::len);
+    vec![
+        s(&x["id"]),
+        s(&x["job"]),
+        s(&x["kind"]),
+        s(&x["site"]),
+        s(&x["serial"]),
+        s(&x["state"]),
+        when(&x["started_ms"]),
+        failed.to_string(),
+        x["error"].as_str().unwrap_or("").chars().take(60).collect(),
+    ]
 }
 
 async fn run_cmd(c: &AdminClient, json_out: bool, cmd: RunCmd) -> Result<()> {
@@ -587,14 +581,8 @@ async fn run_cmd(c: &AdminClient, json_out: bool, cmd: RunCmd) -> Result<()> {
             if let Some(s) = site {
                 q.push_str(&format!("&site={s}"));
             }
-            let v = call(c, "GET", &q, None).await?;
-            if json_out {
-                return print_value(true, &v);
-            }
-            table(
-                &["run", "job", "kind", "site", "serial", "state", "started", "failed", "error"],
-                run_rows(&v),
-            );
+            let header = ["run", "job", "kind", "site", "serial", "state", "started", "failed", "error"];
+            list(c, json_out, &q, &header, run_row).await?;
         }
         RunCmd::Show { id } => {
             print_value(json_out, &call(c, "GET", &format!("/api/v1/runs/{id}"), None).await?)?
@@ -700,26 +688,17 @@ async fn checkpoint(c: &AdminClient, json_out: bool, cmd: CheckpointCmd) -> Resu
                 Some(s) => format!("/api/v1/checkpoints?site={s}"),
                 None => "/api/v1/checkpoints".into(),
             };
-            let v = call(c, "GET", &path, None).await?;
-            if json_out {
-                return print_value(true, &v);
-            }
-            let rows = v
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|x| {
-                    vec![
-                        s(&x["id"]),
-                        s(&x["site"]),
-                        s(&x["serial"]),
-                        s(&x["files"]),
-                        s(&x["bytes"]),
-                        when(&x["created_ms"]),
-                    ]
-                })
-                .collect();
-            table(&["id", "site", "release", "files", "bytes", "created"], rows);
+            list(c, json_out, &path, &["id", "site", "release", "files", "bytes", "created"], |x| {
+                vec![
+                    s(&x["id"]),
+                    s(&x["site"]),
+                    s(&x["serial"]),
+                    s(&x["files"]),
+                    s(&x["bytes"]),
+                    when(&x["created_ms"]),
+                ]
+            })
+            .await?;
         }
         CheckpointCmd::Show { site, id } => {
             print_value(json_out, &call(c, "GET", &format!("/api/v1/checkpoints/{site}/{id}"), None).await?)?
@@ -741,28 +720,12 @@ async fn checkpoint(c: &AdminClient, json_out: bool, cmd: CheckpointCmd) -> Resu
 }
 
 async fn segments(c: &AdminClient, json_out: bool) -> Result<()> {
-    let v = call(c, "GET", "/api/v1/segments", None).await?;
-    if json_out {
-        return print_value(true, &v);
-    }
-    let rows = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|x| {
-            let members: Vec<String> =
-                x["members"].as_array().into_iter().flatten().map(|m| s(&m["id"])).collect();
-            vec![
-                s(&x["name"]),
-                s(&x["leader"]),
-                s(&x["leader_http"]),
-                members.join(","),
-                when(&x["updated_ms"]),
-            ]
-        })
-        .collect();
-    table(&["segment", "leader", "leader http", "servers", "reported"], rows);
-    Ok(())
+    list(c, json_out, "/api/v1/segments", &["segment", "leader", "leader http", "servers", "reported"], |x| {
+        let members: Vec<String> =
+            x["members"].as_array().into_iter().flatten().map(|m| s(&m["id"])).collect();
+        vec![s(&x["name"]), s(&x["leader"]), s(&x["leader_http"]), members.join(","), when(&x["updated_ms"])]
+    })
+    .await
 }
 
 async fn status(c: &AdminClient, json_out: bool) -> Result<()> {
@@ -824,17 +787,10 @@ async fn user(c: &AdminClient, json_out: bool, cmd: UserCmd) -> Result<()> {
             println!("admin account {name} created");
         }
         UserCmd::List => {
-            let v = call(c, "GET", "/api/v1/users", None).await?;
-            if json_out {
-                return print_value(true, &v);
-            }
-            let rows = v
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|x| vec![s(&x["name"]), when(&x["created_ms"])])
-                .collect();
-            table(&["user", "created"], rows);
+            list(c, json_out, "/api/v1/users", &["user", "created"], |x| {
+                vec![s(&x["name"]), when(&x["created_ms"])]
+            })
+            .await?;
         }
     }
     Ok(())
