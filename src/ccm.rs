@@ -111,7 +111,7 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
     let ccm = Ccm::new(config.clone(), db.clone(), secret).with_observers(observers).start();
     let scheduler = Scheduler::new(config.clone(), db.clone(), ccm.clone()).start();
     ccm.do_send(NotifyRunsTo(scheduler.clone().recipient(), scheduler.clone().recipient()));
-    let (live, live_task) = crate::http::live::start(db.clone());
+    let (live, live_task) = crate::http::live::start(db.clone(), ccm.clone().recipient());
     let state = web::Data::new(CcmState {
         ccm,
         db: db.clone(),

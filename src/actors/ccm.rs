@@ -87,6 +87,11 @@ pub struct RunJob {
 #[rtype(result = "Result<(), CcmError>")]
 pub struct CancelRun(pub u64);
 
+/// Answers the ids of the runs in progress.
+#[derive(Message)]
+#[rtype(result = "Vec<u64>")]
+pub struct ActiveRuns;
+
 /// Sets the admin static order of segments (stored; overrides `ccm.tree_order`).
 #[derive(Message)]
 #[rtype(result = "Result<(), CcmError>")]
@@ -1376,6 +1381,14 @@ impl Handler<CancelRun> for Ccm {
         let group = a.group.clone();
         self.control(a, Kind::Abort, group, ctx);
         Ok(())
+    }
+}
+
+impl Handler<ActiveRuns> for Ccm {
+    type Result = Vec<u64>;
+
+    fn handle(&mut self, _: ActiveRuns, _: &mut Context<Self>) -> Vec<u64> {
+        self.active.keys().copied().collect()
     }
 }
 

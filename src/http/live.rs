@@ -16,10 +16,12 @@ use tokio::sync::watch;
 
 use super::ccm_api::{ApiError, CcmState};
 use super::session::authorize;
+use crate::actors::ccm::ActiveRuns;
 use crate::storage::db::{Db, DbError};
 use crate::storage::records::{
     GroupRecord, HistoryRecord, RunRecord, RunState, SegmentRecord, ServerRecord, SiteRecord,
 };
+use actix::Recipient;
 
 /// How often the overview is rebuilt and compared.
 pub const TICK: Duration = Duration::from_millis(200);
@@ -27,8 +29,6 @@ pub const TICK: Duration = Duration::from_millis(200);
 const KEEPALIVE: Duration = Duration::from_secs(15);
 /// Runs listed in the overview (with any older one still running).
 const RECENT_RUNS: usize = 12;
-/// How far back a run still running is looked for.
-const RUNNING_WINDOW: usize = 500;
 
 /// What a server is doing, as the overview shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,17 +134,18 @@ pub struct SegmentView {
     pub updated_ms: u64,
 }
 
-/// Reads the overview from the database.
-pub fn overview(db: &Db) -> Result<Overview, DbError> {
+/// Reads the overview from the database; `active` are the runs in
+/// progress (listed even when older than the newest ones).
+pub fn overview(db: &Db, active: &[u64]) -> Result<Overview, DbError> {
     let sites: Vec<SiteRecord> = db.table::<SiteRecord>()?.all()?;
     let groups: Vec<GroupRecord> = db.table::<GroupRecord>()?.all()?;
-    // The newest runs, and any still running among the few hundred before.
-    let mut records: Vec<RunRecord> = db.table::<RunRecord>()?.last(RUNNING_WINDOW)?;
-    let mut kept = 0;
-    records.retain(|r| {
-        kept += 1;
-        kept <= RECENT_RUNS || !r.state.is_final()
-    });
+    // The newest runs, and the older ones still running.
+    let runs = db.table::<RunRecord>()?;
+    let mut records: Vec<RunRecord> = runs.last(RECENT_RUNS)?;
+    let oldest = records.last().map_or(u64::MAX, |r| r.id);
+    for id in active.iter().filter(|id| **id < oldest) {
+        records.extend(runs.get(id)?);
+    }
     let last_event = db.table::<HistoryRecord>()?.last(1)?.first().map_or(0, |h| h.id);
     let segments = db
         .table::<SegmentRecord>()?
@@ -234,8 +235,9 @@ impl LiveTask {
 }
 
 /// Starts the task that rebuilds the overview every [`TICK`] (on the
-/// current actix arbiter); it runs until stopped or every receiver is gone.
-pub fn start(db: Db) -> (Live, LiveTask) {
+/// current actix arbiter), asking `active` for the runs in progress; it runs
+/// until stopped or every receiver is gone.
+pub fn start(db: Db, active: Recipient<ActiveRuns>) -> (Live, LiveTask) {
     let (tx, rx) = watch::channel(Arc::new(Published::default()));
     let task = actix::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
@@ -246,7 +248,9 @@ pub fn start(db: Db) -> (Live, LiveTask) {
             if tx.is_closed() {
                 break;
             }
-            let json = match overview(&db).map(|o| serde_json::to_string(&o)) {
+            let mut running = active.send(ActiveRuns).await.unwrap_or_default();
+            running.sort_unstable_by(|a, b| b.cmp(a));
+            let json = match overview(&db, &running).map(|o| serde_json::to_string(&o)) {
                 Ok(Ok(json)) => json,
                 Ok(Err(e)) => {
                     tracing::error!(event = "overview_failed", error = %e);
@@ -467,7 +471,7 @@ mod tests {
         let state =
             |o: &Overview, id: u64| o.servers.iter().find(|s| s.record.id == NodeId(id)).unwrap().state;
 
-        let o = overview(&db).unwrap();
+        let o = overview(&db, &[]).unwrap();
         assert_eq!(
             [1, 2, 3, 4].map(|i| state(&o, i)),
             [ServerState::Online, ServerState::Online, ServerState::Offline, ServerState::Online]
@@ -479,7 +483,7 @@ mod tests {
         let mut r = run(1, RunState::Distributing);
         r.applied.insert(NodeId(1), crate::protocol::api::ServerOutcome::Succeeded);
         db.table::<RunRecord>().unwrap().put(&r).unwrap();
-        let o = overview(&db).unwrap();
+        let o = overview(&db, &[]).unwrap();
         assert_eq!([1, 2].map(|i| state(&o, i)), [ServerState::Online, ServerState::Applying]);
         assert_eq!(o.runs[0].state, RunState::Distributing);
 
@@ -489,10 +493,10 @@ mod tests {
         db.table::<RunRecord>().unwrap().put(&r).unwrap();
         db.table::<SiteRecord>().unwrap().put(&SiteRecord { live_serial: 2, ..site }).unwrap();
         servers.put(&server(1, true, 2)).unwrap();
-        let o = overview(&db).unwrap();
+        let o = overview(&db, &[]).unwrap();
         assert_eq!([1, 2].map(|i| state(&o, i)), [ServerState::Online, ServerState::Failed]);
         servers.put(&server(2, true, 2)).unwrap();
-        assert_eq!(state(&overview(&db).unwrap(), 2), ServerState::Online, "in step again");
+        assert_eq!(state(&overview(&db, &[]).unwrap(), 2), ServerState::Online, "in step again");
     }
 
     #[test]
@@ -503,7 +507,7 @@ mod tests {
         for id in 2..=40 {
             runs.put(&run(id, RunState::Committed)).unwrap();
         }
-        let ids: Vec<u64> = overview(&db).unwrap().runs.iter().map(|r| r.id).collect();
+        let ids: Vec<u64> = overview(&db, &[1]).unwrap().runs.iter().map(|r| r.id).collect();
         assert_eq!(ids.len(), RECENT_RUNS + 1, "{ids:?}");
         assert_eq!((ids[0], *ids.last().unwrap()), (40, 1), "newest first, the running one kept: {ids:?}");
     }
