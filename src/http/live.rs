@@ -297,7 +297,6 @@ pub async fn stream(
     }
     struct Follow {
         live: Live,
-        db: Db,
         // Checked again before each event: a logout or an expired session
         // ends the stream.
         req: HttpRequest,
@@ -311,7 +310,7 @@ pub async fn stream(
         /// The run's record as an event, when it changed since the last one.
         fn run_event(&mut self, version: u64) -> Option<Bytes> {
             let id = self.run?;
-            let r = self.db.table::<RunRecord>().and_then(|t| t.get(&id)).ok().flatten()?;
+            let r = self.state.db.table::<RunRecord>().and_then(|t| t.get(&id)).ok().flatten()?;
             let json = serde_json::to_string(&r).ok()?;
             self.run_over = r.state.is_final();
             if json == self.last_run {
@@ -323,9 +322,8 @@ pub async fn stream(
     }
     let start = Follow {
         live: state.live.clone(),
-        db: state.db.clone(),
-        req: req.clone(),
-        state: state.clone(),
+        req,
+        state,
         run,
         last_run: String::new(),
         run_over: false,
