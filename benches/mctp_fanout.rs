@@ -1,6 +1,8 @@
 //! Goodput of MCTP's unicast fan-out to 8 receivers on loopback against a
-//! plain TCP fan-out of the same bytes in the same run, and the peak heap of
-//! the receiving side as the assignment grows.
+//! plain TCP fan-out of the same bytes in the same run, and against a TCP
+//! fan-out that does the checks MCTP members must do (`TCP+chk`: AES-256-GCM
+//! sealed chunks, SHA-256 of the whole at every receiver; see [`tcp_run`]),
+//! and the peak heap of the receiving side as the assignment grows.
 //!
 //! `cargo bench --bench mctp_fanout` (environment: `MCTP_BENCH_SIZES` in MB,
 //! default `20,200`; `MCTP_BENCH_FRAMES`, default `1403,8972,65000`;
@@ -40,10 +42,11 @@
 //!
 //! Columns: goodput (median MB/s), `ratio` of the medians, `pairs` the
 //! median of the ratios of each MCTP run to the TCP run right after it
-//! (same load on a shared machine), median passes, the median CPU seconds
-//! the process spent in a run (all threads, user + system: what the
-//! transfer costs, whatever else the machine does), and the median peak
-//! heap. When both sides saturate the CPUs, goodput follows CPU seconds:
+//! (same load on a shared machine), the same two against `TCP+chk`, median
+//! passes, the median CPU seconds the process spent in a run (all threads,
+//! user + system: what the transfer costs, whatever else the machine does)
+//! for MCTP, TCP and `TCP+chk`, and the median peak heap (plain TCP's for
+//! TCP). When both sides saturate the CPUs, goodput follows CPU seconds:
 //! MCTP's floor is a SHA-256 pass (the assignment's hash) and an AES-GCM
 //! pass (opening the datagrams) over every byte at every receiver, which
 //! TCP does not do.
@@ -58,6 +61,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -70,6 +74,7 @@ use cluster::write_random_file;
 use cmover::actors::data_channel::{DataChannel, DataChannelConfig, DataMode};
 use cmover::actors::multicast_receiver::{AssignmentReceived, MulticastReceiver};
 use cmover::actors::multicast_sender::{AssignmentSent, MulticastSender, SendAssignment};
+use cmover::protocol::crypto::{ContentKey, Sha256};
 use cmover::protocol::ids::{AssignmentSerial, NodeId};
 use cmover::protocol::mctp::{ReceiverConfig, SenderConfig};
 use cmover::protocol::reports::CollectorConfig;
@@ -279,12 +284,37 @@ fn mctp_run(
     })
 }
 
+/// What a TCP receiver checks besides receiving.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Checks {
+    Plain,
+    Hash,
+    Full,
+}
+
 /// One TCP fan-out: a sending thread per connection, a receiving thread
 /// per receiver, each writing its file and fsyncing it.
-fn tcp_run(source: &Path, size: u64, dir: &Path) -> (Duration, usize, f64) {
+///
+/// [`Checks::Full`] makes TCP do the work the issue asks of every MCTP member
+/// on top of the transport: the stream goes as AES-256-GCM sealed chunks of
+/// 64 KiB, each sealed once for all eight connections (as the leader seals a
+/// frame once) and opened by every receiver, and every receiver computes the
+/// SHA-256 of what it wrote and compares it with `hash`. [`Checks::Hash`]
+/// (`MCTP_BENCH_TCP_CHECKS=hash`) keeps only the SHA-256: what the hash alone
+/// costs. Plain TCP does
+/// neither, so the two TCP rows bracket the transport: MCTP against TCP
+/// doing the same checks says how good the transport is; against plain TCP,
+/// what the checks cost on a machine where the leader and all eight members
+/// share two cores.
+fn tcp_run(source: &Path, size: u64, hash: [u8; 32], dir: &Path, checks: Checks) -> (Duration, usize, f64) {
+    let (seal, checked) = (checks == Checks::Full, checks != Checks::Plain);
+    const CHUNK: u64 = 64 * 1024;
     let listeners: Vec<TcpListener> =
         (0..RECEIVERS).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
     let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let cipher = Arc::new(ContentKey::from_secret(SECRET).unwrap().cipher(&[7u8; 32]));
+    let sealed: Arc<Vec<OnceLock<Vec<u8>>>> =
+        Arc::new((0..size.div_ceil(CHUNK)).map(|_| OnceLock::new()).collect());
     let base = reset_peak();
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
@@ -293,18 +323,39 @@ fn tcp_run(source: &Path, size: u64, dir: &Path) -> (Duration, usize, f64) {
         .enumerate()
         .map(|(i, l)| {
             let path = dir.join(format!("tcp{i}"));
+            let cipher = cipher.clone();
             std::thread::spawn(move || {
                 let (mut s, _) = l.accept().unwrap();
                 let mut f = std::fs::File::create(&path).unwrap();
                 let mut buf = vec![0u8; 256 * 1024];
                 let mut got = 0u64;
-                loop {
-                    let n = s.read(&mut buf).unwrap();
-                    if n == 0 {
-                        break;
+                if checked {
+                    let mut hasher = Sha256::default();
+                    while got < size {
+                        let mut len = [0u8; 4];
+                        s.read_exact(&mut len).unwrap();
+                        let len = u32::from_le_bytes(len) as usize;
+                        assert!(len <= CHUNK as usize + 16, "chunk of {len} bytes");
+                        s.read_exact(&mut buf[..len]).unwrap();
+                        let plain = if seal {
+                            cipher.open(got, b"tcp", &mut buf[..len]).unwrap()
+                        } else {
+                            &mut buf[..len]
+                        };
+                        hasher.update(plain);
+                        f.write_all(plain).unwrap();
+                        got += plain.len() as u64;
                     }
-                    f.write_all(&buf[..n]).unwrap();
-                    got += n as u64;
+                    assert_eq!(hasher.finish(), hash, "receiver {i}: SHA-256 mismatch");
+                } else {
+                    loop {
+                        let n = s.read(&mut buf).unwrap();
+                        if n == 0 {
+                            break;
+                        }
+                        f.write_all(&buf[..n]).unwrap();
+                        got += n as u64;
+                    }
                 }
                 f.sync_all().unwrap();
                 assert_eq!(got, size);
@@ -315,16 +366,34 @@ fn tcp_run(source: &Path, size: u64, dir: &Path) -> (Duration, usize, f64) {
         .into_iter()
         .map(|a| {
             let src = source.to_path_buf();
+            let (cipher, sealed) = (cipher.clone(), sealed.clone());
             std::thread::spawn(move || {
                 let f = std::fs::File::open(src).unwrap();
                 let mut s = TcpStream::connect(a).unwrap();
                 let mut buf = vec![0u8; 256 * 1024];
                 let mut off = 0u64;
                 while off < size {
-                    let n = (size - off).min(buf.len() as u64) as usize;
-                    f.read_exact_at(&mut buf[..n], off).unwrap();
-                    s.write_all(&buf[..n]).unwrap();
-                    off += n as u64;
+                    if checked {
+                        let n = (size - off).min(CHUNK) as usize;
+                        // Whichever connection needs a chunk first seals it for all.
+                        let chunk = sealed[(off / CHUNK) as usize].get_or_init(|| {
+                            let mut c = vec![0u8; n];
+                            f.read_exact_at(&mut c, off).unwrap();
+                            if seal {
+                                cipher.seal(off, b"tcp", &mut c);
+                            }
+                            let mut framed = (c.len() as u32).to_le_bytes().to_vec();
+                            framed.extend_from_slice(&c);
+                            framed
+                        });
+                        s.write_all(chunk).unwrap();
+                        off += n as u64;
+                    } else {
+                        let n = (size - off).min(buf.len() as u64) as usize;
+                        f.read_exact_at(&mut buf[..n], off).unwrap();
+                        s.write_all(&buf[..n]).unwrap();
+                        off += n as u64;
+                    }
                 }
             })
         })
@@ -368,6 +437,10 @@ fn main() {
     let threads = std::env::var("MCTP_BENCH_THREADS").map_or(true, |v| v != "1");
     let only = std::env::var("MCTP_BENCH_ONLY").unwrap_or_default();
     let (do_mctp, do_tcp) = (only != "tcp", only != "mctp");
+    let tcp_checks = match std::env::var("MCTP_BENCH_TCP_CHECKS").as_deref() {
+        Ok("hash") => Checks::Hash,
+        _ => Checks::Full,
+    };
     let root: PathBuf = std::env::var_os("MCTP_BENCH_DIR").map(PathBuf::from).unwrap_or_else(|| {
         let shm = PathBuf::from("/dev/shm");
         if shm.is_dir() {
@@ -381,28 +454,31 @@ fn main() {
         root.display()
     );
     println!(
-        "{:>10} {:>6} {:>10} {:>10} {:>6} {:>6} {:>7} {:>7} {:>7} {:>14} {:>14}",
+        "{:>10} {:>6} {:>10} {:>10} {:>6} {:>6} {:>10} {:>6} {:>6} {:>7} {:>7} {:>7} {:>7} {:>14} {:>14}",
         "bytes",
         "frame",
         "MCTP MB/s",
         "TCP MB/s",
         "ratio",
         "pairs",
+        "TCP+chk",
+        "ratio",
+        "pairs",
         "passes",
         "MCTP s",
         "TCP s",
+        "chk s",
         "MCTP peak",
         "TCP peak"
     );
     for mb in sizes {
         let size = mb * 1_000_000;
         for &frame in &frames {
-            let mut m = Vec::new();
-            let mut t = Vec::new();
-            let mut mh = Vec::new();
-            let mut th = Vec::new();
+            let (mut m, mut t, mut k) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut mh, mut th) = (Vec::new(), Vec::new());
             let mut passes = Vec::new();
-            let (mut mc, mut tc) = (Vec::new(), Vec::new());
+            let (mut mc, mut tc, mut kc) = (Vec::new(), Vec::new(), Vec::new());
+            let goodput = |d: Duration| size as f64 / d.as_secs_f64() / 1e6;
             for _ in 0..runs {
                 let dir = tempfile::tempdir_in(&root).unwrap();
                 let source = dir.path().join("source");
@@ -410,7 +486,7 @@ fn main() {
                 if do_mctp {
                     warm_pages(dir.path(), RECEIVERS as u64 * size);
                     let (d, heap, p, cpu) = mctp_run(&source, hash, dir.path(), frame as u32, threads);
-                    m.push(size as f64 / d.as_secs_f64() / 1e6);
+                    m.push(goodput(d));
                     mc.push(cpu);
                     mh.push(heap as f64);
                     passes.push(f64::from(p));
@@ -418,29 +494,43 @@ fn main() {
                         let _ = std::fs::remove_dir_all(dir.path().join(format!("r{i}")));
                     }
                 }
-                if do_tcp {
-                    warm_pages(dir.path(), RECEIVERS as u64 * size);
-                    let (d, heap, cpu) = tcp_run(&source, size, dir.path());
-                    t.push(size as f64 / d.as_secs_f64() / 1e6);
-                    tc.push(cpu);
-                    th.push(heap as f64);
+                for (checks, goodputs, cpus) in
+                    [(Checks::Plain, &mut t, &mut tc), (tcp_checks, &mut k, &mut kc)]
+                {
+                    if do_tcp {
+                        warm_pages(dir.path(), RECEIVERS as u64 * size);
+                        let (d, heap, cpu) = tcp_run(&source, size, hash, dir.path(), checks);
+                        goodputs.push(goodput(d));
+                        cpus.push(cpu);
+                        if checks == Checks::Plain {
+                            th.push(heap as f64);
+                        }
+                        for i in 0..RECEIVERS {
+                            let _ = std::fs::remove_file(dir.path().join(format!("tcp{i}")));
+                        }
+                    }
                 }
             }
-            // Each MCTP run is paired with the TCP run right after it, under
+            // Each MCTP run is paired with the TCP runs right after it, under
             // the same load: the median of the pairs' ratios.
-            let pairs = median(m.iter().zip(&t).map(|(a, b)| a / b).collect());
-            let (mm, tm) = (median(m), median(t));
+            let pairs = |tcp: &[f64]| median(m.iter().zip(tcp).map(|(a, b)| a / b).collect());
+            let (pt, pk) = (pairs(&t), pairs(&k));
+            let (mm, tm, km) = (median(m), median(t), median(k));
             println!(
-                "{:>10} {:>6} {:>10.1} {:>10.1} {:>6.2} {:>6.2} {:>7} {:>7.2} {:>7.2} {:>10.1} MiB {:>10.1} MiB",
+                "{:>10} {:>6} {:>10.1} {:>10.1} {:>6.2} {:>6.2} {:>10.1} {:>6.2} {:>6.2} {:>7} {:>7.2} {:>7.2} {:>7.2} {:>10.1} MiB {:>10.1} MiB",
                 size,
                 frame,
                 mm,
                 tm,
                 mm / tm,
-                pairs,
+                pt,
+                km,
+                mm / km,
+                pk,
                 median(passes),
                 median(mc),
                 median(tc),
+                median(kc),
                 median(mh) / 1048576.0,
                 median(th) / 1048576.0
             );
