@@ -92,6 +92,25 @@ async fn metrics_parse_and_move_during_a_publish() {
     assert_eq!(total(&ccm1, "cmover_jobs", &[("state", "committed")]), 1.0);
     assert_eq!(total(&ccm1, "cmover_jobs", &[("state", "idle")]), 0.0);
     assert_eq!(total(&member1, "cmover_apply_failures_total", &[]), 0.0);
+
+    // Runs that end at their start count too: a synchronize with every
+    // server in sync, and a publish whose group's quorum cannot be met (its
+    // only server was never seen), which an alert on failed runs must catch.
+    c.admin.create_group("ghost", "www", &[99], Quorum::All).await.unwrap();
+    let sync = c.admin.create_job("www", "web", "synchronize").await.unwrap();
+    let ghost = c.admin.create_job("www", "ghost", "publish").await.unwrap();
+    let r = c.admin.wait_run(c.admin.run_job(sync).await.unwrap(), LIMIT).await.unwrap();
+    assert_eq!(r.state, RunState::Unchanged, "{r:#?}");
+    let r = c.admin.wait_run(c.admin.run_job(ghost).await.unwrap(), LIMIT).await.unwrap();
+    assert_eq!(r.state, RunState::Failed, "{r:#?}");
+    assert!(r.error.as_deref().unwrap_or_default().contains("quorum cannot be met"), "{r:#?}");
+    assert!(r.finished_ms.is_some() && r.phases.last().is_some_and(|p| p.name == "done"), "{r:#?}");
+    let ccm2 = scrape(&c.url(), "ccm").await;
+    let unchanged = [("kind", "synchronize"), ("state", "unchanged")];
+    assert_eq!(moved(&ccm1, &ccm2, "cmover_runs_total", &unchanged), 1.0);
+    let failed = [("kind", "publish"), ("state", "failed")];
+    assert_eq!(moved(&ccm1, &ccm2, "cmover_runs_total", &failed), 1.0);
+    assert_eq!(moved(&ccm1, &ccm2, "cmover_run_duration_seconds", &failed), 1.0);
     // Help text reaches Prometheus.
     assert!(ccm1.docs.get("cmover_runs_total").is_some_and(|d| d.contains("runs ended")), "{:?}", ccm1.docs);
     c.stop().await;

@@ -493,15 +493,8 @@ impl Ccm {
         })?;
         if catch_up && (members.is_empty() || site.live_serial == 0) {
             run.state = RunState::Unchanged;
-            run.finished_ms = Some(unix_ms());
-            self.save(&run, true);
-            self.history(
-                "unchanged",
-                format!("every server of {} is in sync", group.name),
-                Some(id),
-                Some(&run.site),
-            );
-            self.ended(&run);
+            let message = format!("every server of {} is in sync", group.name);
+            self.close(&mut run, "unchanged", message);
             return Ok(id);
         }
         if online < needed || members.is_empty() {
@@ -515,10 +508,8 @@ impl Ccm {
                 )
             });
             run.failed_servers = members.clone();
-            run.finished_ms = Some(unix_ms());
-            self.save(&run, true);
-            self.history("run_failed", run.error.clone().unwrap_or_default(), Some(id), Some(&run.site));
-            self.ended(&run);
+            let message = run.error.clone().unwrap_or_default();
+            self.close(&mut run, "run_failed", message);
             return Ok(id);
         }
         if kind.makes_release() {
@@ -1153,8 +1144,6 @@ impl Ccm {
         if !run.state.is_final() {
             run.state = RunState::Failed;
         }
-        Self::phase(run, "done");
-        run.finished_ms = Some(unix_ms());
         let (kind, message) = match run.state {
             RunState::Committed if run.kind.header_only() => (
                 if run.kind == JobKind::Rollback { "rolled_back" } else { "switched" },
@@ -1187,12 +1176,20 @@ impl Ccm {
             RunState::Cancelled => ("cancelled", format!("run {} cancelled; nothing went live", run.id)),
             _ => ("run_failed", run.error.clone().unwrap_or_else(|| "failed".into())),
         };
-        tracing::info!(event = kind, run = run_id, site = %run.site, serial = run.serial, failed = ?run.failed_servers, error = ?run.error);
-        let run = run.clone();
-        self.history(kind, message, Some(run_id), Some(&run.site));
-        self.save(&run, true);
-        self.ended(&run);
-        crate::ops::run_metrics(&run);
+        self.close(run, kind, message);
+    }
+
+    /// Ends `run`, whether it ran or was refused at its start: the last
+    /// phase, the history event `kind`, the record (flushed), the scheduler,
+    /// the metrics and the observers (load balancer, caches).
+    fn close(&self, run: &mut RunRecord, kind: &str, message: String) {
+        Self::phase(run, "done");
+        run.finished_ms = Some(unix_ms());
+        tracing::info!(event = kind, run = run.id, site = %run.site, serial = run.serial, failed = ?run.failed_servers, error = ?run.error);
+        self.history(kind, message, Some(run.id), Some(&run.site));
+        self.save(run, true);
+        self.ended(run);
+        crate::ops::run_metrics(run);
         for o in &self.observers {
             o.do_send(crate::ops::RunEnded(run.clone()));
         }
