@@ -50,6 +50,37 @@ fn invalid(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> Con
     ConfigError::Invalid { key: key.into(), problem: problem.into(), fix: fix.into() }
 }
 
+/// Durations in the config: humantime text (`"500ms"`, `"2s"`, `"1h"`), at
+/// most [`duration::MAX`]. The bound keeps every `interval × count` the
+/// protocols compute (a `u32` count at most) far from `Duration`'s limit, so
+/// no value from the file can make one overflow.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    /// The longest duration accepted: one year.
+    pub const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+
+    /// Writes `d` as humantime text.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        humantime_serde::serialize(d, s)
+    }
+
+    /// Reads humantime text and refuses durations over [`MAX`].
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let v: Duration = humantime_serde::deserialize(d)?;
+        if v > MAX {
+            return Err(serde::de::Error::custom(format!(
+                "{} is longer than the longest duration accepted, {}",
+                humantime::format_duration(v),
+                humantime::format_duration(MAX)
+            )));
+        }
+        Ok(v)
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -108,28 +139,28 @@ pub struct AgentConfig {
     /// is what other nodes use, and defaults to this address once bound.
     pub http_bind: SocketAddr,
     /// A leader reports its segment to the CCM this often (and on every change).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub segment_report_interval: Duration,
     /// Time limit of a small node API request (notify, next-hop, report…).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub request_timeout: Duration,
     /// A download that receives nothing for this long is broken (and resumed).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub fetch_idle_timeout: Duration,
     /// Broken downloads resumed (with `Range`) before the fetch fails.
     pub fetch_retries: u32,
     /// Copies with a wrong SHA-256 deleted and fetched again before the fetch fails.
     pub fetch_hash_retries: u32,
     /// First delay before a failed request to the CCM is repeated; it doubles up to 30 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub retry_delay: Duration,
     /// Largest clock difference accepted on a signed node API request.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub api_max_skew: Duration,
     /// How long a leader keeps asking members that received an assignment
     /// for their result (a large release takes a while to build) before it
     /// reports them silent.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub report_timeout: Duration,
 }
 
@@ -250,10 +281,10 @@ pub struct ControlConfig {
     /// share one list.
     pub peers: Vec<String>,
     /// Datagrams older than this are dropped as replays.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub replay_window: Duration,
     /// Datagrams stamped further ahead than this (clock skew) are dropped.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub max_clock_skew: Duration,
 }
 
@@ -308,21 +339,21 @@ impl ControlConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ElectionConfig {
     /// Period of the leader's LeaderAlive.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub la_interval: Duration,
     /// LeaderAlives missed in a row before the leader is lost.
     pub la_miss: u32,
     /// Claim delay of the highest possible priority.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub claim_delay_min: Duration,
     /// Claim delay of the lowest possible priority.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub claim_delay_max: Duration,
     /// How long a claimant listens for objections before it leads.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub voting_window: Duration,
     /// How long a leader that stepped down keeps its "recently deposed" bonus.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub deposed_hold: Duration,
     /// Whether a higher-priority node takes over from a stable leader. Must
     /// be the same on every node of a segment.
@@ -369,16 +400,16 @@ impl Default for ElectionConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct MembershipConfig {
     /// Period of a member's MemberAlive.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub alive_interval: Duration,
     /// Silence after which the leader marks a member offline.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub member_timeout: Duration,
     /// Delay from the last registration to the member-list multicast.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub list_delay: Duration,
     /// Largest random delay before a (re-)registration.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub register_jitter: Duration,
 }
 
@@ -478,22 +509,22 @@ pub struct CcmConfig {
     /// from each other.
     pub fanout: u32,
     /// Time a notified leader has to confirm it holds the copy.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub notify_timeout: Duration,
     /// Notifications of a leader before its segment is given up.
     pub max_attempts: u32,
     /// Wait after a notification fails (leader unreachable), times the
     /// attempts so far: time for the segment to elect a new leader.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub retry_delay: Duration,
     /// Time segments have to report an assignment's outcome; later ones count as silent.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub report_timeout: Duration,
     /// Segment names in the order their leaders should be served (admin
     /// static order); segments not listed follow, by CPU and free disk.
     pub tree_order: Vec<String>,
     /// Largest clock difference accepted on signed node requests.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub max_clock_skew: Duration,
     /// Encrypt assignment data with the content key derived from the cluster secret.
     pub encrypt: bool,
@@ -502,7 +533,7 @@ pub struct CcmConfig {
     /// IANA time zone of cron schedules (e.g. "Europe/Paris").
     pub time_zone: String,
     /// How often the scheduler looks for due jobs.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub scheduler_tick: Duration,
     /// Start a replicate for servers new to a content group, and a
     /// synchronize for servers whose live release lags, by themselves.
@@ -632,21 +663,21 @@ pub struct MctpConfig {
     /// Fraction of needed frames reported missing above which a pass counts as heavy loss.
     pub nack_threshold: f64,
     /// Token bucket depth, as time at the current rate.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub burst: Duration,
     /// Time between announces before the first frame.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub announce_interval: Duration,
     /// Announces before the first frame (fewer if every member already holds it).
     pub announce_count: u32,
     /// Time between announces during a session, for members that join late.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub announce_repeat: Duration,
     /// Members report at a random time within this window after each pass.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub report_window: Duration,
     /// Extra wait after the window for the last reports.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub report_grace: Duration,
     /// Polls repeated per pass for members whose report did not arrive.
     pub report_retries: u32,
@@ -657,10 +688,10 @@ pub struct MctpConfig {
     /// Fraction of the members that must hold the assignment for success.
     pub quorum: f64,
     /// A member abandons a session whose sender is silent this long.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub session_timeout: Duration,
     /// A member remembers a finished session this long to answer late polls.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub linger: Duration,
     /// Largest assignment a member accepts.
     pub max_assignment_size: ByteSize,
@@ -814,12 +845,12 @@ impl MctpConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ReportsConfig {
     /// The unit of the random report delay.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub interval: Duration,
     /// A member reports after k × interval, k random in 0 ..< slots.
     pub slots: u32,
     /// Extra wait for the last reports.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub grace: Duration,
     /// Up to this many missing reports are requested by unicast, more by one multicast.
     pub unicast_max: u32,
@@ -1154,6 +1185,25 @@ mod tests {
         assert!(err.contains("kep_releases"), "{err}");
         assert!(err.contains("f.toml"), "{err}");
         assert!(err.contains("fix:"), "{err}");
+    }
+
+    #[test]
+    fn overlong_durations_are_refused_not_a_panic() {
+        // `alive_interval × 3` used to overflow in `validate` and panic.
+        for text in [
+            "[membership]\nalive_interval = \"7000000000000000000s\"\n",
+            "[election]\nla_interval = \"400days\"\n",
+            "[lb]\ncheck_interval = \"2years\"\n",
+        ] {
+            let err = Config::from_toml(text, "f.toml").unwrap_err().to_string();
+            let key = text.split(['\n', ' ']).nth(1).unwrap();
+            assert!(err.contains(key), "{text}: {err}");
+            assert!(err.contains("longest duration accepted"), "{text}: {err}");
+        }
+        // The longest accepted, with the largest count: checked, not a panic.
+        let text = "[election]\nla_interval = \"365days\"\nla_miss = 4294967295\n[membership]\nalive_interval = \"365days\"\nmember_timeout = \"365days\"\n";
+        let err = Config::from_toml(text, "f.toml").unwrap_err().to_string();
+        assert!(err.contains("membership.member_timeout"), "{err}");
     }
 
     #[test]

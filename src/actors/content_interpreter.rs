@@ -37,6 +37,7 @@ use crate::protocol::assignment::Kind;
 use crate::protocol::control::{MemberInfo, SiteSerial};
 use crate::protocol::crypto::ContentKey;
 use crate::protocol::ids::{AssignmentSerial, NodeId};
+use crate::protocol::paths::SiteName;
 use crate::storage::agent_state::{AgentState, Applied, StateError};
 use crate::storage::assignment_file::AssignmentFile;
 use crate::storage::releases::{Outcome, SiteOptions, SiteRoot};
@@ -136,15 +137,15 @@ pub struct ContentInterpreter {
     status: InterpreterStatus,
 }
 
-/// Live serial of every site under `sites_root` (sites without a valid
-/// `live` link are left out).
+/// Live serial of every site under `sites_root` (directories whose name is
+/// not a site name, and sites without a valid `live` link, are left out).
 pub fn scan_live(sites_root: &Path) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir(sites_root) else {
         return out;
     };
     for e in entries.flatten() {
-        let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+        let Some(name) = e.file_name().to_str().filter(|n| SiteName::valid(n)).map(str::to_owned) else {
             continue;
         };
         if let Ok(Some(serial)) = SiteRoot::new(e.path(), SiteOptions::default()).live() {

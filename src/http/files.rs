@@ -304,7 +304,7 @@ pub async fn fetch_assignment(
             if have > 0 {
                 fetched.resumed += 1;
             }
-            let got = transfer(client, from, id, &part, have, opts).await.and_then(|n| {
+            let got = transfer(client, from, id, &part, have, aref.size, opts).await.and_then(|n| {
                 // A holder that closes early without saying so: resume too.
                 let len = std::fs::metadata(&part).map_or(0, |m| m.len());
                 if len < aref.size {
@@ -372,12 +372,17 @@ struct Broken {
 
 /// One GET, appended to `part` from `have` (or written from 0 if the
 /// holder ignores the range). Returns the bytes received.
+/// Fetches assignment `id` from `from` into `part`, from byte `have` on.
+/// Never writes past `size`, the length the reference announced: a holder
+/// that sends more is cut off and the part deleted, so it cannot fill the
+/// disk.
 async fn transfer(
     client: &NodeClient,
     from: &str,
     id: u64,
     part: &Path,
     have: u64,
+    size: u64,
     opts: &FetchOptions,
 ) -> Result<u64, Broken> {
     let idle = opts.idle_timeout;
@@ -419,6 +424,13 @@ async fn transfer(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let too_long = |n: u64| {
+        format!("the holder sends more than the {size} bytes the assignment has ({n} from byte {offset})")
+    };
+    if let Some(n) = announced.filter(|n| offset.saturating_add(*n) > size) {
+        let _ = tokio::fs::remove_file(part).await;
+        return Err(broken(0, too_long(n)));
+    }
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -447,6 +459,12 @@ async fn transfer(
                 return Err(broken(received, e));
             }
         };
+        let total = received + chunk.len() as u64;
+        if offset.saturating_add(total) > size {
+            drop(file);
+            let _ = tokio::fs::remove_file(part).await;
+            return Err(broken(received, too_long(total)));
+        }
         file.write_all(&chunk)
             .await
             .map_err(|e| broken(received, format!("cannot write {}: {e}", part.display())))?;
@@ -520,6 +538,8 @@ mod tests {
         CutAfter(usize),
         /// Serve a copy with one byte flipped.
         Tampered,
+        /// Stream ten times the copy's length, without a length.
+        Endless,
     }
 
     struct Holder {
@@ -544,6 +564,12 @@ mod tests {
                 let mut bytes = std::fs::read(assignment_path(&holder.dir, *path)).unwrap();
                 bytes[7] ^= 1;
                 HttpResponse::Ok().body(bytes)
+            }
+            Serve::Endless => {
+                let bytes = Bytes::from(std::fs::read(assignment_path(&holder.dir, *path)).unwrap());
+                let stream =
+                    futures_util::stream::iter((0..10).map(move |_| Ok::<Bytes, io::Error>(bytes.clone())));
+                HttpResponse::Ok().streaming(stream)
             }
             Serve::CutAfter(cut) => {
                 let bytes = std::fs::read(assignment_path(&holder.dir, *path)).unwrap();
@@ -643,6 +669,26 @@ mod tests {
         assert!(matches!(err, FetchError::HashMismatch { attempts: 3, .. }), "{err}");
         assert_eq!(holder2.calls.load(Ordering::SeqCst), 3);
         assert!(!dest2.exists() && !part_path(&dest2).exists());
+        server.stop(false).await;
+        server2.stop(false).await;
+    }
+
+    #[actix_web::test]
+    async fn a_holder_that_sends_too_much_is_cut_off_at_the_announced_size() {
+        let (dir, holder, aref) = setup(vec![Serve::Endless; 10], 50_000);
+        let (url, server) = start_holder(holder.clone()).await;
+        let client = NodeClient::new(SECRET, NodeId(5), Duration::from_secs(20));
+        let dest = assignment_path(dir.path(), 42);
+        let err = fetch_assignment(&client, &url, &aref, &dest, &opts()).await.unwrap_err();
+        assert!(err.to_string().contains("more than the 50000 bytes"), "{err}");
+        assert!(matches!(err, FetchError::Transfer { attempts: 4, .. }), "{err}");
+        assert!(!dest.exists() && !part_path(&dest).exists());
+        // The same holder serving properly afterwards is fetched from.
+        let (dir2, holder2, aref2) = setup(vec![Serve::Endless], 50_000);
+        let (url2, server2) = start_holder(holder2.clone()).await;
+        let dest2 = assignment_path(dir2.path(), 42);
+        fetch_assignment(&client, &url2, &aref2, &dest2, &opts()).await.unwrap();
+        assert_eq!(std::fs::read(&dest2).unwrap(), std::fs::read(assignment_path(&holder2.dir, 42)).unwrap());
         server.stop(false).await;
         server2.stop(false).await;
     }

@@ -47,14 +47,14 @@ pub struct LbConfig {
     /// Webhook driver: where actions are POSTed.
     pub webhook_url: String,
     /// How often the servers' live releases are compared with the sites'.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     pub check_interval: Duration,
     /// A server that lags (without a failed run naming it) is taken out only
     /// after lagging this long, so that a report still on its way is no reason.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     pub lag_grace: Duration,
     /// Time limit of one action (socket or HTTP).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     pub timeout: Duration,
 }
 
@@ -199,10 +199,10 @@ pub struct WebhookConfig {
     /// a 4xx is not).
     pub attempts: u32,
     /// Wait before the second attempt; it doubles each time.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     pub backoff: Duration,
     /// Time limit of one attempt.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     pub timeout: Duration,
 }
 
@@ -253,7 +253,7 @@ pub struct SiteHooks {
 #[serde(default, deny_unknown_fields)]
 pub struct HooksConfig {
     /// Time limit of one hook; it is killed (and fails) after it.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::config::duration")]
     pub timeout: Duration,
     /// Site → its hooks, e.g. `[hooks.sites.www] post_commit = "systemctl reload nginx"`.
     pub sites: BTreeMap<String, SiteHooks>,

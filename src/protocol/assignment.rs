@@ -64,6 +64,10 @@ pub const SITE_FIELD_LEN: usize = super::paths::MAX_SITE_NAME;
 pub const TRAILER_LEN: usize = 8 + 32;
 /// Largest body accepted (commands), 256 MiB: about two million files.
 pub const MAX_BODY_LEN: u64 = 256 << 20;
+/// Most commands accepted in one assignment (about four million files): the
+/// decoded commands take about 40 times their smallest encoding in memory,
+/// so the count is bounded on its own, not only through the body's length.
+pub const MAX_COMMANDS: u32 = 1 << 22;
 /// Largest data part accepted, 1 TiB.
 pub const MAX_DATA_LEN: u64 = 1 << 40;
 /// Raw bytes per chunk written.
@@ -354,6 +358,14 @@ impl Header {
             return Err(
                 DecodeError::TooLong { what: "data part", len: self.data_len, max: MAX_DATA_LEN }.into()
             );
+        }
+        if self.command_count > MAX_COMMANDS {
+            return Err(DecodeError::TooLong {
+                what: "command list",
+                len: u64::from(self.command_count),
+                max: u64::from(MAX_COMMANDS),
+            }
+            .into());
         }
         if u64::from(self.command_count) > self.body_len {
             return Err(invalid(format!(
@@ -717,7 +729,10 @@ pub fn decode_body(
         return Err(FormatError::CommandsCorrupted);
     }
     let mut r = Reader::new(body);
-    let mut commands = Vec::with_capacity(header.command_count as usize);
+    // The count is bounded by the header check; reserve no more than a
+    // modest start, so that junk that claims many commands fails before it
+    // has cost much memory.
+    let mut commands = Vec::with_capacity((header.command_count as usize).min(1 << 16));
     for index in 0..header.command_count as usize {
         commands.push(Command::decode(&mut r, index)?);
     }
@@ -1249,6 +1264,17 @@ mod tests {
             w.push(c);
         }
         decode(&w.finish().unwrap().1.into_inner())
+    }
+
+    #[test]
+    fn a_header_claiming_too_many_commands_is_refused_before_any_is_decoded() {
+        let mut h = Header::control(Kind::Content, site(), AssignmentSerial(1), JobId(0), 0);
+        h.body_len = MAX_BODY_LEN;
+        h.command_count = MAX_COMMANDS;
+        assert!(Header::decode(&h.encode()).is_ok());
+        h.command_count = MAX_COMMANDS + 1;
+        let err = Header::decode(&h.encode()).unwrap_err();
+        assert!(err.to_string().contains("command list"), "{err}");
     }
 
     #[test]

@@ -29,6 +29,7 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use super::bytes::{DecodeError, Reader};
 use super::ids::NodeId;
+use super::paths::{SiteName, MAX_SITE_NAME};
 use super::wire::{
     self, Channel, DatagramCodec, Envelope, OpeningKeys, RejectCounts, ReplayGuard, ReplayLimits, SealingKey,
     Sequencer, WireError,
@@ -40,6 +41,17 @@ pub const MAX_TEXT: usize = 255;
 pub const MAX_SITES: usize = 256;
 /// Most members in one member list (8 bytes each: 32 KiB, well inside a datagram).
 pub const MAX_MEMBERS: usize = 4096;
+
+/// A registration lists only sites whose name is a valid site name (at most
+/// [`MAX_SITE_NAME`] bytes): the largest registration then fits a datagram,
+/// which sites named up to [`MAX_TEXT`] bytes would not.
+const _: () = assert!(1 + 3 * (2 + MAX_TEXT) + 2 + MAX_SITES * (2 + MAX_SITE_NAME + 8) <= wire::MAX_PAYLOAD);
+
+/// The sites of `serials` a registration carries: those with a valid name,
+/// at most [`MAX_SITES`].
+fn listed(serials: &[SiteSerial]) -> impl Iterator<Item = &SiteSerial> {
+    serials.iter().filter(|s| SiteName::valid(&s.site)).take(MAX_SITES)
+}
 
 /// A candidate's voting priority as it travels on the wire. The node id, the
 /// last tie-breaker, is the envelope's sender. Two values travel because the
@@ -164,18 +176,14 @@ fn read_count(r: &mut Reader<'_>, what: &'static str, max: usize) -> Result<usiz
 
 impl MemberInfo {
     /// A copy cut to the wire's bounds (text to [`MAX_TEXT`] bytes, at most
-    /// [`MAX_SITES`] sites), so that what is sent is what is received.
+    /// [`MAX_SITES`] sites, only valid site names), so that what is sent is
+    /// what is received.
     pub fn bounded(&self) -> MemberInfo {
         MemberInfo {
             http: cut(&self.http).to_string(),
             data: cut(&self.data).to_string(),
             name: cut(&self.name).to_string(),
-            serials: self
-                .serials
-                .iter()
-                .take(MAX_SITES)
-                .map(|s| SiteSerial { site: cut(&s.site).to_string(), serial: s.serial })
-                .collect(),
+            serials: listed(&self.serials).cloned().collect(),
         }
     }
 }
@@ -211,9 +219,8 @@ impl ControlMsg {
                 put_text(out, &info.http);
                 put_text(out, &info.data);
                 put_text(out, &info.name);
-                let sites = &info.serials[..info.serials.len().min(MAX_SITES)];
-                out.put_u16_le(sites.len() as u16);
-                for s in sites {
+                out.put_u16_le(listed(&info.serials).count() as u16);
+                for s in listed(&info.serials) {
                     put_text(out, &s.site);
                     out.put_u64_le(s.serial);
                 }
@@ -491,6 +498,35 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_registration_seals_into_one_datagram() {
+        // Directory names under the sites root can be any 255 bytes; only
+        // valid site names travel, so even this registration fits.
+        let mut serials: Vec<SiteSerial> = (0..MAX_SITES)
+            .map(|i| SiteSerial { site: format!("{i:x}").repeat(255)[..255].into(), serial: 1 })
+            .collect();
+        serials.extend((0..MAX_SITES + 3).map(|i| SiteSerial { site: format!("{i:0>64}"), serial: 2 }));
+        serials.push(SiteSerial { site: "../x".into(), serial: 3 });
+        let info = MemberInfo {
+            http: "h".repeat(MAX_TEXT),
+            data: "d".repeat(MAX_TEXT),
+            name: "n".repeat(MAX_TEXT),
+            serials,
+        };
+        let msg = ControlMsg::Register(info.bounded());
+        let ControlMsg::Register(b) = msg.clone() else { unreachable!() };
+        assert_eq!(b.serials.len(), MAX_SITES);
+        assert!(b.serials.iter().all(|s| s.serial == 2 && s.site.len() == MAX_SITE_NAME));
+        let mut alice = ControlGate::new(SECRET, NodeId(1), 10, ReplayLimits::default());
+        let mut bob = ControlGate::new(SECRET, NodeId(2), 10, ReplayLimits::default());
+        let sealed = alice.seal(1_000_000, &msg);
+        assert_eq!(bob.open(1_000_000, &sealed), Some((NodeId(1), msg)));
+        // Encoding the unbounded info lists the same sites.
+        let raw = ControlMsg::Register(info.clone());
+        let ControlMsg::Register(got) = ControlMsg::decode(&raw.to_bytes()).unwrap() else { unreachable!() };
+        assert_eq!(got.serials, b.serials);
+    }
+
+    #[test]
     fn gate_admits_fresh_datagrams_once_and_counts_every_rejection() {
         let now = 1_000_000;
         let mut alice = ControlGate::new(SECRET, NodeId(1), 10, ReplayLimits::default());
@@ -541,11 +577,13 @@ mod tests {
     fn arb_msg() -> impl Strategy<Value = ControlMsg> {
         let prio = (any::<u32>(), any::<u32>()).prop_map(|(base, full)| Priority { base, full });
         let text = "[a-z0-9.:ü-]{0,40}";
+        // Registrations carry valid site names only (see `listed`).
+        let site = "[a-z0-9][a-z0-9._-]{0,40}";
         prop_oneof![
             (prio.clone(), any::<u64>())
                 .prop_map(|(priority, list_version)| { ControlMsg::LeaderAlive { priority, list_version } }),
             prio.prop_map(|priority| ControlMsg::LeaderClaim { priority }),
-            (text, text, text, proptest::collection::vec((text, any::<u64>()), 0..5)).prop_map(
+            (text, text, text, proptest::collection::vec((site, any::<u64>()), 0..5)).prop_map(
                 |(http, data, name, s)| ControlMsg::Register(MemberInfo {
                     http,
                     data,

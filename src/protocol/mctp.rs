@@ -28,7 +28,7 @@ pub use msg::{
     frame_count, Announce, Block, Frame, Message, Selector, SessionId, Status, StatusKind,
     DEFAULT_FRAME_SIZE, FRAME_HEADER_LEN, MAX_FRAME_SIZE, MTU_PAYLOAD,
 };
-pub use receiver::{Receiver, ReceiverConfig, ReceiverEvent, MAX_FRAMES};
+pub use receiver::{Receiver, ReceiverConfig, ReceiverEvent, MAX_FRAMES, MAX_LINGERING};
 pub use sender::{Dest, FrameSource, Outcome, Payload, Sender, SenderConfig, SenderEvent, Transmit};
 
 /// The expected number of transmissions of one frame by a perfect
@@ -171,6 +171,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Single-datagram blocks, each its own session, finish at once and
+    /// linger for late polls; a flood of them keeps a bounded map.
+    #[test]
+    fn finished_sessions_are_bounded_whatever_the_senders_rate() {
+        use bytes::Bytes;
+        let mut r = Receiver::new(NodeId(1), ReceiverConfig::default(), 3);
+        let data = Bytes::from_static(b"small assignment");
+        let now = Time::ZERO;
+        for i in 0..5_000u64 {
+            let hash = if i % 2 == 0 { crate::protocol::crypto::sha256(&data) } else { [0; 32] };
+            let block = Block {
+                session: SessionId(i),
+                assignment: AssignmentSerial(i),
+                hash,
+                pass: 1,
+                poll: Selector::All,
+                data: data.clone(),
+            };
+            r.handle_datagram(now, NodeId(9), Message::Block(block));
+            while let Some(e) = r.poll_event() {
+                if let ReceiverEvent::Verify { session, hasher, .. } = e {
+                    r.handle_verified(now, session, hasher.finish());
+                }
+            }
+            while r.poll_transmit().is_some() {}
+        }
+        let n = r.sessions();
+        assert!(n <= ReceiverConfig::default().max_sessions + MAX_LINGERING, "{n} sessions kept");
+        // The newest finished sessions are still there to answer a poll.
+        assert!(r.has_session(SessionId(4_999)) && r.has_session(SessionId(4_998)));
+        assert!(!r.has_session(SessionId(0)));
     }
 
     /// A member checking the hash of a large file answers polls with

@@ -181,15 +181,19 @@ pub struct SiteName(String);
 impl SiteName {
     /// Checks `s` and wraps it.
     pub fn new(s: &str) -> Result<Self, PathError> {
-        let ok = !s.is_empty()
-            && s.len() <= MAX_SITE_NAME
-            && s.as_bytes()[0].is_ascii_alphanumeric()
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        if ok {
+        if Self::valid(s) {
             Ok(SiteName(s.to_owned()))
         } else {
             Err(PathError::BadSiteName { name: s.to_owned() })
         }
+    }
+
+    /// Whether `s` is a valid site name (what [`SiteName::new`] checks).
+    pub fn valid(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= MAX_SITE_NAME
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
     }
 
     /// The name.

@@ -118,6 +118,9 @@ pub enum ReceiverEvent {
     },
 }
 
+/// Finished sessions kept for late polls, beyond `max_sessions`.
+pub const MAX_LINGERING: usize = 256;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     Receiving,
@@ -247,6 +250,20 @@ impl Receiver {
             return;
         }
         self.queried.remove(&a.session);
+        // Finished sessions linger to answer late polls; a sender that starts
+        // session after session (single-datagram blocks) must not make the
+        // map grow with its rate: the oldest finished one gives way.
+        if self.sessions.len() >= self.cfg.max_sessions + MAX_LINGERING {
+            let oldest = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| matches!(s.state, State::Complete | State::Failed))
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(id, _)| *id);
+            if let Some(id) = oldest {
+                self.sessions.remove(&id);
+            }
+        }
         self.sessions.insert(
             a.session,
             Session {
@@ -268,6 +285,16 @@ impl Receiver {
             size: a.size,
             hash: a.hash,
         });
+    }
+
+    /// Sessions held: in progress, or finished and lingering for late polls.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether session `id` is held.
+    pub fn has_session(&self, id: SessionId) -> bool {
+        self.sessions.contains_key(&id)
     }
 
     fn receiving(&self) -> usize {
