@@ -87,10 +87,19 @@ pub struct RunJob {
 #[rtype(result = "Result<(), CcmError>")]
 pub struct CancelRun(pub u64);
 
-/// Answers the ids of the runs in progress.
+/// Answers the runs in progress.
 #[derive(Message)]
-#[rtype(result = "Vec<u64>")]
+#[rtype(result = "Vec<ActiveRun>")]
 pub struct ActiveRuns;
+
+/// A run in progress, as [`ActiveRuns`] answers it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActiveRun {
+    /// The run.
+    pub id: u64,
+    /// The servers it sends to (a catch-up run: only those that lag).
+    pub targets: Vec<NodeId>,
+}
 
 /// Sets the admin static order of segments (stored; overrides `ccm.tree_order`).
 #[derive(Message)]
@@ -1382,10 +1391,12 @@ impl Handler<CancelRun> for Ccm {
 }
 
 impl Handler<ActiveRuns> for Ccm {
-    type Result = Vec<u64>;
+    type Result = MessageResult<ActiveRuns>;
 
-    fn handle(&mut self, _: ActiveRuns, _: &mut Context<Self>) -> Vec<u64> {
-        self.active.keys().copied().collect()
+    fn handle(&mut self, _: ActiveRuns, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            self.active.iter().map(|(id, a)| ActiveRun { id: *id, targets: a.group.clone() }).collect(),
+        )
     }
 }
 

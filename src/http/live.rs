@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use super::ccm_api::{ApiError, CcmState};
 use super::session::authorize;
-use crate::actors::ccm::ActiveRuns;
+use crate::actors::ccm::{ActiveRun, ActiveRuns};
 use crate::storage::db::{Db, DbError};
 use crate::storage::records::{
     GroupRecord, HistoryRecord, RunRecord, RunState, SegmentRecord, ServerRecord, SiteRecord,
@@ -135,16 +135,17 @@ pub struct SegmentView {
 }
 
 /// Reads the overview from the database; `active` are the runs in
-/// progress (listed even when older than the newest ones).
-pub fn overview(db: &Db, active: &[u64]) -> Result<Overview, DbError> {
+/// progress (listed even when older than the newest ones; the servers each
+/// waits for are its targets, else its group's).
+pub fn overview(db: &Db, active: &[ActiveRun]) -> Result<Overview, DbError> {
     let sites: Vec<SiteRecord> = db.table::<SiteRecord>()?.all()?;
     let groups: Vec<GroupRecord> = db.table::<GroupRecord>()?.all()?;
     // The newest runs, and the older ones still running.
     let runs = db.table::<RunRecord>()?;
     let mut records: Vec<RunRecord> = runs.last(RECENT_RUNS)?;
     let oldest = records.last().map_or(u64::MAX, |r| r.id);
-    for id in active.iter().filter(|id| **id < oldest) {
-        records.extend(runs.get(id)?);
+    for a in active.iter().filter(|a| a.id < oldest) {
+        records.extend(runs.get(&a.id)?);
     }
     let last_event = db.table::<HistoryRecord>()?.last(1)?.first().map_or(0, |h| h.id);
     let segments = db
@@ -164,7 +165,11 @@ pub fn overview(db: &Db, active: &[u64]) -> Result<Overview, DbError> {
     let mut applying = BTreeSet::new();
     for r in records.iter().filter(|r| !r.state.is_final()) {
         let waiting_on = if r.state == RunState::Committing { &r.switched } else { &r.applied };
-        for s in members_of.get(r.group.as_str()).map(|g| g.servers.as_slice()).unwrap_or_default() {
+        let targets = match active.iter().find(|a| a.id == r.id) {
+            Some(a) => a.targets.as_slice(),
+            None => members_of.get(r.group.as_str()).map(|g| g.servers.as_slice()).unwrap_or_default(),
+        };
+        for s in targets {
             if !waiting_on.contains_key(s) {
                 applying.insert(*s);
             }
@@ -249,7 +254,7 @@ pub fn start(db: Db, active: Recipient<ActiveRuns>) -> (Live, LiveTask) {
                 break;
             }
             let mut running = active.send(ActiveRuns).await.unwrap_or_default();
-            running.sort_unstable_by(|a, b| b.cmp(a));
+            running.sort_unstable_by_key(|a| std::cmp::Reverse(a.id));
             let json = match overview(&db, &running).map(|o| serde_json::to_string(&o)) {
                 Ok(Ok(json)) => json,
                 Ok(Err(e)) => {
@@ -484,6 +489,12 @@ mod tests {
         let o = overview(&db, &[]).unwrap();
         assert_eq!([1, 2].map(|i| state(&o, i)), [ServerState::Online, ServerState::Applying]);
         assert_eq!(o.runs[0].state, RunState::Distributing);
+        // Known to the CCM as sending to server 1 only (a catch-up run):
+        // server 2 is not waited for.
+        let o = overview(&db, &[ActiveRun { id: 1, targets: vec![NodeId(1)] }]).unwrap();
+        assert_eq!([1, 2].map(|i| state(&o, i)), [ServerState::Online, ServerState::Online]);
+        let o = overview(&db, &[ActiveRun { id: 1, targets: vec![NodeId(1), NodeId(2)] }]).unwrap();
+        assert_eq!([1, 2].map(|i| state(&o, i)), [ServerState::Online, ServerState::Applying]);
 
         // It committed release 2 without server 2: failed while it lags.
         r.state = RunState::Committed;
@@ -505,7 +516,8 @@ mod tests {
         for id in 2..=40 {
             runs.put(&run(id, RunState::Committed)).unwrap();
         }
-        let ids: Vec<u64> = overview(&db, &[1]).unwrap().runs.iter().map(|r| r.id).collect();
+        let active = [ActiveRun { id: 1, targets: vec![] }];
+        let ids: Vec<u64> = overview(&db, &active).unwrap().runs.iter().map(|r| r.id).collect();
         assert_eq!(ids.len(), RECENT_RUNS + 1, "{ids:?}");
         assert_eq!((ids[0], *ids.last().unwrap()), (40, 1), "newest first, the running one kept: {ids:?}");
     }
