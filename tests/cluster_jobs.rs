@@ -291,3 +291,34 @@ async fn a_cancelled_run_leaves_every_server_on_its_release() {
     assert!(!compare_trees(&c.live_dir(1, "www"), &staging).unwrap().is_empty(), "the edit did not go out");
     c.stop().await;
 }
+
+/// A shadow copy that fell behind the live release (its update failed)
+/// must not be the base of the next delta: that publish sends everything,
+/// and the one after is a delta again.
+#[actix_rt::test]
+async fn a_shadow_copy_behind_the_live_release_makes_the_next_publish_full() {
+    init_logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let staging = staging(tmp.path(), 35, 1);
+    let c = LocalCluster::start(opts(tmp.path())).await.unwrap();
+    c.wait_segments(LIMIT).await.unwrap();
+    c.admin.create_site("www", &staging).await.unwrap();
+    c.admin.create_group("web", "www", &c.ids(), Quorum::All).await.unwrap();
+    let id = c.admin.create_job("www", "web", "publish").await.unwrap();
+    let r1 = run(&c, id).await;
+    assert_eq!(r1.state, RunState::Committed, "{r1:#?}");
+    // The shadow loses its live release, as if its commit had failed.
+    let shadow_live = tmp.path().join("cluster/ccm/shadow/www/live");
+    std::fs::remove_file(&shadow_live).unwrap();
+    std::fs::write(staging.join("new.html"), "release 2").unwrap();
+    let r2 = run(&c, id).await;
+    assert_eq!(r2.state, RunState::Committed, "{r2:#?}");
+    assert_eq!((r2.serial, r2.base_serial), (2, 0), "a full assignment: {r2:#?}");
+    assert_all_live(&c, "www", &staging);
+    std::fs::write(staging.join("new.html"), "release 3").unwrap();
+    let r3 = run(&c, id).await;
+    assert_eq!(r3.state, RunState::Committed, "{r3:#?}");
+    assert_eq!((r3.serial, r3.base_serial), (3, 2), "a delta again: {r3:#?}");
+    assert_all_live(&c, "www", &staging);
+    c.stop().await;
+}

@@ -432,3 +432,55 @@ fn rollback_to_names_its_release_and_is_idempotent() {
     assert!(err.to_string().contains("kept: 2, 3, 4"), "{err}");
     assert_identical(&t.path().join("site/live"), &t.path().join("v2"));
 }
+
+#[test]
+fn a_crash_mid_build_leaves_nothing_a_commit_can_make_live() {
+    let t = tempfile::tempdir().unwrap();
+    let site = site(&t.path().join("site"));
+    publish_versions(t.path(), &site, 1);
+    // A build that a crash interrupted: its directory is not `incoming/2`.
+    let half = t.path().join("site/incoming/2.building");
+    fs::create_dir_all(&half).unwrap();
+    fs::write(half.join("index.html"), "half").unwrap();
+    assert!(site.incoming().unwrap().is_empty(), "an unfinished build is not awaiting commit");
+    let err = site.commit(AssignmentSerial(2)).unwrap_err();
+    assert!(matches!(err, ReleaseError::NotApplied { .. }), "{err}");
+    assert_identical(&t.path().join("site/live"), &t.path().join("v1"));
+    // The next publish builds afresh and the leftover goes with its commit.
+    let tree = t.path().join("v2");
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("index.html"), "version 2").unwrap();
+    let a = t.path().join("2.cma");
+    pack(&t.path().join("v1"), &tree, &a, &opts(2, 1, None)).unwrap();
+    let file = AssignmentFile::open(&a, None).unwrap();
+    site.apply(&file).unwrap();
+    assert_eq!(site.incoming().unwrap(), [AssignmentSerial(2)]);
+    assert!(!half.exists(), "apply replaced the unfinished build");
+    fs::create_dir_all(t.path().join("site/incoming/7.building")).unwrap();
+    site.commit(AssignmentSerial(2)).unwrap();
+    assert_identical(&t.path().join("site/live"), &tree);
+    assert_eq!(fs::read_dir(t.path().join("site/incoming")).unwrap().count(), 0, "leftovers pruned");
+}
+
+#[test]
+fn a_commit_interrupted_before_the_switch_is_finished_when_sent_again() {
+    let t = tempfile::tempdir().unwrap();
+    let site = site(&t.path().join("site"));
+    publish_versions(t.path(), &site, 2);
+    let tree = t.path().join("v3");
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("index.html"), "version 3").unwrap();
+    let a = t.path().join("3.cma");
+    pack(&t.path().join("v2"), &tree, &a, &opts(3, 2, None)).unwrap();
+    site.apply(&AssignmentFile::open(&a, None).unwrap()).unwrap();
+    // The crash: moved into place, `live` not yet switched.
+    fs::rename(t.path().join("site/incoming/3"), t.path().join("site/releases/3")).unwrap();
+    assert_identical(&t.path().join("site/live"), &t.path().join("v2"));
+    site.commit(AssignmentSerial(3)).unwrap();
+    assert_identical(&t.path().join("site/live"), &tree);
+    assert!(site.commit(AssignmentSerial(3)).unwrap().is_empty(), "again: a no-op");
+    // A commit of an older release still kept never switches back.
+    let err = site.commit(AssignmentSerial(2)).unwrap_err();
+    assert!(matches!(err, ReleaseError::NotApplied { .. }), "{err}");
+    assert_identical(&t.path().join("site/live"), &tree);
+}

@@ -268,7 +268,13 @@ impl Ccm {
     }
 
     fn shadow(&self, site: &str) -> SiteRoot {
-        let opts = SiteOptions { min_free_disk: 0, ..SiteOptions::default() };
+        // It keeps as many releases as the servers do: rollback and switch
+        // check what it holds.
+        let opts = SiteOptions {
+            min_free_disk: 0,
+            keep_releases: self.config.releases.keep_releases,
+            ..SiteOptions::default()
+        };
         SiteRoot::new(self.config.ccm.data_dir.join("shadow").join(site), opts)
     }
 
@@ -456,7 +462,19 @@ impl Ccm {
         let (serial, base) = match release {
             Some(target) => (target, site.live_serial),
             None if catch_up || kind == JobKind::Hot => (site.live_serial, 0),
-            None => (site.live_serial.max(site.last_serial) + 1, site.live_serial),
+            None => {
+                // A delta is built against the shadow copy: only when it holds
+                // the live release (a failed shadow update leaves it behind)
+                // may the servers' live release be the base; else send all.
+                let shadow = self.shadow(&site.name).live().ok().flatten().map_or(0, |s| s.0);
+                let base = if shadow == site.live_serial {
+                    site.live_serial
+                } else {
+                    tracing::warn!(event = "shadow_behind", site = %site.name, live = site.live_serial, shadow, "the shadow copy does not hold the live release: sending a full assignment");
+                    0
+                };
+                (site.live_serial.max(site.last_serial) + 1, base)
+            }
         };
         let mut run = RunRecord {
             id,
@@ -650,15 +668,15 @@ impl Ccm {
         let site_name = site.name.clone();
         // The old tree and how to make the new one (in a blocking task).
         type Prepare = Box<dyn FnOnce() -> Result<PathBuf, String> + Send>;
+        // What the servers hold: the shadow's live tree, unless the run
+        // sends everything (no base).
+        let held = if base == 0 { nothing.clone() } else { live.clone() };
         let (old, prepare): (PathBuf, Prepare) = match kind {
             JobKind::Replicate | JobKind::Synchronize => (nothing, Box::new(move || Ok(live))),
             JobKind::Hot => (nothing, Box::new(move || subtree(&live, &work, &paths, true).map(|_| work))),
-            JobKind::Remove => {
-                let old = live.clone();
-                (old, Box::new(move || subtree(&live, &work, &paths, false).map(|_| work)))
-            }
+            JobKind::Remove => (held, Box::new(move || subtree(&live, &work, &paths, false).map(|_| work))),
             JobKind::Restore => (
-                live,
+                held,
                 Box::new(move || {
                     let _ = std::fs::remove_dir_all(&work);
                     if let Some(parent) = work.parent() {
@@ -670,7 +688,7 @@ impl Ccm {
                         .map_err(|e| e.to_string())
                 }),
             ),
-            _ => (live, Box::new(move || Ok(site.staging.clone()))),
+            _ => (held, Box::new(move || Ok(site.staging.clone()))),
         };
         let creator = self.creator.clone();
         async move {
@@ -729,6 +747,10 @@ impl Ccm {
             .collect();
         a.run.state = RunState::Distributing;
         Self::phase(&mut a.run, "distribute");
+        // The assignment and the run that names it are on disk before any
+        // leader hears of it: after a crash, recovery aborts it everywhere.
+        let run = a.run.clone();
+        self.save(&run, true);
         self.distribute(run_id, rec, Wave::Content, servers, ctx);
     }
 

@@ -5,13 +5,15 @@
 //! <site root>/
 //!     live -> releases/<serial>     the release the web server serves
 //!     releases/<serial>/            complete releases, newest kept
-//!     incoming/<serial>/            a release being built, or built and awaiting commit
+//!     incoming/<serial>.building/   a release being built
+//!     incoming/<serial>/            a release built whole and flushed, awaiting commit
 //! ```
 //!
 //! Applying never touches `live` or a release: it builds `incoming/<serial>`
-//! as a copy of the base release made of hard links, and every command that
-//! writes a file writes a *new* file beside its target and renames it over
-//! the link, so no inode shared with a live release is ever modified. Before
+//! (under a `.building` name until complete and flushed, so that a commit
+//! never finds half a release) as a copy of the base release made of hard
+//! links, and every command that writes a file writes a *new* file beside
+//! its target and renames it over the link, so no inode shared with a live release is ever modified. Before
 //! anything is written the assignment is verified (hashes, paths, key), its
 //! base is checked against `live`, and the free disk space is checked. While
 //! building, no path is resolved through a symlink. On any failure the
@@ -256,9 +258,15 @@ impl SiteRoot {
         self.root.join(RELEASES).join(serial.to_string())
     }
 
-    /// Directory where release `serial` is built.
+    /// Directory where release `serial` waits, built, for its commit.
     pub fn incoming_dir(&self, serial: AssignmentSerial) -> PathBuf {
         self.root.join(INCOMING).join(serial.to_string())
+    }
+
+    /// Directory where release `serial` is being built (renamed to
+    /// [`SiteRoot::incoming_dir`] when complete).
+    fn building_dir(&self, serial: AssignmentSerial) -> PathBuf {
+        self.root.join(INCOMING).join(format!("{serial}.building"))
     }
 
     /// The live release, if any.
@@ -367,19 +375,30 @@ impl SiteRoot {
             let p = self.root.join(dir);
             fs::create_dir_all(&p).map_err(io_err("create", &p))?;
         }
+        // Built under another name and renamed when complete and flushed:
+        // `incoming/<serial>` only ever holds a whole release, so a commit
+        // after a crash mid-build finds nothing to make live.
         let staging = self.incoming_dir(h.serial);
+        let building = self.building_dir(h.serial);
         remove_any(&staging)?;
+        remove_any(&building)?;
         let builder = Builder {
             a,
             base: base.as_deref(),
-            dst: &staging,
+            dst: &building,
             dir_modes: BTreeMap::new(),
             tmp_seq: 0,
             report: ApplyReport { serial: h.serial.0, ..ApplyReport::default() },
             fail_before: self.opts.fail_before_command,
             written: Vec::new(),
         };
-        match builder.run() {
+        let built = builder.run().and_then(|report| {
+            fs::rename(&building, &staging).map_err(io_err("move into place", &building))?;
+            let incoming = self.root.join(INCOMING);
+            File::open(&incoming).and_then(|d| d.sync_all()).map_err(io_err("sync", &incoming))?;
+            Ok(report)
+        });
+        match built {
             Ok(report) => {
                 tracing::info!(
                     event = "release_built",
@@ -392,7 +411,7 @@ impl SiteRoot {
                 Ok(report)
             }
             Err(e) => {
-                if let Err(clean) = remove_any(&staging) {
+                if let Err(clean) = remove_any(&building).and_then(|()| remove_any(&staging)) {
                     tracing::error!(path = %staging.display(), error = %clean, "could not clean up a failed apply");
                 }
                 tracing::warn!(event = "apply_failed", site = %self.root.display(), serial = h.serial.0, error = %e);
@@ -445,6 +464,15 @@ impl SiteRoot {
         if !staging.is_dir() {
             if self.live()? == Some(serial) {
                 return Ok(Vec::new());
+            }
+            // A commit interrupted between moving the release into place and
+            // switching `live`: finish it.
+            // (Only forward: commits make a new, newer release live.)
+            let live = self.live()?;
+            if live.is_none_or(|l| l < serial) && self.releases()?.contains(&serial) {
+                tracing::warn!(event = "commit_resumed", site = %self.root.display(), serial = serial.0);
+                self.switch_live(serial)?;
+                return self.prune(serial);
             }
             return Err(ReleaseError::NotApplied { serial, root: self.root.clone() });
         }
@@ -524,6 +552,13 @@ impl SiteRoot {
         for s in self.incoming()? {
             if s <= committed {
                 remove_any(&self.incoming_dir(s))?;
+            }
+        }
+        // Builds a crash interrupted.
+        let incoming = self.root.join(INCOMING);
+        for e in fs::read_dir(&incoming).into_iter().flatten().flatten() {
+            if e.file_name().to_str().is_some_and(|n| n.ends_with(".building")) {
+                remove_any(&e.path())?;
             }
         }
         Ok(pruned)
