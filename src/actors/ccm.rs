@@ -293,15 +293,22 @@ impl Ccm {
         }
     }
 
-    /// Writes the run record (and flushes when `durable`).
+    /// Writes the run record (and flushes when `durable`); a failure is
+    /// logged, for callers that carry on regardless.
     fn save(&self, run: &RunRecord, durable: bool) {
+        let _ = self.try_save(run, durable);
+    }
+
+    /// Writes the run record (and flushes when `durable`); says if it failed.
+    fn try_save(&self, run: &RunRecord, durable: bool) -> Result<(), DbError> {
         let result =
             table::<RunRecord>(&self.db)
                 .put(run)
                 .and_then(|_| if durable { self.db.flush() } else { Ok(()) });
-        if let Err(e) = result {
+        if let Err(e) = &result {
             tracing::error!(run = run.id, error = %e, "cannot save the run");
         }
+        result
     }
 
     fn phase(run: &mut RunRecord, name: &str) {
@@ -571,7 +578,8 @@ impl Ccm {
         if release.is_some() {
             run.state = RunState::Committing;
         }
-        self.save(&run, true);
+        // A run the API acknowledges is on disk.
+        self.try_save(&run, true)?;
         self.history("run_started", format!("run {id} of job {} {what}", job.id), Some(id), Some(&site.name));
         tracing::info!(event = "run_started", run = id, job = job.id.0, kind = kind.name(), reason, site = %site.name, serial = run.serial);
         let a = Active {
