@@ -219,8 +219,9 @@ impl ControlMsg {
                 put_text(out, &info.http);
                 put_text(out, &info.data);
                 put_text(out, &info.name);
-                out.put_u16_le(listed(&info.serials).count() as u16);
-                for s in listed(&info.serials) {
+                let sites: Vec<&SiteSerial> = listed(&info.serials).collect();
+                out.put_u16_le(sites.len() as u16);
+                for s in sites {
                     put_text(out, &s.site);
                     out.put_u64_le(s.serial);
                 }

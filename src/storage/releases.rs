@@ -462,13 +462,13 @@ impl SiteRoot {
     pub fn commit(&self, serial: AssignmentSerial) -> Result<Vec<AssignmentSerial>, ReleaseError> {
         let staging = self.incoming_dir(serial);
         if !staging.is_dir() {
-            if self.live()? == Some(serial) {
+            let live = self.live()?;
+            if live == Some(serial) {
                 return Ok(Vec::new());
             }
             // A commit interrupted between moving the release into place and
             // switching `live`: finish it.
             // (Only forward: commits make a new, newer release live.)
-            let live = self.live()?;
             if live.is_none_or(|l| l < serial) && self.releases()?.contains(&serial) {
                 tracing::warn!(event = "commit_resumed", site = %self.root.display(), serial = serial.0);
                 self.switch_live(serial)?;
