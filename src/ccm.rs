@@ -7,7 +7,7 @@ use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
 use thiserror::Error;
 
-use crate::actors::ccm::{Ccm, NotifyRunsTo};
+use crate::actors::ccm::{Ccm, ObserveRuns};
 use crate::actors::scheduler::{Scheduler, StopScheduler};
 use crate::agent::read_secret;
 use crate::config::{Config, ConfigError};
@@ -109,8 +109,8 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
     crate::metrics::init();
     let observers = crate::ops::start_ccm_observers(&config, &db, &secret)?;
     let ccm = Ccm::new(config.clone(), db.clone(), secret).with_observers(observers).start();
-    let scheduler = Scheduler::new(config.clone(), db.clone(), ccm.clone()).start();
-    ccm.do_send(NotifyRunsTo(scheduler.clone().recipient(), scheduler.clone().recipient()));
+    let scheduler = Scheduler::new(config.clone(), db.clone(), ccm.clone().recipient()).start();
+    ccm.do_send(ObserveRuns { ended: scheduler.clone().recipient(), began: scheduler.clone().recipient() });
     let (live, live_task) = crate::http::live::start(db.clone(), ccm.clone().recipient());
     let state = web::Data::new(CcmState {
         ccm,

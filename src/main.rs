@@ -193,6 +193,34 @@ enum SimCommand {
     Election(sim_cli::ElectionArgs),
     /// Reliable multicast (MCTP) of one assignment to N members over a lossy simulated LAN.
     Mctp(SimMctpArgs),
+    /// Whole runs of every job kind through the real run and distribution cores, with faults.
+    Run(SimRunArgs),
+}
+
+#[derive(clap::Args)]
+struct SimRunArgs {
+    /// Segments (LANs).
+    #[arg(long, default_value_t = 3)]
+    segments: usize,
+    /// Servers per segment.
+    #[arg(long, default_value_t = 4)]
+    servers_per_segment: usize,
+    /// Runs to simulate (each in a fresh fleet, from its own seed).
+    #[arg(long, default_value_t = 1000)]
+    runs: u64,
+    /// Faults each run may meet: `all`, `none`, or a list of loss, leader-crash,
+    /// member-crash, ccm-restart, partition, late-reports, cancel.
+    #[arg(long, default_value = "all")]
+    faults: String,
+    /// Seed of every random choice; the same seed gives the same runs.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Replay the one run of this run seed (as a failing run prints it).
+    #[arg(long)]
+    replay: Option<u64>,
+    /// Print one JSON object instead of lines.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -380,6 +408,7 @@ fn run(mut cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Sim(SimCommand::Mctp(args)) => sim_mctp(&config, &args),
+        Command::Sim(SimCommand::Run(args)) => sim_run(&args),
         Command::Site(_)
         | Command::Group(_)
         | Command::Job(_)
@@ -430,6 +459,58 @@ fn sim_mctp(config: &Config, args: &SimMctpArgs) -> Result<()> {
         println!("report_datagrams_per_receiver: {:.3}", s.report_datagrams_per_receiver);
         println!("virtual_ms: {}", s.virtual_ms);
     }
+    Ok(())
+}
+
+fn sim_run(args: &SimRunArgs) -> Result<()> {
+    use cmover::sim::run::{run_many, Fault, RunSimConfig};
+    anyhow::ensure!(
+        (1..=100_000).contains(&args.segments),
+        "--segments {} is outside 1 ..= 100000",
+        args.segments
+    );
+    anyhow::ensure!(
+        (1..=10_000).contains(&args.servers_per_segment),
+        "--servers-per-segment {} is outside 1 ..= 10000",
+        args.servers_per_segment
+    );
+    let faults = Fault::parse_list(&args.faults).map_err(|e| anyhow::anyhow!("--faults: {e}"))?;
+    let cfg = RunSimConfig {
+        segments: args.segments,
+        servers_per_segment: args.servers_per_segment,
+        faults,
+        ..Default::default()
+    };
+    if let Some(seed) = args.replay {
+        let o = cmover::sim::run::run_one(&cfg, seed);
+        println!("{}", serde_json::to_string_pretty(&o)?);
+        anyhow::ensure!(o.violations.total() == 0, "{} invariant violations", o.violations.total());
+        return Ok(());
+    }
+    let s = run_many(&cfg, args.runs, args.seed);
+    if args.json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        println!(
+            "runs: {} (committed {}, not committed {}, refused at planning {})",
+            s.runs, s.committed, s.not_committed, s.refused
+        );
+        let v = &s.violations;
+        println!(
+            "violations: only_targets {}, aborted_live {}, quorum {}, bound {}, hot_live {}",
+            v.only_targets, v.aborted_live, v.quorum, v.bound, v.hot_live
+        );
+        println!("run_ms_p50: {}  run_ms_p99: {}", s.run_ms_p50, s.run_ms_p99);
+        println!("datagrams_per_server: {:.2}", s.datagrams_per_server);
+        if let Some(v) = &s.first_violation {
+            println!("first violation: {v}");
+            println!(
+                "failing run seeds (replay one with `cmover sim run --replay SEED`): {:?}",
+                s.failing_seeds
+            );
+        }
+    }
+    anyhow::ensure!(s.violations.total() == 0, "{} invariant violations", s.violations.total());
     Ok(())
 }
 

@@ -113,6 +113,7 @@ fn report(segment: &str, leader: u64, http: &str, ids: &[u64]) -> SegmentReport 
         segment: segment.into(),
         leader: NodeId(leader),
         leader_http: http.into(),
+        incarnation: 1,
         location: "test".into(),
         cpus: 2,
         disk_free: 1 << 30,

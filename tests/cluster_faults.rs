@@ -8,7 +8,7 @@ use cmover::corpus::{self, EditSpec};
 use cmover::local_cluster::ClusterOptions;
 use cmover::protocol::api::ServerOutcome;
 use cmover::protocol::ids::NodeId;
-use cmover::storage::records::{Quorum, RunState};
+use cmover::storage::records::{Quorum, RunState, SegmentState};
 use cmover::storage::tree::copy_tree;
 
 mod common;
@@ -34,7 +34,9 @@ async fn a_leader_killed_during_distribution_is_replaced_and_the_job_completes()
     let run = c.admin.run_job(most).await.unwrap();
     // Kill seg-1's leader once it has been told to fetch, before its segment reported.
     wait_for(&c, run, "seg-1 to be notified", |r| {
-        r.segments.get("seg-1").is_some_and(|p| p.state == "notified" || p.state == "holding")
+        r.segments
+            .get("seg-1")
+            .is_some_and(|p| matches!(p.state, SegmentState::Notified | SegmentState::Holding))
     })
     .await;
     c.stop_agent(1).await;
@@ -42,7 +44,7 @@ async fn a_leader_killed_during_distribution_is_replaced_and_the_job_completes()
     assert_eq!(r.state, RunState::Committed, "{r:#?}");
     assert_eq!(r.failed_servers, vec![NodeId(1)], "only the dead leader failed: {r:#?}");
     let seg1 = &r.segments["seg-1"];
-    assert_eq!(seg1.state, "reported", "{r:#?}");
+    assert_eq!(seg1.state, SegmentState::Reported, "{r:#?}");
     assert_ne!(seg1.leader, Some(NodeId(1)), "seg-1 was finished by its new leader: {r:#?}");
     assert_live(&c, &[2, 3, 4, 5, 6], "www", &staging);
     // The dead leader serves the old release, whole: nothing half-live.

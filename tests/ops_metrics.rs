@@ -104,7 +104,11 @@ async fn metrics_parse_and_move_during_a_publish() {
     let r = c.admin.wait_run(c.admin.run_job(ghost).await.unwrap(), LIMIT).await.unwrap();
     assert_eq!(r.state, RunState::Failed, "{r:#?}");
     assert!(r.error.as_deref().unwrap_or_default().contains("quorum cannot be met"), "{r:#?}");
-    assert!(r.finished_ms.is_some() && r.phases.last().is_some_and(|p| p.name == "done"), "{r:#?}");
+    assert!(
+        r.finished_ms.is_some()
+            && r.phases.last().is_some_and(|p| p.name == cmover::protocol::run::PhaseName::Done),
+        "{r:#?}"
+    );
     let ccm2 = scrape(&c.url(), "ccm").await;
     let unchanged = [("kind", "synchronize"), ("state", "unchanged")];
     assert_eq!(moved(&ccm1, &ccm2, "cmover_runs_total", &unchanged), 1.0);

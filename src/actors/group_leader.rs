@@ -147,6 +147,9 @@ struct Waiters {
 /// client is not `Send`).
 struct Shared {
     node: NodeId,
+    /// Drawn at start: tells the CCM this process is not the one that
+    /// acknowledged earlier notifies (their jobs were in memory).
+    incarnation: u64,
     segment: String,
     ccm_url: String,
     assignments: PathBuf,
@@ -196,6 +199,7 @@ impl GroupLeader {
         GroupLeader {
             shared: Rc::new(Shared {
                 node: s.node,
+                incarnation: rand::random::<u64>().max(1),
                 segment: s.segment,
                 ccm_url: s.ccm_url,
                 assignments: s.assignments,
@@ -323,6 +327,7 @@ fn segment_report(shared: &Shared, own: &InterpreterStatus, location: String, ht
         segment: shared.segment.clone(),
         leader: shared.node,
         leader_http: http,
+        incarnation: shared.incarnation,
         location,
         cpus,
         disk_free,

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use actix::prelude::*;
 
-use super::ccm::{Ccm, CcmError, RunJob};
+use super::ccm::{RunBegan, RunEnded, RunJob};
 use crate::config::Config;
 use crate::http::signed::unix_ms;
 use crate::protocol::catch_up::{CatchUp, GroupView, Need, ServerView};
@@ -30,30 +30,6 @@ use crate::storage::db::{Db, Table};
 use crate::storage::records::{
     GroupRecord, JobKind, JobParams, JobRecord, Policy, RunState, ServerRecord, SiteRecord,
 };
-
-/// A run ended (sent by the `Ccm`).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
-pub struct RunEnded {
-    /// Its job.
-    pub job: JobId,
-    /// The run.
-    pub run: u64,
-    /// How it ended.
-    pub state: RunState,
-}
-
-/// A run started (sent by the `Ccm`), by the scheduler or not.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
-pub struct RunBegan {
-    /// Its job.
-    pub job: JobId,
-    /// The run.
-    pub run: u64,
-    /// Its site.
-    pub site: String,
-}
 
 /// Job `0` was created, changed or deleted (sent by the REST API).
 #[derive(Message, Debug, Clone, Copy)]
@@ -84,7 +60,7 @@ fn table<R: crate::storage::db::Record>(db: &Db) -> Option<Table<R>> {
 pub struct Scheduler {
     config: Config,
     db: Db,
-    ccm: Addr<Ccm>,
+    ccm: Recipient<RunJob>,
     core: schedule::Scheduler,
     /// The catch-up rule.
     catch_up: CatchUp,
@@ -98,7 +74,7 @@ type Roots = std::sync::Arc<std::sync::Mutex<BTreeMap<PathBuf, String>>>;
 
 impl Scheduler {
     /// A scheduler over the CCM's database.
-    pub fn new(config: Config, db: Db, ccm: Addr<Ccm>) -> Self {
+    pub fn new(config: Config, db: Db, ccm: Recipient<RunJob>) -> Self {
         let tz = schedule::parse_time_zone(&config.ccm.time_zone).unwrap_or(chrono_tz::UTC);
         Scheduler {
             config,
@@ -207,7 +183,6 @@ impl Scheduler {
             .map(move |res, act, ctx| {
                 let refused = match res {
                     Ok(Ok(_)) => return,
-                    Ok(Err(CcmError::Conflict(m))) => m,
                     Ok(Err(e)) => e.to_string(),
                     Err(e) => e.to_string(),
                 };
@@ -390,10 +365,11 @@ impl Handler<RunEnded> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: RunEnded, ctx: &mut Context<Self>) {
-        self.catch_up.run_ended(msg.run, unix_ms());
+        let run = msg.0;
+        self.catch_up.run_ended(run.id, unix_ms());
         // A cancelled run is not retried.
-        let ok = matches!(msg.state, RunState::Committed | RunState::Unchanged | RunState::Cancelled);
-        let actions = self.core.finished(msg.job, ok, unix_ms());
+        let ok = matches!(run.state, RunState::Committed | RunState::Unchanged | RunState::Cancelled);
+        let actions = self.core.finished(run.job, ok, unix_ms());
         self.apply(actions, ctx);
     }
 }

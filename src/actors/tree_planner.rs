@@ -65,6 +65,7 @@ mod tests {
 
     fn seg(name: &str, cpus: u32, disk: u64) -> SegmentRecord {
         SegmentRecord {
+            incarnation: 1,
             name: name.into(),
             leader: NodeId(1),
             leader_http: String::new(),

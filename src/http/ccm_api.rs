@@ -107,11 +107,17 @@ impl From<DbError> for ApiError {
 
 impl From<CcmError> for ApiError {
     fn from(e: CcmError) -> Self {
+        use crate::protocol::run::PlanError;
         match e {
             CcmError::NotFound { .. } => ApiError::NotFound(e.to_string()),
-            CcmError::Conflict(m) => ApiError::Conflict(m),
             CcmError::Invalid { field, message } => ApiError::Invalid { field: field.into(), message },
+            CcmError::Plan(PlanError::MissingParam { field, .. }) => {
+                ApiError::Invalid { field: field.into(), message: e.to_string() }
+            }
+            CcmError::Plan(PlanError::NoCheckpoint { .. }) => ApiError::NotFound(e.to_string()),
             CcmError::Db(e) => ApiError::Internal(e.to_string()),
+            e if e.is_conflict() => ApiError::Conflict(e.to_string()),
+            e => ApiError::Internal(e.to_string()),
         }
     }
 }

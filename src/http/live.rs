@@ -397,6 +397,7 @@ mod tests {
 
     fn server(id: u64, online: bool, live: u64) -> ServerRecord {
         ServerRecord {
+            hot: BTreeMap::new(),
             id: NodeId(id),
             name: format!("bes-{id}"),
             http: String::new(),
@@ -410,6 +411,8 @@ mod tests {
 
     fn run(id: u64, state: RunState) -> RunRecord {
         RunRecord {
+            targets: vec![],
+            needed: 0,
             id,
             job: JobId(1),
             site: "www".into(),
@@ -456,6 +459,7 @@ mod tests {
             servers.put(&s).unwrap();
         }
         let seg = SegmentRecord {
+            incarnation: 1,
             name: "seg-1".into(),
             leader: NodeId(1),
             leader_http: String::new(),

@@ -22,7 +22,7 @@ pub mod hooks;
 pub mod lb;
 pub mod webhook;
 
-use actix::{Actor, Message, Recipient};
+use actix::{Actor, Recipient};
 
 use crate::config::{Config, ConfigError};
 
@@ -30,11 +30,7 @@ use crate::http::signed::unix_ms;
 use crate::storage::db::Db;
 use crate::storage::records::{HistoryRecord, RunRecord};
 
-/// A run ended (event from the CCM's orchestrator, after its final state
-/// and the site's live release were recorded).
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
-pub struct RunEnded(pub RunRecord);
+pub use crate::actors::ccm::RunEnded;
 
 /// Appends an entry to the CCM's history.
 pub fn append_history(db: &Db, kind: &str, message: String, run: Option<u64>, site: Option<&str>) {

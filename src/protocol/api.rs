@@ -143,6 +143,11 @@ pub struct SegmentReport {
     pub leader: NodeId,
     /// The leader's node HTTP address (`host:port`).
     pub leader_http: String,
+    /// The leader process's incarnation: a random number drawn when it
+    /// starts, so the CCM sees a leader that restarted (and lost the jobs it
+    /// had acknowledged) even at the same address.
+    #[serde(default)]
+    pub incarnation: u64,
     /// Where the segment is (free text, e.g. a data centre or time zone).
     pub location: String,
     /// CPU cores of the leader.

@@ -8,7 +8,11 @@
 //! A leader that does not show it holds the copy within `notify_timeout`
 //! (by asking for a next hop or reporting) is notified again, by the CCM
 //! if no leader is still forwarding; after `max_attempts` it is given up and
-//! named. A segment whose leader changes is notified afresh.
+//! named. A segment whose leader changes, or whose leader restarted (a new
+//! incarnation in its segment report), is notified afresh; a leader that
+//! holds the copy but falls silent for `notify_timeout` (no next-hop
+//! request, no segment report) is notified again, which a live leader
+//! answers as a duplicate and a restarted one takes up as a new job.
 //!
 //! Call order: [`Distribution::new`], then on every event the matching
 //! `handle_*`, then [`Distribution::ccm_hops`] to learn whom the CCM must
@@ -34,6 +38,9 @@ pub struct Target {
     pub url: String,
     /// Its servers that must receive the assignment.
     pub servers: Vec<NodeId>,
+    /// The leader's incarnation (changes when its process restarts).
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// Where a target is.
@@ -56,7 +63,8 @@ pub enum Stage {
         from: NodeId,
         /// Still asking for next hops.
         forwarding: bool,
-        /// When it last asked.
+        /// When it was last heard of (a next-hop request, a segment
+        /// report, an answered notify).
         asked: Time,
     },
     /// Reported its segment's result.
@@ -120,6 +128,8 @@ impl Entry {
 pub struct Distribution {
     cfg: DistributionConfig,
     entries: Vec<Entry>,
+    /// Holders silent for `notify_timeout`, to be notified again by the CCM.
+    probes: Vec<usize>,
 }
 
 impl Distribution {
@@ -129,7 +139,7 @@ impl Distribution {
             .into_iter()
             .map(|target| Entry { target, stage: Stage::Pending, attempts: 0, not_before: Time::ZERO })
             .collect();
-        Distribution { cfg, entries }
+        Distribution { cfg, entries, probes: Vec::new() }
     }
 
     /// Every target and its stage.
@@ -162,7 +172,8 @@ impl Distribution {
             .iter()
             .filter(|e| matches!(e.stage, Stage::Notified { by, .. } if by == CCM_NODE))
             .count();
-        let mut out = Vec::new();
+        let mut out: Vec<Target> =
+            std::mem::take(&mut self.probes).into_iter().map(|i| self.entries[i].target.clone()).collect();
         if forwarding {
             return out;
         }
@@ -215,10 +226,11 @@ impl Distribution {
         }
     }
 
-    /// A notification could not be delivered (connection refused, not the leader…).
+    /// A notification could not be delivered (connection refused, not the
+    /// leader…), a first one or a probe of a silent holder.
     pub fn handle_notify_failed(&mut self, now: Time, segment: &str, reason: &str) {
         if let Some(i) = self.find(segment) {
-            if matches!(self.entries[i].stage, Stage::Notified { .. }) {
+            if matches!(self.entries[i].stage, Stage::Notified { .. } | Stage::Holding { .. }) {
                 let wait = self.cfg.retry_delay * self.entries[i].attempts;
                 self.retry_or_fail(i, reason, now + wait);
             }
@@ -247,20 +259,38 @@ impl Distribution {
         }
     }
 
-    /// A segment has a new leader, or its leader a new address (it
-    /// restarted): unless it has reported, notify the new one.
-    pub fn handle_leader_changed(&mut self, segment: &str, leader: NodeId, url: &str) {
+    /// A segment report came from `leader` at `url` in its `incarnation`: a
+    /// new leader, address or incarnation (it restarted and lost its jobs)
+    /// is notified afresh unless the segment has reported; the same one is
+    /// heard of, so a holder is not probed.
+    pub fn handle_leader_seen(
+        &mut self,
+        now: Time,
+        segment: &str,
+        leader: NodeId,
+        url: &str,
+        incarnation: u64,
+    ) {
         if let Some(i) = self.find(segment) {
             let e = &mut self.entries[i];
+            if matches!(e.stage, Stage::Reported { .. }) {
+                return;
+            }
             let same = e.target.leader == leader && e.target.url == url;
-            if same || matches!(e.stage, Stage::Reported { .. }) {
+            if same && (e.target.incarnation == incarnation || e.target.incarnation == 0) {
+                e.target.incarnation = incarnation;
+                if let Stage::Holding { from, forwarding, .. } = e.stage {
+                    e.stage = Stage::Holding { from, forwarding, asked: now };
+                }
                 return;
             }
             e.target.leader = leader;
             e.target.url = url.to_owned();
+            e.target.incarnation = incarnation;
             e.stage = Stage::Pending;
             e.attempts = 0;
             e.not_before = Time::ZERO;
+            self.probes.retain(|p| *p != i);
         }
     }
 
@@ -270,7 +300,7 @@ impl Distribution {
             .iter()
             .filter_map(|e| match e.stage {
                 Stage::Notified { at, .. } => Some(at + self.cfg.notify_timeout),
-                Stage::Holding { forwarding: true, asked, .. } => Some(asked + self.cfg.notify_timeout),
+                Stage::Holding { asked, .. } => Some(asked + self.cfg.notify_timeout),
                 Stage::Pending if e.not_before > Time::ZERO => Some(e.not_before),
                 _ => None,
             })
@@ -281,6 +311,11 @@ impl Distribution {
     /// a forwarding leader silent as long is no longer counted on to forward.
     pub fn handle_timeout(&mut self, now: Time) {
         for i in 0..self.entries.len() {
+            // A backoff that is over: the target is due (it waits for a free
+            // slot or a forwarding leader, not for the clock).
+            if self.entries[i].stage == Stage::Pending && self.entries[i].not_before <= now {
+                self.entries[i].not_before = Time::ZERO;
+            }
             match self.entries[i].stage {
                 Stage::Notified { at, .. } if now >= at + self.cfg.notify_timeout => {
                     self.retry_or_fail(i, "no copy confirmed in time", now);
@@ -288,7 +323,18 @@ impl Distribution {
                 Stage::Holding { from, forwarding: true, asked }
                     if now >= asked + self.cfg.notify_timeout =>
                 {
-                    self.entries[i].stage = Stage::Holding { from, forwarding: false, asked };
+                    // Not counted on to forward; probed if silent as long again.
+                    self.entries[i].stage = Stage::Holding { from, forwarding: false, asked: now };
+                }
+                Stage::Holding { from, forwarding: false, asked }
+                    if now >= asked + self.cfg.notify_timeout =>
+                {
+                    // Silent since: notify it again (it answers, or the
+                    // failure puts the segment back to pending).
+                    self.entries[i].stage = Stage::Holding { from, forwarding: false, asked: now };
+                    if !self.probes.contains(&i) {
+                        self.probes.push(i);
+                    }
                 }
                 _ => {}
             }
@@ -323,6 +369,7 @@ mod tests {
                 leader: NodeId(i * 10),
                 url: format!("http://gl{i}"),
                 servers: vec![NodeId(i * 10)],
+                incarnation: 1,
             })
             .collect()
     }
@@ -424,9 +471,9 @@ mod tests {
     fn a_leader_back_on_a_new_address_is_notified_there() {
         let mut d = Distribution::new(cfg(), targets(1));
         assert_eq!(d.ccm_hops(Time::ZERO)[0].url, "http://gl1");
-        d.handle_leader_changed("s1", NodeId(10), "http://gl1");
+        d.handle_leader_seen(Time::ZERO, "s1", NodeId(10), "http://gl1", 1);
         assert!(d.ccm_hops(Time::ZERO).is_empty(), "same leader, same address: nothing new");
-        d.handle_leader_changed("s1", NodeId(10), "http://gl1-restarted");
+        d.handle_leader_seen(Time::ZERO, "s1", NodeId(10), "http://gl1-restarted", 1);
         assert_eq!(d.ccm_hops(Time::ZERO)[0].url, "http://gl1-restarted");
     }
 
@@ -435,11 +482,48 @@ mod tests {
         let mut d = Distribution::new(cfg(), targets(2));
         d.ccm_hops(Time::ZERO);
         d.handle_reported("s2");
-        d.handle_leader_changed("s1", NodeId(11), "http://new");
-        d.handle_leader_changed("s2", NodeId(21), "http://other");
+        d.handle_leader_seen(Time::ZERO, "s1", NodeId(11), "http://new", 1);
+        d.handle_leader_seen(Time::ZERO, "s2", NodeId(21), "http://other", 1);
         let hops = d.ccm_hops(Time::ZERO);
         assert_eq!(hops.len(), 1);
         assert_eq!((hops[0].leader, hops[0].url.as_str()), (NodeId(11), "http://new"));
         assert_eq!(d.entries()[1].target.leader, NodeId(20), "reported segment unchanged");
+    }
+
+    /// Issue 14 defect 3: a leader restarted at the same address (a new
+    /// incarnation) after it acknowledged is notified again at once.
+    #[test]
+    fn a_leader_restarted_at_the_same_address_is_notified_again() {
+        let mut d = Distribution::new(cfg(), targets(1));
+        let t = Time::ZERO;
+        assert_eq!(d.ccm_hops(t).len(), 1);
+        assert_eq!(d.next_hop(t, NodeId(10)), None, "holds, nobody left to forward to");
+        d.handle_leader_seen(t, "s1", NodeId(10), "http://gl1", 1);
+        assert!(d.ccm_hops(t).is_empty(), "same incarnation: still working on it");
+        d.handle_leader_seen(t, "s1", NodeId(10), "http://gl1", 2);
+        assert_eq!(segs(&d.ccm_hops(t)), ["s1"], "restarted: notified afresh");
+    }
+
+    /// A holder that falls silent for notify_timeout is probed with a notify;
+    /// a failed probe makes the segment pending again.
+    #[test]
+    fn a_silent_holder_is_probed_after_notify_timeout() {
+        let mut d = Distribution::new(cfg(), targets(1));
+        let t = Time::ZERO;
+        d.ccm_hops(t);
+        assert_eq!(d.next_hop(t, NodeId(10)), None);
+        assert_eq!(d.poll_timeout(), Some(t + Duration::from_secs(5)), "a holder has a deadline");
+        let t = t + Duration::from_secs(4);
+        d.handle_leader_seen(t, "s1", NodeId(10), "http://gl1", 1);
+        d.handle_timeout(t + Duration::from_secs(1));
+        assert!(d.ccm_hops(t).is_empty(), "heard of 1 s ago: not probed");
+        let t = t + Duration::from_secs(5);
+        d.handle_timeout(t);
+        assert_eq!(segs(&d.ccm_hops(t)), ["s1"], "silent 5 s: probed");
+        assert!(d.ccm_hops(t).is_empty(), "once");
+        d.handle_notify_failed(t, "s1", "connection refused");
+        assert!(matches!(d.entries()[0].stage, Stage::Pending), "the probe failed: pending again");
+        d.handle_reported("s1");
+        assert!(d.is_done());
     }
 }

@@ -38,6 +38,14 @@ id_type!(
     JobId
 );
 id_type!(
+    /// Identifies a run of a job in the CCM's database.
+    RunId
+);
+id_type!(
+    /// Identifies one assignment file (content, commit, abort…) cluster-wide.
+    AssignmentId
+);
+id_type!(
     /// The serial number of an assignment. Serials grow per site; a release on
     /// a back-end server is named after the serial that produced it.
     AssignmentSerial

@@ -21,6 +21,7 @@ pub mod ids;
 pub mod mctp;
 pub mod paths;
 pub mod reports;
+pub mod run;
 pub mod schedule;
 pub mod time;
 pub mod wire;

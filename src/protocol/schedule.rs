@@ -379,8 +379,19 @@ impl Claim {
     }
 
     fn conflicts(&self, spec: &JobSpec) -> bool {
-        self.site == spec.site && !self.servers.is_disjoint(&spec.servers)
+        conflicts(&self.site, &self.servers, &spec.site, &spec.servers)
     }
+}
+
+/// The one conflict rule of runs (the scheduler's and the CCM's): the same
+/// site and a server in common.
+pub fn conflicts(
+    site_a: &str,
+    servers_a: &BTreeSet<NodeId>,
+    site_b: &str,
+    servers_b: &BTreeSet<NodeId>,
+) -> bool {
+    site_a == site_b && !servers_a.is_disjoint(servers_b)
 }
 
 #[derive(Debug, Clone)]

@@ -8,3 +8,4 @@
 pub mod election;
 pub mod mctp;
 pub mod net;
+pub mod run;

@@ -12,6 +12,7 @@ use super::db::Record;
 use super::pack::PackSummary;
 use crate::protocol::api::{MemberReport, ServerOutcome};
 use crate::protocol::ids::{JobId, NodeId};
+pub use crate::protocol::run::{JobKind, PhaseName, Quorum, RunState, SegmentState, Wave};
 use crate::protocol::schedule::{ConflictAction, JobTimes, Retry, Schedule};
 
 /// A hosted site: where its content is staged, and what is live.
@@ -37,30 +38,6 @@ impl Record for SiteRecord {
     type Key = String;
     fn key(&self) -> String {
         self.name.clone()
-    }
-}
-
-/// How many servers of a content group must hold a release for it to go live.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-#[serde(tag = "type", content = "value", rename_all = "snake_case")]
-pub enum Quorum {
-    /// Every server of the group.
-    #[default]
-    All,
-    /// At least this many servers.
-    Count(u32),
-    /// At least this percentage of the group (rounded up).
-    Percent(f64),
-}
-
-impl Quorum {
-    /// Servers needed out of `total`.
-    pub fn needed(&self, total: usize) -> usize {
-        match *self {
-            Quorum::All => total,
-            Quorum::Count(n) => (n as usize).min(total),
-            Quorum::Percent(p) => ((p.clamp(0.0, 100.0) / 100.0) * total as f64).ceil() as usize,
-        }
     }
 }
 
@@ -95,6 +72,9 @@ pub struct SegmentRecord {
     pub leader: NodeId,
     /// The leader's node HTTP address.
     pub leader_http: String,
+    /// The leader's incarnation (see [`crate::protocol::api::SegmentReport`]).
+    #[serde(default)]
+    pub incarnation: u64,
     /// Where it is.
     pub location: String,
     /// The leader's CPU cores.
@@ -129,6 +109,10 @@ pub struct ServerRecord {
     pub segment: String,
     /// Live serial per site, as last reported.
     pub live: BTreeMap<String, u64>,
+    /// Per site, the hot release (a subset of the site, `JobKind::Hot`) it
+    /// serves instead of a live release; never counted as in sync.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hot: BTreeMap<String, u64>,
     /// Whether its segment's leader lists it as online.
     pub online: bool,
     /// When it was first seen, Unix ms.
@@ -143,79 +127,6 @@ impl Record for ServerRecord {
     type Key = NodeId;
     fn key(&self) -> NodeId {
         self.id
-    }
-}
-
-/// What a job does (DESIGN §4, "Other job types").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum JobKind {
-    /// Staging → servers.
-    #[default]
-    Publish,
-    /// The whole live release (the shadow copy) to the servers of the group
-    /// that do not serve it: new servers, or ones that fell behind.
-    Replicate,
-    /// Bring servers whose live release lags the site's up to date, with a
-    /// full copy of what is live (from the shadow copy).
-    Synchronize,
-    /// A checkpoint of the site goes live as a new release.
-    Restore,
-    /// Make the release that was live before the current one live again
-    /// (a header-only assignment: the servers still hold it).
-    Rollback,
-    /// Go live with a release the servers already hold (`params.serial`),
-    /// header-only like a rollback.
-    Switch,
-    /// Delete content (`params.paths`, or everything) from the servers, as a
-    /// new release.
-    Remove,
-    /// Push named files (`params.paths`) to `params.extra_servers` more
-    /// servers that do not carry the site, on an external signal (run now).
-    Hot,
-}
-
-impl JobKind {
-    /// Every kind, for validation messages and the API document.
-    pub const ALL: [JobKind; 8] = [
-        JobKind::Publish,
-        JobKind::Replicate,
-        JobKind::Synchronize,
-        JobKind::Restore,
-        JobKind::Rollback,
-        JobKind::Switch,
-        JobKind::Remove,
-        JobKind::Hot,
-    ];
-
-    /// Its name in the API.
-    pub fn name(self) -> &'static str {
-        match self {
-            JobKind::Publish => "publish",
-            JobKind::Replicate => "replicate",
-            JobKind::Synchronize => "synchronize",
-            JobKind::Restore => "restore",
-            JobKind::Rollback => "rollback",
-            JobKind::Switch => "switch",
-            JobKind::Remove => "remove",
-            JobKind::Hot => "hot",
-        }
-    }
-
-    /// True for kinds that make a release the servers already hold live
-    /// with a header-only assignment.
-    pub fn header_only(self) -> bool {
-        matches!(self, JobKind::Rollback | JobKind::Switch)
-    }
-
-    /// True for kinds that make a new release of the site (a new serial).
-    pub fn makes_release(self) -> bool {
-        matches!(self, JobKind::Publish | JobKind::Restore | JobKind::Remove)
-    }
-
-    /// True for kinds that send the whole live release to servers that lag.
-    pub fn catches_up(self) -> bool {
-        matches!(self, JobKind::Replicate | JobKind::Synchronize)
     }
 }
 
@@ -314,40 +225,11 @@ impl Record for JobRecord {
     }
 }
 
-/// Where a run is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunState {
-    /// Building the assignment.
-    Packing,
-    /// Sending the content assignment to the segments.
-    Distributing,
-    /// Sending the commit.
-    Committing,
-    /// Sending the abort.
-    Aborting,
-    /// Live on the servers (those that failed are listed).
-    Committed,
-    /// Nothing to publish: staging equals what is live.
-    Unchanged,
-    /// Failed; nothing went live.
-    Failed,
-    /// Cancelled by an admin before the commit; nothing went live.
-    Cancelled,
-}
-
-impl RunState {
-    /// True once the run is over.
-    pub fn is_final(self) -> bool {
-        matches!(self, RunState::Committed | RunState::Unchanged | RunState::Failed | RunState::Cancelled)
-    }
-}
-
 /// A phase of a run and when it began.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Phase {
-    /// `pack`, `distribute`, `commit`, `abort`, `done`…
-    pub name: String,
+    /// Which.
+    pub name: PhaseName,
     /// When, Unix ms.
     pub at_ms: u64,
 }
@@ -360,8 +242,8 @@ pub struct SegmentProgress {
     pub delivery: Option<crate::protocol::api::DeliveryStats>,
     /// The leader notified.
     pub leader: Option<NodeId>,
-    /// `pending`, `notified`, `holding`, `reported`, `failed`.
-    pub state: String,
+    /// Where it is.
+    pub state: SegmentState,
     /// Who it got the assignment from (the CCM is node 0), for the tree picture.
     pub fetched_from: Option<NodeId>,
     /// When it was notified, Unix ms.
@@ -393,6 +275,12 @@ pub struct RunRecord {
     pub serial: u64,
     /// The release it is a delta against.
     pub base_serial: u64,
+    /// Every server it is for (nobody else receives anything).
+    #[serde(default)]
+    pub targets: Vec<NodeId>,
+    /// Targets that must succeed for the release to go live.
+    #[serde(default)]
+    pub needed: usize,
     /// The content assignment's id.
     pub content_assignment: Option<u64>,
     /// The commit (or abort) assignment's id.
@@ -435,8 +323,8 @@ pub struct AssignmentRecord {
     pub site: String,
     /// The release serial.
     pub serial: u64,
-    /// `content`, `commit`, `abort`.
-    pub kind: String,
+    /// Which wave it is for.
+    pub kind: Wave,
     /// The run.
     pub run: u64,
     /// Size in bytes.

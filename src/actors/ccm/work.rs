@@ -1,0 +1,88 @@
+//! The controller's blocking work, run off the actor's thread: the trees a
+//! content assignment is built from, and bringing the shadow copy along
+//! once servers went live.
+
+use std::path::{Path, PathBuf};
+
+use crate::protocol::crypto::ContentKey;
+use crate::protocol::ids::AssignmentSerial;
+use crate::protocol::paths::SitePath;
+use crate::protocol::run::{SiteUpdate, Source};
+use crate::storage::assignment_file::AssignmentFile;
+use crate::storage::checkpoint::Checkpoints;
+use crate::storage::releases::SiteRoot;
+
+/// Builds the new tree of a run (in a blocking task); returns its root.
+pub type Prepare = Box<dyn FnOnce() -> Result<PathBuf, String> + Send>;
+
+/// Where a run's old and new trees come from.
+pub struct Trees {
+    /// The shadow copy's live tree.
+    pub live: PathBuf,
+    /// An empty tree (for a full assignment).
+    pub nothing: PathBuf,
+    /// Scratch space of this run.
+    pub work: PathBuf,
+    /// The staging directory.
+    pub staging: PathBuf,
+    /// The site's checkpoints.
+    pub checkpoints: Checkpoints,
+    /// The site.
+    pub site: String,
+    /// `hot`, `remove`: the paths.
+    pub paths: Vec<String>,
+}
+
+/// A tree of hard links to `paths` of `live` (`keep`) or to all but them.
+fn subtree(live: &Path, dest: &Path, paths: &[String], keep: bool) -> Result<(), String> {
+    let paths = paths
+        .iter()
+        .map(|p| SitePath::new(p.trim_matches('/')).map_err(|e| format!("path {p:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::storage::tree::link_subtree(live, dest, &paths, keep).map_err(|e| e.to_string())
+}
+
+/// The old tree (what the servers hold: the live tree for a delta, nothing
+/// for a full assignment) and how to make the new one, for `source`.
+pub fn trees(source: Source, base: u64, t: Trees) -> (PathBuf, Prepare) {
+    let Trees { live, nothing, work, staging, checkpoints, site, paths } = t;
+    let held = if base == 0 { nothing.clone() } else { live.clone() };
+    match source {
+        Source::Shadow => (nothing, Box::new(move || Ok(live))),
+        Source::ShadowPaths => (nothing, Box::new(move || subtree(&live, &work, &paths, true).map(|_| work))),
+        Source::ShadowWithout => (held, Box::new(move || subtree(&live, &work, &paths, false).map(|_| work))),
+        Source::Checkpoint(id) => (
+            held,
+            Box::new(move || {
+                let _ = std::fs::remove_dir_all(&work);
+                if let Some(parent) = work.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+                }
+                checkpoints.extract(&site, id, &work).map(|_| work).map_err(|e| e.to_string())
+            }),
+        ),
+        Source::Staging | Source::Held => (held, Box::new(move || Ok(staging))),
+    }
+}
+
+/// Brings the shadow copy to what the servers now serve: the content
+/// assignment applied and committed, or a switch to a release it holds.
+pub fn update_shadow(
+    shadow: &SiteRoot,
+    update: SiteUpdate,
+    serial: u64,
+    content: &Path,
+    key: Option<&ContentKey>,
+) -> Result<(), String> {
+    match update {
+        SiteUpdate::SwitchTo => {
+            shadow.rollback_to(AssignmentSerial(serial)).map(|_| ()).map_err(|e| e.to_string())
+        }
+        SiteUpdate::Apply => {
+            let file = AssignmentFile::open(content, key).map_err(|e| e.to_string())?;
+            shadow.apply(&file).map_err(|e| e.to_string())?;
+            shadow.commit(AssignmentSerial(serial)).map_err(|e| e.to_string())?;
+            Ok(())
+        }
+    }
+}
