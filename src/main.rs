@@ -225,9 +225,13 @@ struct SimRunArgs {
 
 #[derive(clap::Args)]
 struct SimMctpArgs {
-    /// Members of the segment.
+    /// Members of the segment that the assignment is for.
     #[arg(long, default_value_t = 32)]
     receivers: usize,
+    /// Further members of the segment that are not targets: they hear
+    /// every datagram and must take no part (the run fails if one does).
+    #[arg(long, default_value_t = 0)]
+    bystanders: usize,
     /// Assignment size in bytes.
     #[arg(long, default_value_t = 4_000_000)]
     bytes: u64,
@@ -434,6 +438,7 @@ fn sim_mctp(config: &Config, args: &SimMctpArgs) -> Result<()> {
     }
     let cfg = SimConfig {
         receivers: args.receivers,
+        bystanders: args.bystanders,
         bytes: args.bytes,
         loss: args.loss,
         burst: args.burst,

@@ -79,7 +79,7 @@ async fn piggy_backed_announce_and_members_that_already_hold_it() {
         panic!("announce bytes do not decode")
     };
     for (_, m, _) in &seg.members {
-        m.do_send(AnnounceHeard { leader: LEADER, announce: decoded });
+        m.do_send(AnnounceHeard { leader: LEADER, announce: decoded.clone() });
     }
     let sent = recv(&mut seg.sent, "AssignmentSent", Duration::from_secs(60)).await.outcome;
     assert!(sent.completed, "{sent:?}");

@@ -226,3 +226,26 @@ fn the_same_seed_gives_the_same_run() {
     let c = sim(&SimConfig { seed: 43, ..cfg });
     assert_ne!(a.net, c.net);
 }
+
+/// DESIGN §4 "Only targets": members of the segment that are not the
+/// session's targets hear every multicast datagram (announces, frames,
+/// polls, blocks, report requests) and never deliver, write or answer
+/// anything; the run fails the moment one does. The targets complete as
+/// usual, and the bystanders' presence costs them nothing.
+#[test]
+fn only_targets_bystanders_on_the_segment_never_deliver() {
+    for (bytes, loss, seed) in
+        [(300_000, 0.0, 1), (300_000, 0.2, 2), (2_000, 0.0, 3), (2_000, 0.3, 4), (1_000_000, 0.1, 5)]
+    {
+        let cfg = SimConfig { receivers: 6, bystanders: 4, bytes, loss, seed, ..SimConfig::default() };
+        let r = sim(&cfg);
+        assert_all_verified(&r, &cfg, &[]);
+        assert_eq!(r.verified.len(), 6, "seed {seed}: only the targets are accounted");
+        let reports = r.reports.unwrap();
+        assert_eq!(reports.succeeded.len(), 6, "seed {seed}: {reports:?}");
+        let without = sim(&SimConfig { bystanders: 0, ..cfg.clone() });
+        if loss == 0.0 {
+            assert_eq!(r.summary.frames_sent, without.summary.frames_sent, "seed {seed}");
+        }
+    }
+}

@@ -1,6 +1,11 @@
 //! The content interpreter (DESIGN §4 step 7): carries out assignments on
 //! this back-end server's site roots, once each.
 //!
+//! Only targets (DESIGN §4): the group leader hands over only assignments
+//! that name this node, and a multicast one is carried out only when its
+//! session named this node; anything else is dropped without a trace under
+//! the sites root.
+//!
 //! Every assignment, however it arrived (fetched by this node as group
 //! leader, or multicast by its leader), ends here as a verified file in the
 //! assignments directory. The interpreter opens it (checking every hash and
@@ -410,6 +415,16 @@ impl Handler<AssignmentReceived> for ContentInterpreter {
     fn handle(&mut self, msg: AssignmentReceived, ctx: &mut Context<Self>) {
         let id = msg.assignment.0;
         let leader = msg.from;
+        if !msg.targets.contains(self.node) {
+            // DESIGN §4 "Only targets": not this server's to store, apply
+            // or report (the receiver never delivers such a session; this
+            // is the second lock on the door).
+            tracing::warn!(event = "not_a_target", node = %self.node, assignment = id, from = %leader, "assignment for other servers dropped");
+            if let Ok(file) = &msg.result {
+                let _ = std::fs::remove_file(&file.path);
+            }
+            return;
+        }
         let file = match msg.result {
             Ok(file) => file,
             Err(error) => {

@@ -9,7 +9,10 @@
 //! counted. All the channels a node opens number their datagrams from one
 //! sequence ([`DataChannel::open_sibling`]), so no nonce is used twice.
 //! Where multicast is unavailable the channel fans a "group" datagram out
-//! to every registered member, one copy each, sealed once.
+//! to every registered member, one copy each, sealed once; a session's
+//! datagrams go only to the session's targets ([`DataChannel::send_among`]),
+//! so that a member that is not one receives none of them (DESIGN §4
+//! "Only targets"; with multicast it hears them and ignores them).
 //!
 //! The kernel's per-datagram cost, not the bytes, is what limits a UDP
 //! sender (each `sendto` walks the whole stack, and on loopback the
@@ -51,7 +54,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use crate::protocol::ids::NodeId;
-use crate::protocol::mctp::Dest;
+use crate::protocol::mctp::{Dest, Targets};
 use crate::protocol::wire::{
     self, Channel, Envelope, OpeningKeys, Received, ReplayGuard, ReplayLimits, SealingKey, Sequencer,
     WireError,
@@ -462,10 +465,26 @@ impl DataChannel {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
     }
 
-    fn addresses(&self, dest: Dest) -> io::Result<Vec<SocketAddr>> {
+    /// Like [`DataChannel::send`], but in fan-out mode a datagram for the
+    /// group goes only to the registered members among `among` (a
+    /// session's targets). Multicast reaches the whole group regardless.
+    pub fn send_among(&self, dest: Dest, among: &Targets, payload: &[u8]) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(payload.len() + wire::HEADER_LEN + wire::TAG_LEN);
+        let len = self.seal_into(&mut buf, |out| {
+            out.extend_from_slice(payload);
+            Ok(())
+        })?;
+        self.send_sealed_among(dest, Some(among), &buf, len)
+    }
+
+    fn addresses(&self, dest: Dest, among: Option<&Targets>) -> io::Result<Vec<SocketAddr>> {
         Ok(match (dest, self.0.group) {
             (Dest::Group, Some(g)) => vec![g],
-            (Dest::Group, None) => lock(&self.0.peers).values().copied().collect(),
+            (Dest::Group, None) => lock(&self.0.peers)
+                .iter()
+                .filter(|(n, _)| among.is_none_or(|among| among.contains(**n)))
+                .map(|(_, a)| *a)
+                .collect(),
             (Dest::Node(n), _) => match lock(&self.0.peers).get(&n) {
                 Some(&a) => vec![a],
                 None => {
@@ -485,10 +504,23 @@ impl DataChannel {
     /// send per datagram otherwise. A failed send is counted and logged;
     /// the protocol recovers the loss like any other.
     pub fn send_sealed(&self, dest: Dest, datagrams: &[u8], segment: usize) -> io::Result<()> {
+        self.send_sealed_among(dest, None, datagrams, segment)
+    }
+
+    /// [`DataChannel::send_sealed`], with a group datagram in fan-out mode
+    /// sent only to the registered members among `among`, when given
+    /// (see [`DataChannel::send_among`]).
+    pub fn send_sealed_among(
+        &self,
+        dest: Dest,
+        among: Option<&Targets>,
+        datagrams: &[u8],
+        segment: usize,
+    ) -> io::Result<()> {
         let segment = segment.max(1);
         let count = datagrams.len().div_ceil(segment);
         let fd = self.0.socket.as_raw_fd();
-        for addr in self.addresses(dest)? {
+        for addr in self.addresses(dest, among)? {
             if count > 1 && self.0.gso.load(Ordering::Relaxed) {
                 let seg = u16::try_from(segment).unwrap_or(u16::MAX);
                 let sent = sendmsg(
@@ -629,6 +661,42 @@ mod tests {
             })
             .unwrap();
         u64::from_le_bytes(out[12..20].try_into().unwrap())
+    }
+
+    /// DESIGN §4 "Only targets": in fan-out mode a session's datagrams go
+    /// to its targets only; a registered member that is not one gets none.
+    #[tokio::test]
+    async fn only_targets_fan_out_reaches_the_targets_only() {
+        use futures_util::StreamExt;
+        let (leader, _) = DataChannel::open(config(9)).unwrap();
+        let mut members = Vec::new();
+        for id in [1, 2] {
+            let (ch, mut incoming) = DataChannel::open(config(id)).unwrap();
+            leader.add_peer(NodeId(id), ch.local_addr().unwrap());
+            members.push((ch, incoming.remove(0)));
+        }
+        let targets = Targets::new([NodeId(1)]).unwrap();
+        // A fresh socket's readiness is not known yet: a `try_send` would fail.
+        leader.0.socket.writable().await.unwrap();
+        leader.send_among(Dest::Group, &targets, b"for the targets").unwrap();
+        // A marker sent after it to everyone: member 2 must see it first.
+        leader.send(Dest::Group, b"for everyone").unwrap();
+        let mut got = Vec::new();
+        for (ch, incoming) in &mut members {
+            let mut payloads = Vec::new();
+            while !payloads.iter().any(|p: &Bytes| &p[..] == b"for everyone") {
+                let batch = tokio::time::timeout(std::time::Duration::from_secs(30), incoming.next())
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!("nothing in 30 s: {:?}, sent {:?}", ch.stats(), leader.stats())
+                    })
+                    .expect("the stream goes on");
+                payloads.extend(ch.accept_batch(batch).map(|(_, p)| p));
+            }
+            got.push(payloads);
+        }
+        assert_eq!(got[0], [Bytes::from_static(b"for the targets"), Bytes::from_static(b"for everyone")]);
+        assert_eq!(got[1], [Bytes::from_static(b"for everyone")]);
     }
 
     #[tokio::test]

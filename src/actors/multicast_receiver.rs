@@ -8,6 +8,9 @@
 //! mistaken for an assignment. Verification reads back only the part the
 //! core could not hash in order (see [`ReceiverEvent::Verify`]), through a
 //! fixed buffer: memory does not grow with the assignment.
+//!
+//! Only sessions that name this member reach the disk: the core ignores
+//! the others (DESIGN §4 "Only targets"), so no file is created for them.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -23,6 +26,7 @@ use crate::protocol::crypto::Sha256;
 use crate::protocol::ids::{AssignmentSerial, NodeId};
 use crate::protocol::mctp::{
     msg::is_mctp_tag, Announce, Message, Receiver, ReceiverConfig, ReceiverEvent, SessionId, StatusKind,
+    Targets,
 };
 use crate::protocol::reports::{self, CollectorConfig, Reporter};
 use crate::protocol::time::Time;
@@ -50,6 +54,9 @@ pub struct AssignmentReceived {
     pub assignment: AssignmentSerial,
     /// The leader that sent it.
     pub from: NodeId,
+    /// The members the session was for (this one among them: the core
+    /// delivers nothing else), for the interpreter to check again.
+    pub targets: Targets,
     /// The file, or why there is none.
     pub result: Result<ReceivedFile, String>,
 }
@@ -91,6 +98,7 @@ struct Receiving {
     file: File,
     path: PathBuf,
     sender: NodeId,
+    targets: Targets,
 }
 
 /// Most pieces in one `pwritev` (the kernel's `IOV_MAX` is 1024).
@@ -199,9 +207,9 @@ impl MulticastReceiver {
         Time::from_micros(self.start.elapsed().as_micros() as u64)
     }
 
-    fn notify(&self, assignment: AssignmentSerial, from: NodeId, result: Result<ReceivedFile, String>) {
-        if let Some(r) = &self.received_to {
-            r.do_send(AssignmentReceived { assignment, from, result });
+    fn notify(&self, assignment: AssignmentSerial, r: Receiving, result: Result<ReceivedFile, String>) {
+        if let Some(to) = &self.received_to {
+            to.do_send(AssignmentReceived { assignment, from: r.sender, targets: r.targets, result });
         }
     }
 
@@ -241,7 +249,7 @@ impl MulticastReceiver {
         self.flush_writes();
         let now = self.now();
         match ev {
-            ReceiverEvent::Started { session, sender, assignment, size, .. } => {
+            ReceiverEvent::Started { session, sender, assignment, size, targets, .. } => {
                 let path = self.dir.join(format!("{assignment}.{session}.part"));
                 let opened = OpenOptions::new()
                     .create(true)
@@ -253,7 +261,7 @@ impl MulticastReceiver {
                 match opened {
                     Ok(file) => {
                         tracing::info!(event = "mctp_receive_start", %session, %assignment, size, from = %sender);
-                        self.files.insert(session, Receiving { file, path, sender });
+                        self.files.insert(session, Receiving { file, path, sender, targets });
                     }
                     Err(e) => self.core.handle_write_failed(
                         now,
@@ -296,13 +304,13 @@ impl MulticastReceiver {
                     .map(|_| ReceivedFile { path, size, hash })
                     .map_err(|e| format!("cannot store assignment {assignment}: {e}"));
                 tracing::info!(event = "mctp_received", %session, %assignment, size, ok = result.is_ok());
-                self.notify(assignment, r.sender, result);
+                self.notify(assignment, r, result);
             }
             ReceiverEvent::Failed { session, assignment, error } => {
                 tracing::warn!(event = "mctp_receive_failed", %session, %assignment, %error);
                 if let Some(r) = self.files.remove(&session) {
                     let _ = std::fs::remove_file(&r.path);
-                    self.notify(assignment, r.sender, Err(error));
+                    self.notify(assignment, r, Err(error));
                 }
             }
             ReceiverEvent::Abandoned { session, assignment } => {
@@ -310,7 +318,7 @@ impl MulticastReceiver {
                 if let Some(r) = self.files.remove(&session) {
                     let _ = std::fs::remove_file(&r.path);
                     let error = "the leader went silent before the assignment was complete";
-                    self.notify(assignment, r.sender, Err(error.into()));
+                    self.notify(assignment, r, Err(error.into()));
                 }
             }
         }

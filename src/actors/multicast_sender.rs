@@ -8,6 +8,8 @@
 //! payloads read with one `preadv`, and leave together, one segmented send
 //! per destination ([`DataChannel::send_sealed`]): the same datagrams, for
 //! a fraction of the system calls.
+//! Every datagram of a session goes to the session's targets only when the
+//! channel fans out by unicast (DESIGN §4 "Only targets").
 //! Datagrams of the report protocol that arrive on the same socket are
 //! forwarded to the [`ReportCollector`](super::report_collector) if one is
 //! connected.
@@ -26,7 +28,7 @@ use crate::protocol::ids::{AssignmentSerial, NodeId};
 use crate::protocol::mctp::{
     msg::{frame_header, is_mctp_tag},
     Announce, Dest, FrameSource, Message, Outcome, Payload, Sender, SenderConfig, SenderEvent, SessionId,
-    Transmit, FRAME_HEADER_LEN,
+    Targets, Transmit, FRAME_HEADER_LEN, MAX_TARGETS,
 };
 use crate::protocol::reports;
 use crate::protocol::time::Time;
@@ -318,7 +320,12 @@ impl MulticastSender {
             Some(f) => t.encode(&mut FileSource(f), &mut buf),
             None => t.encode(&mut Vec::new(), &mut buf),
         };
-        if let Err(e) = encoded.and_then(|_| self.channel.send(t.dest, &buf)) {
+        // A session's datagrams are for its targets only (fan-out mode).
+        let sent = encoded.and_then(|_| match self.core.current_targets() {
+            Some(targets) => self.channel.send_among(t.dest, targets, &buf),
+            None => self.channel.send(t.dest, &buf),
+        });
+        if let Err(e) = sent {
             tracing::warn!(event = "mctp_send_failed", error = %e);
         }
     }
@@ -333,7 +340,10 @@ impl MulticastSender {
             Some(f) => self.run.build(f, &self.channel),
             None => Err(io::Error::new(io::ErrorKind::NotFound, "the session's assignment file is not open")),
         };
-        let sent = built.and_then(|_| self.channel.send_sealed(Dest::Group, &self.run.buf, self.run.segment));
+        let targets = self.core.current_targets();
+        let sent = built.and_then(|_| {
+            self.channel.send_sealed_among(Dest::Group, targets, &self.run.buf, self.run.segment)
+        });
         if let Err(e) = sent {
             tracing::warn!(event = "mctp_send_failed", frames = self.run.frames.len(), error = %e);
         }
@@ -397,6 +407,16 @@ impl Handler<SendAssignment> for MulticastSender {
     type Result = io::Result<()>;
 
     fn handle(&mut self, msg: SendAssignment, ctx: &mut Context<Self>) -> io::Result<()> {
+        if Targets::new(msg.targets.iter().copied()).is_err() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "assignment {} names {} targets, more than the {MAX_TARGETS} one session can carry",
+                    msg.assignment,
+                    msg.targets.len()
+                ),
+            ));
+        }
         let file = File::open(&msg.path)?;
         let size = file.metadata()?.len();
         self.files.insert(msg.assignment, file);

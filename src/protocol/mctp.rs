@@ -11,7 +11,9 @@
 //!   union of the frames reported missing (NACK aggregation). The rate
 //!   follows the NACK volume (AIMD).
 //! - [`Receiver`]: a member's side. Frames go straight to the driver's file
-//!   as they arrive; the core keeps one bit per frame.
+//!   as they arrive; the core keeps one bit per frame. Every announce and
+//!   block names the session's [`Targets`]; a member not among them takes
+//!   no part (DESIGN §4 "Only targets").
 //! - [`ideal_arq_ratio`]: what a perfect NACK-aggregating ARQ would cost, the
 //!   yardstick of the simulation.
 //!
@@ -25,10 +27,10 @@ mod sender;
 
 pub use frameset::{FrameSet, Runs};
 pub use msg::{
-    frame_count, Announce, Block, Frame, Message, Selector, SessionId, Status, StatusKind,
-    DEFAULT_FRAME_SIZE, FRAME_HEADER_LEN, MAX_FRAME_SIZE, MTU_PAYLOAD,
+    frame_count, Announce, Block, Frame, Message, Selector, SessionId, Status, StatusKind, Targets,
+    DEFAULT_FRAME_SIZE, FRAME_HEADER_LEN, MAX_FRAME_SIZE, MAX_TARGETS, MTU_PAYLOAD,
 };
-pub use receiver::{Receiver, ReceiverConfig, ReceiverEvent, MAX_FRAMES, MAX_LINGERING};
+pub use receiver::{Receiver, ReceiverConfig, ReceiverEvent, MAX_FRAMES, MAX_IGNORED, MAX_LINGERING};
 pub use sender::{Dest, FrameSource, Outcome, Payload, Sender, SenderConfig, SenderEvent, Transmit};
 
 /// The expected number of transmissions of one frame by a perfect
@@ -60,6 +62,196 @@ mod tests {
     use super::*;
     use crate::protocol::ids::{AssignmentSerial, NodeId};
     use crate::protocol::time::Time;
+
+    fn targets(ids: &[u64]) -> Targets {
+        Targets::new(ids.iter().copied().map(NodeId)).unwrap()
+    }
+
+    /// Everything a receiver was told and sent.
+    fn drain(r: &mut Receiver) -> (Vec<ReceiverEvent>, Vec<(NodeId, Message)>) {
+        (std::iter::from_fn(|| r.poll_event()).collect(), std::iter::from_fn(|| r.poll_transmit()).collect())
+    }
+
+    /// DESIGN §4 "Only targets": a member that an announce does not name
+    /// takes no part in the session, although it hears all of it: no file,
+    /// no write, no delivery, no query, no report, no state but the
+    /// session's id, even when it holds the assignment already.
+    #[test]
+    fn only_targets_a_member_not_named_by_the_announce_takes_no_part() {
+        use bytes::Bytes;
+        let data: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let a = Announce {
+            session: SessionId(5),
+            assignment: AssignmentSerial(2),
+            size: data.len() as u64,
+            frame_size: 1000,
+            frame_count: 5,
+            rate: 0,
+            hash: crate::protocol::crypto::sha256(&data),
+            targets: targets(&[1, 2, 4]),
+        };
+        for holds in [false, true] {
+            let mut r = Receiver::new(NodeId(3), ReceiverConfig::default(), 1);
+            if holds {
+                r.mark_held(a.assignment, a.hash);
+            }
+            let mut now = Time::ZERO;
+            r.handle_datagram(now, NodeId(9), Message::Announce(a.clone()));
+            for seq in 0..5 {
+                let (off, len) = a.frame_range(seq);
+                let payload = Bytes::copy_from_slice(&data[off as usize..off as usize + len]);
+                r.handle_datagram(
+                    now,
+                    NodeId(9),
+                    Message::Frame(Frame { session: a.session, pass: 1, seq, payload }),
+                );
+            }
+            for poll in [Selector::All, Selector::AllExcept(vec![NodeId(1)]), Selector::Only(vec![NodeId(3)])]
+            {
+                r.handle_datagram(now, NodeId(9), Message::EndOfPass { session: a.session, pass: 1, poll });
+            }
+            r.handle_datagram(now, NodeId(9), Message::Announce(a.clone()));
+            assert!(r.poll_timeout().is_none(), "no timer for a session of others");
+            now += std::time::Duration::from_secs(120);
+            r.handle_timeout(now);
+            let (events, sent) = drain(&mut r);
+            assert!(events.is_empty(), "{events:?}");
+            assert!(sent.is_empty(), "{sent:?}");
+            assert_eq!(r.sessions(), 0);
+            assert!(r.is_ignored(a.session));
+        }
+        // A target that already holds the assignment still says so.
+        let mut r = Receiver::new(NodeId(4), ReceiverConfig::default(), 1);
+        r.mark_held(a.assignment, a.hash);
+        r.handle_datagram(Time::ZERO, NodeId(9), Message::Announce(a.clone()));
+        let (events, sent) = drain(&mut r);
+        assert!(events.is_empty(), "{events:?}");
+        assert!(
+            matches!(&sent[..], [(NodeId(9), Message::Status(Status { kind: StatusKind::Complete, .. }))]),
+            "{sent:?}"
+        );
+    }
+
+    /// DESIGN §4 "Only targets": the tiny commit and abort assignments
+    /// travel as single-datagram blocks; one that does not name a member
+    /// is not delivered there, whoever it polls.
+    #[test]
+    fn only_targets_a_block_for_other_members_is_not_delivered() {
+        use bytes::Bytes;
+        let data = Bytes::from_static(b"commit header");
+        let block = |session: u64, to: &[u64]| Block {
+            session: SessionId(session),
+            assignment: AssignmentSerial(7),
+            hash: crate::protocol::crypto::sha256(&data),
+            pass: 1,
+            poll: Selector::All,
+            targets: targets(to),
+            data: data.clone(),
+        };
+        let mut r = Receiver::new(NodeId(3), ReceiverConfig::default(), 1);
+        for pass in 1..4 {
+            r.handle_datagram(Time::ZERO, NodeId(9), Message::Block(Block { pass, ..block(1, &[1, 2]) }));
+        }
+        let (events, sent) = drain(&mut r);
+        assert!(events.is_empty() && sent.is_empty(), "{events:?} {sent:?}");
+        assert_eq!(r.sessions(), 0);
+        // The same member, named: delivered.
+        r.handle_datagram(Time::ZERO, NodeId(9), Message::Block(block(2, &[1, 3])));
+        let (events, _) = drain(&mut r);
+        assert!(events.iter().any(|e| matches!(e, ReceiverEvent::Completed { .. })), "{events:?}");
+    }
+
+    /// DESIGN §4 "Only targets": the memory of ignored sessions is bounded
+    /// however many sessions of others a segment carries, and a frame of one
+    /// of the newest costs a lookup, not a query.
+    #[test]
+    fn only_targets_ignored_sessions_are_remembered_within_a_bound() {
+        use bytes::Bytes;
+        let mut r = Receiver::new(NodeId(3), ReceiverConfig::default(), 1);
+        for i in 0..10_000u64 {
+            let a = Announce {
+                session: SessionId(i),
+                assignment: AssignmentSerial(i),
+                size: 10,
+                frame_size: 10,
+                frame_count: 1,
+                rate: 0,
+                hash: [0; 32],
+                targets: targets(&[1, 2]),
+            };
+            r.handle_datagram(Time::ZERO, NodeId(9), Message::Announce(a));
+            let payload = Bytes::from_static(b"0123456789");
+            r.handle_datagram(
+                Time::ZERO,
+                NodeId(9),
+                Message::Frame(Frame { session: SessionId(i), pass: 1, seq: 0, payload }),
+            );
+        }
+        let (events, sent) = drain(&mut r);
+        assert!(events.is_empty() && sent.is_empty(), "{events:?} {sent:?}");
+        assert_eq!(r.sessions(), 0);
+        assert!(r.ignored_sessions() <= MAX_IGNORED, "{} remembered", r.ignored_sessions());
+        assert!(r.is_ignored(SessionId(9_999)) && !r.is_ignored(SessionId(0)));
+    }
+
+    /// DESIGN §4 "Only targets": the sender names its targets in every
+    /// announce and block, and a report from anyone else counts for nothing.
+    #[test]
+    fn only_targets_are_named_by_the_sender_and_counted() {
+        for size in [100u64, 50_000] {
+            let cfg = SenderConfig { report_retries: 1, silent_passes: 1, ..SenderConfig::default() };
+            let mut s = Sender::new(cfg, 3);
+            let mut now = Time::ZERO;
+            s.send_assignment(now, AssignmentSerial(1), size, [0; 32], vec![NodeId(2), NodeId(1), NodeId(2)]);
+            let mut named = 0;
+            let outcome = 'run: loop {
+                while let Some(t) = s.poll_transmit(now) {
+                    let (session, pass, list) = match &t.payload {
+                        Payload::Message(Message::Announce(a)) => (a.session, 0, Some(a.targets.clone())),
+                        Payload::Block { block, .. } => {
+                            (block.session, block.pass, Some(block.targets.clone()))
+                        }
+                        Payload::Message(Message::EndOfPass { session, pass, .. }) => (*session, *pass, None),
+                        _ => continue,
+                    };
+                    if let Some(list) = list {
+                        assert_eq!(list.as_slice(), [NodeId(1), NodeId(2)]);
+                        named += 1;
+                    }
+                    let frames = frame_count(size, 1403).unwrap();
+                    for (n, kind) in [(3, StatusKind::Ack), (4, StatusKind::Complete), (1, StatusKind::Ack)] {
+                        let st = Status { session, pass, kind, lo: 0, hi: frames, missing: vec![] };
+                        s.handle_datagram(now, NodeId(n), Message::Status(st));
+                    }
+                }
+                while let Some(e) = s.poll_event() {
+                    if let SenderEvent::Finished(o) = e {
+                        break 'run o;
+                    }
+                }
+                now = s.poll_timeout().expect("a timer while a session runs");
+                s.handle_timeout(now);
+            };
+            assert!(named > 0);
+            assert_eq!(outcome.acked, [NodeId(1)], "{outcome:?}");
+            assert!(outcome.already_had.is_empty(), "{outcome:?}");
+            assert_eq!(outcome.silent, [NodeId(2)], "{outcome:?}");
+            assert!(!outcome.completed, "3 and 4 do not make up for 2: {outcome:?}");
+        }
+        // More targets than can be named: nothing is sent, every one failed.
+        let mut s = Sender::new(SenderConfig::default(), 3);
+        let many: Vec<NodeId> = (0..=MAX_TARGETS as u64).map(NodeId).collect();
+        s.send_assignment(Time::ZERO, AssignmentSerial(1), 100, [0; 32], many);
+        assert!(s.poll_transmit(Time::ZERO).is_none());
+        let o = std::iter::from_fn(|| s.poll_event())
+            .find_map(|e| match e {
+                SenderEvent::Finished(o) => Some(o),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(o.failed.len(), MAX_TARGETS + 1);
+        assert!(!o.completed && o.gave_up);
+    }
 
     /// Runs a sender against scripted members: `answer(pass, node)` gives
     /// each polled member's report (None: silent). Returns the outcome and
@@ -132,6 +324,7 @@ mod tests {
                         frame_count: d % 100,
                         rate: 0,
                         hash: [0; 32],
+                        targets: targets(if c % 3 == 0 { &[2] } else { &[1, 2] }),
                     }),
                     1 => Message::Frame(Frame { session: sess, pass: b, seq: c % 50, payload: Bytes::from(bytes) }),
                     2 => Message::EndOfPass { session: sess, pass: b % 4, poll: Selector::All },
@@ -149,6 +342,7 @@ mod tests {
                         hash: [0; 32],
                         pass: b,
                         poll: Selector::Only(vec![NodeId(1)]),
+                        targets: targets(if c % 3 == 1 { &[3] } else { &[1] }),
                         data: Bytes::from(bytes),
                     }),
                     _ => Message::Query { session: sess },
@@ -189,6 +383,7 @@ mod tests {
                 hash,
                 pass: 1,
                 poll: Selector::All,
+                targets: targets(&[1]),
                 data: data.clone(),
             };
             r.handle_datagram(now, NodeId(9), Message::Block(block));
@@ -220,11 +415,12 @@ mod tests {
             frame_count: 5,
             rate: 0,
             hash: crate::protocol::crypto::sha256(&data),
+            targets: targets(&[1, 2]),
         };
         let cfg = ReceiverConfig::default();
         let mut r = Receiver::new(NodeId(1), cfg.clone(), 3);
         let mut now = Time::ZERO;
-        r.handle_datagram(now, NodeId(9), Message::Announce(a));
+        r.handle_datagram(now, NodeId(9), Message::Announce(a.clone()));
         // Out of order: the in-order hash stops after frame 1.
         for seq in [0, 2, 1, 4, 3] {
             let (off, len) = a.frame_range(seq);

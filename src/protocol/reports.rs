@@ -10,6 +10,12 @@
 //! reported or `max_requests` requests were made, and then names every
 //! member: succeeded, failed (with its error), or silent.
 //!
+//! Only targets (DESIGN §4): the leader collects from the assignment's
+//! targets only, and counts only their reports. A multicast request reaches
+//! the whole segment; "all but these" means all the *targets* but these: a
+//! member that is not one holds no result for the assignment (it never
+//! received it) and so never answers.
+//!
 //! ```text
 //! Report   16 | assignment u64 | ok u8 | error (u16 length, UTF-8, ≤ 512)
 //! Request  17 | assignment u64 | selector (see mctp::msg)
@@ -523,6 +529,42 @@ mod tests {
         assert_eq!(o.succeeded, members[..3]);
         assert_eq!(o.silent, members[3..]);
         assert_eq!(o.requests, CollectorConfig::default().max_requests);
+    }
+
+    /// DESIGN §4 "Only targets": a multicast request for "everyone but the
+    /// received" reaches members that are not targets; they hold no result
+    /// and stay silent, and a stranger's report counts for nothing.
+    #[test]
+    fn only_targets_are_asked_and_counted() {
+        let a = AssignmentSerial(9);
+        let cfg = CollectorConfig { unicast_max: 0, ..CollectorConfig::default() };
+        let mut bystander = Reporter::new(NodeId(3), cfg.clone(), 1);
+        bystander.report(Time::ZERO, NodeId(0), AssignmentSerial(8), Ok(()));
+        while let Some(t) = bystander.poll_timeout() {
+            bystander.handle_timeout(t);
+        }
+        while bystander.poll_transmit().is_some() {}
+        let mut c = Collector::new(cfg, 0);
+        c.collect(Time::ZERO, a, vec![NodeId(1), NodeId(2), NodeId(4)]);
+        c.handle_datagram(Time::ZERO, NodeId(1), Message::Report { assignment: a, result: Ok(()) });
+        c.handle_datagram(Time::ZERO, NodeId(3), Message::Report { assignment: a, result: Ok(()) });
+        let t = c.poll_timeout().unwrap();
+        c.handle_timeout(t);
+        let sent: Vec<_> = std::iter::from_fn(|| c.poll_transmit()).collect();
+        assert!(!sent.is_empty());
+        for (dest, msg) in sent {
+            assert_eq!(dest, Dest::Group);
+            let Message::Request { who, .. } = &msg else { panic!("{msg:?}") };
+            assert!(!who.selects(NodeId(1)) && who.selects(NodeId(2)) && who.selects(NodeId(4)));
+            bystander.handle_datagram(t, NodeId(0), msg);
+        }
+        assert!(bystander.poll_timeout().is_none(), "a non-target has nothing to report");
+        while let Some(t) = c.poll_timeout() {
+            c.handle_timeout(t);
+        }
+        let o = c.poll_event().unwrap();
+        assert_eq!(o.succeeded, [NodeId(1)]);
+        assert_eq!(o.silent, [NodeId(2), NodeId(4)]);
     }
 
     #[test]

@@ -6,6 +6,12 @@
 //! so the run can check that every live member ends with a byte-identical
 //! copy. Every datagram goes through the real codec. The summary is what
 //! `cmover sim mctp` prints; a failing run names its seed.
+//!
+//! Bystanders (DESIGN §4 "Only targets"): members `N+1..=N+B` share the
+//! segment, and so hear every multicast datagram, but are not targets of
+//! the session. The run fails as soon as one of them is told to create,
+//! write or deliver anything, or sends anything but the query of one that
+//! missed every announce.
 
 use std::time::Duration;
 
@@ -28,8 +34,11 @@ use super::net::{Burst, LinkFaults, NetStats, Network};
 /// One simulated run.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
-    /// Members of the segment (the leader not counted).
+    /// Members of the segment that are the session's targets (the leader not counted).
     pub receivers: usize,
+    /// Further members of the segment that are not targets: they hear
+    /// everything and must take no part.
+    pub bystanders: usize,
     /// Assignment size.
     pub bytes: u64,
     /// Loss probability per datagram and receiver (average loss with `burst`).
@@ -64,6 +73,7 @@ impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
             receivers: 8,
+            bystanders: 0,
             bytes: 1_000_000,
             loss: 0.0,
             burst: false,
@@ -160,7 +170,7 @@ pub fn run(cfg: &SimConfig) -> Result<SimResult, SimError> {
         faults.burst = Some(Burst { p_enter: avg * p_leave / (1.0 - avg), p_leave, loss: 1.0 });
     }
     let n = cfg.receivers;
-    let mut net: Network<Bytes> = Network::new(n + 1, rng.next_u64(), faults);
+    let mut net: Network<Bytes> = Network::new(n + cfg.bystanders + 1, rng.next_u64(), faults);
     let mut sender = Sender::new(cfg.sender.clone(), rng.next_u64());
     let mut members: Vec<Member> = (0..n)
         .map(|i| {
@@ -183,6 +193,16 @@ pub fn run(cfg: &SimConfig) -> Result<SimResult, SimError> {
             net.crash(i + 1);
         }
     }
+    // Bystanders hold the assignment, some of them: not even "complete" may come back.
+    let mut bystanders: Vec<Receiver> = (n..n + cfg.bystanders)
+        .map(|i| {
+            let mut core = Receiver::new(member_id(i), cfg.receiver.clone(), rng.next_u64());
+            if i % 2 == 1 {
+                core.mark_held(assignment, hash);
+            }
+            core
+        })
+        .collect();
     let targets: Vec<NodeId> = (0..n).map(member_id).collect();
     let mut now = Time::ZERO;
     sender.send_assignment(now, assignment, cfg.bytes, hash, targets.clone());
@@ -220,6 +240,23 @@ pub fn run(cfg: &SimConfig) -> Result<SimResult, SimError> {
                 net.send(now, i + 1, to.0 as usize, msg.to_bytes());
             }
         }
+        for (j, core) in bystanders.iter_mut().enumerate() {
+            if let Some(ev) = core.poll_event() {
+                return Err(fail(format!("bystander {} (not a target) was told {ev:?}", member_id(n + j))));
+            }
+            while let Some((to, msg)) = core.poll_transmit() {
+                // A bystander that missed every announce asks for one when it
+                // hears a frame (it cannot know the session is not its own);
+                // anything else is taking part.
+                if !matches!(msg, Message::Query { .. }) {
+                    return Err(fail(format!(
+                        "bystander {} (not a target) sent {msg:?} to {to}",
+                        member_id(n + j)
+                    )));
+                }
+                net.send(now, n + j + 1, to.0 as usize, msg.to_bytes());
+            }
+        }
         if let Some((victim, fraction)) = cfg.crash {
             if !crashed && frames_sent_pass1 as f64 >= fraction * f64::from(sender_frames(cfg)) {
                 crashed = true;
@@ -236,6 +273,7 @@ pub fn run(cfg: &SimConfig) -> Result<SimResult, SimError> {
             sender.poll_timeout(),
             members.iter().filter_map(|m| m.core.as_ref().and_then(|c| c.poll_timeout())).min(),
             members.iter().filter_map(|m| m.joins_at).min(),
+            bystanders.iter().filter_map(Receiver::poll_timeout).min(),
         ]
         .into_iter()
         .flatten()
@@ -262,6 +300,8 @@ pub fn run(cfg: &SimConfig) -> Result<SimResult, SimError> {
             let msg = Message::decode(&d.msg).map_err(|e| fail(format!("undecodable datagram: {e}")))?;
             if d.to == 0 {
                 sender.handle_datagram(now, NodeId(d.from as u64), msg);
+            } else if d.to > n {
+                bystanders[d.to - n - 1].handle_datagram(now, NodeId(0), msg);
             } else if let Some(core) = members[d.to - 1].core.as_mut() {
                 core.handle_datagram(now, NodeId(0), msg);
             }
@@ -276,6 +316,14 @@ pub fn run(cfg: &SimConfig) -> Result<SimResult, SimError> {
                 }
             }
         }
+        for core in bystanders.iter_mut() {
+            if core.poll_timeout().is_some_and(|t| t <= now) {
+                core.handle_timeout(now);
+            }
+        }
+    }
+    if let Some(j) = bystanders.iter().position(|b| b.sessions() > 0) {
+        return Err(fail(format!("bystander {} (not a target) holds session state", member_id(n + j))));
     }
     let outcome = outcome.unwrap_or_else(|| unreachable!("loop ends with an outcome"));
     let virtual_ms = (now - Time::ZERO).as_millis() as u64;
@@ -390,7 +438,8 @@ fn collect_reports(
             };
             if d.to == 0 {
                 collector.handle_datagram(now, NodeId(d.from as u64), msg);
-            } else if let Some(r) = reporters[d.to - 1].as_mut() {
+            } else if let Some(r) = reporters.get_mut(d.to - 1).and_then(Option::as_mut) {
+                // Bystanders (past the reporters) hold no result and answer nothing.
                 r.handle_datagram(now, NodeId(0), msg);
             }
         }

@@ -917,3 +917,61 @@ fn checked(root: &Path, p: &SitePath) -> Result<(), ReleaseError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(root: &Path) -> SiteRoot {
+        SiteRoot::new(root, SiteOptions { min_free_disk: 0, ..SiteOptions::default() })
+    }
+
+    /// Every path under `root` with its kind and link target: what a refused
+    /// commit must leave exactly as it was.
+    fn snapshot(root: &Path) -> Vec<(PathBuf, bool, Option<PathBuf>)> {
+        walkdir::WalkDir::new(root)
+            .sort_by_file_name()
+            .into_iter()
+            .flatten()
+            .map(|e| (e.path().to_owned(), e.file_type().is_dir(), fs::read_link(e.path()).ok()))
+            .collect()
+    }
+
+    /// DESIGN §4 "Only targets": a commit switches only a server that built
+    /// the run's release. On a server that never got the content (not a
+    /// target) the commit is refused and the site directory is not created.
+    #[test]
+    fn only_targets_a_commit_without_a_built_release_is_refused_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sites/bsite");
+        let err = site(&root).commit(AssignmentSerial(7)).unwrap_err();
+        assert!(matches!(err, ReleaseError::NotApplied { serial: AssignmentSerial(7), .. }), "{err}");
+        assert!(fs::symlink_metadata(dir.path().join("sites")).is_err(), "nothing created");
+        assert!(site(&root).abort(AssignmentSerial(7)).is_ok());
+        assert!(fs::symlink_metadata(dir.path().join("sites")).is_err(), "an abort creates nothing either");
+    }
+
+    /// A commit for a serial whose `incoming/<serial>` was never completed
+    /// (only a `.building` directory, or another serial) is refused and
+    /// changes nothing: the live release stays.
+    #[test]
+    fn a_commit_of_a_release_not_built_here_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("www");
+        fs::create_dir_all(root.join("releases/1")).unwrap();
+        fs::write(root.join("releases/1/index.html"), b"one").unwrap();
+        symlink("releases/1", root.join(LIVE)).unwrap();
+        fs::create_dir_all(root.join("incoming/2.building")).unwrap();
+        fs::create_dir_all(root.join("incoming/3")).unwrap();
+        let before = snapshot(&root);
+        for serial in [2, 4] {
+            let err = site(&root).commit(AssignmentSerial(serial)).unwrap_err();
+            assert!(matches!(err, ReleaseError::NotApplied { .. }), "{err}");
+            assert_eq!(snapshot(&root), before, "commit {serial} changed the site");
+        }
+        assert_eq!(site(&root).live().unwrap(), Some(AssignmentSerial(1)));
+        // The release that was built here goes live.
+        site(&root).commit(AssignmentSerial(3)).unwrap();
+        assert_eq!(site(&root).live().unwrap(), Some(AssignmentSerial(3)));
+    }
+}

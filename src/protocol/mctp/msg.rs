@@ -1,14 +1,23 @@
 //! The MCTP messages: what travels inside a data-channel envelope.
 //!
 //! ```text
-//! Announce  1 | session u64 | assignment u64 | size u64 | frame_size u32 | frame_count u32 | rate u64 | sha256 [32]
+//! Announce  1 | session u64 | assignment u64 | size u64 | frame_size u32 | frame_count u32 | rate u64 | sha256 [32] | targets
 //! Frame     2 | session u64 | pass u32 | seq u32 | len u16 | crc32 u32 | payload[len]
 //! EndOfPass 3 | session u64 | pass u32 | selector
 //! Status    4 | session u64 | pass u32 | kind u8 | lo u32 | hi u32 | encoding u8 | len u16 | missing[len]
-//! Block     5 | session u64 | assignment u64 | sha256 [32] | pass u32 | selector | len u32 | data[len]
+//! Block     5 | session u64 | assignment u64 | sha256 [32] | pass u32 | selector | targets | len u32 | data[len]
 //! Query     6 | session u64
 //! selector  = kind u8 (0 all, 1 only, 2 all-except) | count u16 | node u64 × count
+//! targets   = count varint (≤ MAX_TARGETS) | first node varint | (gap to the next node varint, ≥ 1) × (count − 1)
 //! ```
+//!
+//! Every announce and every block names the session's targets (DESIGN §4
+//! "Only targets"): a member that is not among them takes no part in the
+//! session, even though it hears it on its segment's data channel. The
+//! list is sorted and carried as varint gaps, so the usual dense ids take a
+//! byte each (160 members: 160 bytes, an announce still fits one MTU); at
+//! most [`MAX_TARGETS`] of them, whose worst case (ten-byte gaps) still
+//! fits a datagram ([`wire::MAX_PAYLOAD`]).
 //!
 //! Every length is checked against its bound before anything is taken, the
 //! frame's CRC32 is checked on decode, and trailing bytes are an error, so a
@@ -18,6 +27,8 @@
 //! and length pairs) or as a bitmap, whichever is shorter; a receiver whose
 //! missing list does not fit one datagram sends several reports that tile
 //! `0..frame_count`.
+
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes};
 
@@ -46,6 +57,20 @@ pub const MAX_FRAME_SIZE: usize = wire::MAX_PAYLOAD - FRAME_HEADER_LEN;
 /// Most nodes named in one selector; keeps a poll within one MTU.
 pub const MAX_SELECTOR_NODES: usize = 160;
 
+/// Most targets one session may name (one LAN segment's members). Even
+/// with the longest gaps (ten bytes each) an announce or block header
+/// naming that many stays well within one datagram ([`wire::MAX_PAYLOAD`]).
+pub const MAX_TARGETS: usize = 4096;
+
+/// The longest encoding of a target list: the count and ten bytes a node.
+pub const MAX_TARGETS_LEN: usize = 2 + 10 * MAX_TARGETS;
+
+/// The longest encoding of a selector.
+pub const MAX_SELECTOR_LEN: usize = 1 + 2 + 8 * MAX_SELECTOR_NODES;
+
+/// Bytes of a block besides its selector, its targets and its data.
+pub const BLOCK_FIXED_LEN: usize = 1 + 8 + 8 + 32 + 4 + 4;
+
 /// Largest encoded missing list in one status report (fits the MTU).
 pub const MAX_STATUS_BODY: usize = MTU_PAYLOAD - 32;
 
@@ -72,8 +97,101 @@ impl std::fmt::Display for SessionId {
     }
 }
 
+/// The members a session is for, sorted and without repeats, at most
+/// [`MAX_TARGETS`] (checked when built and when decoded). Cheap to clone:
+/// every announce of a session shares one list.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Targets(Arc<[NodeId]>);
+
+impl Targets {
+    /// The targets `nodes` (in any order, repeats ignored); an error when
+    /// there are more than [`MAX_TARGETS`].
+    pub fn new(nodes: impl IntoIterator<Item = NodeId>) -> Result<Targets, DecodeError> {
+        let mut v: Vec<NodeId> = nodes.into_iter().collect();
+        v.sort_unstable();
+        v.dedup();
+        if v.len() > MAX_TARGETS {
+            return Err(DecodeError::TooLong {
+                what: "targets",
+                len: v.len() as u64,
+                max: MAX_TARGETS as u64,
+            });
+        }
+        Ok(Targets(v.into()))
+    }
+
+    /// True when `node` is a target (a binary search).
+    pub fn contains(&self, node: NodeId) -> bool {
+        self.0.binary_search(&node).is_ok()
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when the session is for nobody.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The targets, ascending.
+    pub fn as_slice(&self) -> &[NodeId] {
+        &self.0
+    }
+
+    /// Bytes of the encoding (at most [`MAX_TARGETS_LEN`]).
+    pub fn encoded_len(&self) -> usize {
+        let mut prev = 0;
+        let mut n = varint_len(self.0.len() as u32);
+        for id in self.0.iter() {
+            n += varint64_len(id.0 - prev);
+            prev = id.0;
+        }
+        n
+    }
+
+    /// Appends the encoding: the count, then the first id and the gaps.
+    pub fn encode(&self, out: &mut impl BufMut) {
+        // At most MAX_TARGETS, by construction.
+        put_varint(out, self.0.len() as u32);
+        let mut prev = 0;
+        for id in self.0.iter() {
+            put_varint64(out, id.0 - prev);
+            prev = id.0;
+        }
+    }
+
+    /// Decodes a target list; the count is checked against [`MAX_TARGETS`]
+    /// and the bytes left before anything is allocated.
+    pub fn decode(r: &mut Reader<'_>) -> Result<Targets, DecodeError> {
+        let count = get_varint(r)? as usize;
+        // Each node takes at least one byte.
+        let max = MAX_TARGETS.min(r.remaining());
+        if count > max {
+            return Err(DecodeError::TooLong { what: "targets", len: count as u64, max: max as u64 });
+        }
+        let mut v = Vec::with_capacity(count);
+        let mut prev: Option<u64> = None;
+        for _ in 0..count {
+            let gap = get_varint64(r)?;
+            let id = match prev {
+                None => Some(gap),
+                Some(p) if gap > 0 => p.checked_add(gap),
+                Some(_) => None,
+            };
+            let Some(id) = id else {
+                return Err(DecodeError::Invalid { what: "target gap", value: gap });
+            };
+            v.push(NodeId(id));
+            prev = Some(id);
+        }
+        Ok(Targets(v.into()))
+    }
+}
+
 /// Opens a session: everything a receiver needs to take part.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Announce {
     /// The session.
     pub session: SessionId,
@@ -89,6 +207,8 @@ pub struct Announce {
     pub rate: u64,
     /// SHA-256 of the whole assignment.
     pub hash: [u8; 32],
+    /// The members the session is for: no other member takes part.
+    pub targets: Targets,
 }
 
 impl Announce {
@@ -152,6 +272,15 @@ impl Selector {
             return vec![Selector::AllExcept(others.to_vec())];
         }
         wanted.chunks(MAX_SELECTOR_NODES).map(|c| Selector::Only(c.to_vec())).collect()
+    }
+
+    /// Bytes of the encoding.
+    pub fn encoded_len(&self) -> usize {
+        let n = match self {
+            Selector::All => 0,
+            Selector::Only(v) | Selector::AllExcept(v) => v.len().min(MAX_SELECTOR_NODES),
+        };
+        3 + 8 * n
     }
 
     /// Appends the encoding.
@@ -248,8 +377,24 @@ pub struct Block {
     pub pass: u32,
     /// Who is to report.
     pub poll: Selector,
+    /// The members the block is for: no other member takes it.
+    pub targets: Targets,
     /// The whole assignment.
     pub data: Bytes,
+}
+
+impl Block {
+    /// Bytes of a block carrying `size` bytes for `targets` with the
+    /// longest selector: a sender sends an assignment as a block only when
+    /// this fits one datagram.
+    pub fn max_len(targets: &Targets, size: usize) -> usize {
+        BLOCK_FIXED_LEN + MAX_SELECTOR_LEN + targets.encoded_len() + size
+    }
+
+    /// Bytes of this block's encoding when it carries `size` bytes of data.
+    pub fn encoded_len(&self, size: usize) -> usize {
+        BLOCK_FIXED_LEN + self.poll.encoded_len() + self.targets.encoded_len() + size
+    }
 }
 
 /// One frame of a session.
@@ -322,6 +467,35 @@ fn get_varint(r: &mut Reader<'_>) -> Result<u32, DecodeError> {
     Err(DecodeError::Invalid { what: "varint", value: v })
 }
 
+fn put_varint64(out: &mut impl BufMut, mut v: u64) {
+    while v >= 0x80 {
+        out.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.put_u8(v as u8);
+}
+
+fn varint64_len(v: u64) -> usize {
+    (64 - v.leading_zeros() as usize).div_ceil(7).max(1)
+}
+
+fn get_varint64(r: &mut Reader<'_>) -> Result<u64, DecodeError> {
+    let mut v: u64 = 0;
+    for i in 0..10 {
+        let b = r.u8("varint")?;
+        let bits = u64::from(b & 0x7f);
+        // The tenth byte holds the top bit only.
+        if i == 9 && bits > 1 {
+            return Err(DecodeError::Invalid { what: "varint", value: bits });
+        }
+        v |= bits << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(DecodeError::Invalid { what: "varint", value: v })
+}
+
 const ENC_RUNS: u8 = 0;
 const ENC_BITMAP: u8 = 1;
 
@@ -376,6 +550,7 @@ impl Message {
                 out.put_u32_le(a.frame_count);
                 out.put_u64_le(a.rate);
                 out.put_slice(&a.hash);
+                a.targets.encode(out);
             }
             Message::Frame(f) => encode_frame(out, f.session, f.pass, f.seq, &f.payload),
             Message::EndOfPass { session, pass, poll } => {
@@ -448,6 +623,7 @@ impl Message {
                     frame_count: r.u32("frame count")?,
                     rate: r.u64("rate")?,
                     hash: r.array("hash")?,
+                    targets: Targets::decode(&mut r)?,
                 };
                 a.check()?;
                 Message::Announce(a)
@@ -491,6 +667,7 @@ impl Message {
                 let hash = r.array("hash")?;
                 let pass = r.u32("pass")?;
                 let poll = Selector::decode(&mut r)?;
+                let targets = Targets::decode(&mut r)?;
                 let len = r.u32("block length")? as usize;
                 let start = r.position();
                 r.bytes(len, "block data")?;
@@ -501,6 +678,7 @@ impl Message {
                     hash,
                     pass,
                     poll,
+                    targets,
                     data: buf.slice(start..start + len),
                 })
             }
@@ -597,6 +775,7 @@ pub fn encode_block(out: &mut impl BufMut, b: &Block, data: &[u8]) {
     out.put_slice(&b.hash);
     out.put_u32_le(b.pass);
     b.poll.encode(out);
+    b.targets.encode(out);
     out.put_u32_le(data.len() as u32);
     out.put_slice(data);
 }
@@ -605,6 +784,10 @@ pub fn encode_block(out: &mut impl BufMut, b: &Block, data: &[u8]) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn targets(ids: &[u64]) -> Targets {
+        Targets::new(ids.iter().copied().map(NodeId)).unwrap()
+    }
 
     fn round_trip(m: &Message) {
         let bytes = m.to_bytes();
@@ -635,8 +818,10 @@ mod tests {
             frame_count: 8,
             rate: 1 << 20,
             hash: [9; 32],
+            targets: targets(&[1, 2, 5, 300, u64::MAX]),
         };
-        round_trip(&Message::Announce(a));
+        round_trip(&Message::Announce(a.clone()));
+        round_trip(&Message::Announce(Announce { targets: Targets::default(), ..a }));
         round_trip(&Message::Frame(Frame {
             session: SessionId(7),
             pass: 2,
@@ -647,14 +832,17 @@ mod tests {
             [Selector::All, Selector::Only(vec![NodeId(1), NodeId(2)]), Selector::AllExcept(vec![NodeId(3)])]
         {
             round_trip(&Message::EndOfPass { session: SessionId(1), pass: 4, poll: poll.clone() });
-            round_trip(&Message::Block(Block {
+            let b = Block {
                 session: SessionId(2),
                 assignment: AssignmentSerial(5),
                 hash: [1; 32],
                 pass: 1,
                 poll,
+                targets: targets(&[0, 7]),
                 data: Bytes::from_static(b"small assignment"),
-            }));
+            };
+            assert_eq!(Message::Block(b.clone()).to_bytes().len(), b.encoded_len(b.data.len()));
+            round_trip(&Message::Block(b));
         }
         round_trip(&Message::Query { session: SessionId(11) });
         for missing in [vec![], vec![(0, 3), (10, 11), (4000, 5000)]] {
@@ -692,7 +880,80 @@ mod tests {
         assert!(many.iter().all(|s| matches!(s, Selector::Only(v) if v.len() <= MAX_SELECTOR_NODES)));
     }
 
+    /// DESIGN §4 "Only targets": a segment's worth of dense ids keeps an
+    /// announce within one MTU; the most targets, however sparse, within
+    /// one datagram; one more is refused when built and when decoded.
+    #[test]
+    fn only_targets_lists_are_compact_and_strictly_bounded() {
+        let dense = Targets::new((1..=MAX_SELECTOR_NODES as u64).map(NodeId)).unwrap();
+        let a = Announce {
+            session: SessionId(1),
+            assignment: AssignmentSerial(2),
+            size: 1 << 30,
+            frame_size: DEFAULT_FRAME_SIZE as u32,
+            frame_count: frame_count(1 << 30, DEFAULT_FRAME_SIZE as u32).unwrap(),
+            rate: 0,
+            hash: [0; 32],
+            targets: dense,
+        };
+        assert!(Message::Announce(a.clone()).to_bytes().len() <= MTU_PAYLOAD);
+        let sparse =
+            Targets::new((0..MAX_TARGETS as u64).map(|i| NodeId(u64::MAX - i * (u64::MAX / 4096)))).unwrap();
+        assert_eq!(sparse.len(), MAX_TARGETS);
+        assert!(sparse.encoded_len() <= MAX_TARGETS_LEN);
+        let big = Message::Announce(Announce { targets: sparse.clone(), ..a });
+        let bytes = big.to_bytes();
+        assert!(bytes.len() <= wire::MAX_PAYLOAD, "{} bytes", bytes.len());
+        assert_eq!(Message::decode(&bytes).unwrap(), big);
+        assert!(Block::max_len(&sparse, 0) <= wire::MAX_PAYLOAD);
+        // One more than the bound: refused both ways, before any allocation.
+        assert!(matches!(
+            Targets::new((0..=MAX_TARGETS as u64).map(NodeId)),
+            Err(DecodeError::TooLong { what: "targets", .. })
+        ));
+        let mut v = Vec::new();
+        put_varint(&mut v, MAX_TARGETS as u32 + 1);
+        v.extend(std::iter::repeat_n(1u8, MAX_TARGETS + 1));
+        assert!(matches!(
+            Targets::decode(&mut Reader::new(&v)),
+            Err(DecodeError::TooLong { what: "targets", .. })
+        ));
+        // A count the bytes cannot hold is refused before allocating it.
+        let mut v = Vec::new();
+        put_varint(&mut v, 4000);
+        assert!(Targets::decode(&mut Reader::new(&v)).is_err());
+        // Repeats (a zero gap) and overflowing gaps are invalid.
+        for bad in [vec![2u8, 5, 0], vec![2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 1]] {
+            assert!(Targets::decode(&mut Reader::new(&bad)).is_err(), "{bad:?}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn targets_round_trip_and_every_cut_is_an_error(ids in proptest::collection::vec(any::<u64>(), 0..300)) {
+            let t = Targets::new(ids.iter().copied().map(NodeId)).unwrap();
+            let mut v = Vec::new();
+            t.encode(&mut v);
+            prop_assert_eq!(v.len(), t.encoded_len());
+            let mut r = Reader::new(&v);
+            prop_assert_eq!(&Targets::decode(&mut r).unwrap(), &t);
+            prop_assert_eq!(r.remaining(), 0);
+            for id in &ids {
+                prop_assert!(t.contains(NodeId(*id)));
+            }
+            for cut in 0..v.len() {
+                prop_assert!(Targets::decode(&mut Reader::new(&v[..cut])).is_err());
+            }
+        }
+
+        #[test]
+        fn random_bytes_as_targets_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            if let Ok(t) = Targets::decode(&mut Reader::new(&bytes)) {
+                prop_assert!(t.len() <= MAX_TARGETS);
+                prop_assert!(t.as_slice().windows(2).all(|w| w[0] < w[1]));
+            }
+        }
+
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
             let _ = Message::decode(&Bytes::from(bytes));

@@ -1,6 +1,6 @@
 //! The receiving side of MCTP: one member, any number of senders' sessions.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +12,14 @@ use crate::protocol::ids::{AssignmentSerial, NodeId};
 use crate::protocol::time::Time;
 
 use super::frameset::FrameSet;
-use super::msg::{nack_reports, Announce, Block, Frame, Message, Selector, SessionId, Status, StatusKind};
+use super::msg::{
+    nack_reports, Announce, Block, Frame, Message, Selector, SessionId, Status, StatusKind, Targets,
+};
+
+/// Sessions of other members remembered, so that their frames and polls
+/// are recognised and dropped (no query, no state) rather than taken for
+/// traffic of a session whose announce was missed.
+pub const MAX_IGNORED: usize = 256;
 
 /// Most frames a session may have: bounds the one-bit-per-frame map a
 /// member allocates for an announce (8 MiB; 94 GB at the default frame size).
@@ -67,6 +74,8 @@ pub enum ReceiverEvent {
         size: u64,
         /// Its SHA-256.
         hash: [u8; 32],
+        /// The session's targets (this member among them).
+        targets: Targets,
     },
     /// Write `data` at `offset` of the session's file.
     Write {
@@ -162,6 +171,13 @@ struct Session {
 /// block that selects it), at a random time within `report_window`, so
 /// that the reports of a large segment spread out instead of imploding on
 /// the sender; a member that holds everything says so in one `Ack`.
+///
+/// Only targets (DESIGN §4): every announce and block names the session's
+/// targets, and a member that is not among them takes no part. It keeps
+/// only the session's id (among the last [`MAX_IGNORED`]), so that the
+/// session's frames and polls cost a lookup; it emits no event for it and
+/// sends nothing: no query, no report, not even "complete" when it happens
+/// to hold the assignment.
 #[derive(Debug)]
 pub struct Receiver {
     node: NodeId,
@@ -170,6 +186,9 @@ pub struct Receiver {
     sessions: BTreeMap<SessionId, Session>,
     held: VecDeque<(AssignmentSerial, [u8; 32])>,
     queried: BTreeMap<SessionId, Time>,
+    /// Sessions that do not name this member, newest last.
+    ignored: VecDeque<SessionId>,
+    ignored_set: BTreeSet<SessionId>,
     transmits: VecDeque<(NodeId, Message)>,
     events: VecDeque<ReceiverEvent>,
 }
@@ -184,6 +203,8 @@ impl Receiver {
             sessions: BTreeMap::new(),
             held: VecDeque::new(),
             queried: BTreeMap::new(),
+            ignored: VecDeque::new(),
+            ignored_set: BTreeSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -221,7 +242,43 @@ impl Receiver {
         }
     }
 
+    /// Remembers that session `id` is for other members.
+    fn ignore(&mut self, id: SessionId) {
+        if !self.ignored_set.insert(id) {
+            return;
+        }
+        self.ignored.push_back(id);
+        self.queried.remove(&id);
+        while self.ignored.len() > MAX_IGNORED {
+            if let Some(old) = self.ignored.pop_front() {
+                self.ignored_set.remove(&old);
+            }
+        }
+    }
+
+    /// Sessions remembered as other members' (at most [`MAX_IGNORED`]).
+    pub fn ignored_sessions(&self) -> usize {
+        debug_assert_eq!(self.ignored.len(), self.ignored_set.len());
+        self.ignored.len()
+    }
+
+    /// Whether session `id` is known to be for other members.
+    pub fn is_ignored(&self, id: SessionId) -> bool {
+        self.ignored_set.contains(&id)
+    }
+
     fn handle_announce(&mut self, now: Time, from: NodeId, a: Announce) {
+        if self.ignored_set.contains(&a.session) {
+            return;
+        }
+        if !a.targets.contains(self.node) {
+            // Not for this member, even if it holds the assignment: no
+            // "complete" either (the sender counts only its targets).
+            if !self.sessions.contains_key(&a.session) {
+                self.ignore(a.session);
+            }
+            return;
+        }
         if let Some(s) = self.sessions.get_mut(&a.session) {
             if s.state == State::Receiving || s.state == State::Verifying {
                 s.expires = now + self.cfg.session_timeout;
@@ -264,12 +321,20 @@ impl Receiver {
                 self.sessions.remove(&id);
             }
         }
+        let started = ReceiverEvent::Started {
+            session: a.session,
+            sender: from,
+            assignment: a.assignment,
+            size: a.size,
+            hash: a.hash,
+            targets: a.targets.clone(),
+        };
         self.sessions.insert(
             a.session,
             Session {
                 sender: from,
-                announce: a,
                 received: FrameSet::empty(a.frame_count),
+                announce: a,
                 hasher: Some(Sha256::default()),
                 hashed: 0,
                 state: State::Receiving,
@@ -278,13 +343,7 @@ impl Receiver {
                 expires: now + self.cfg.session_timeout,
             },
         );
-        self.events.push_back(ReceiverEvent::Started {
-            session: a.session,
-            sender: from,
-            assignment: a.assignment,
-            size: a.size,
-            hash: a.hash,
-        });
+        self.events.push_back(started);
     }
 
     /// Sessions held: in progress, or finished and lingering for late polls.
@@ -320,6 +379,9 @@ impl Receiver {
 
     fn handle_frame(&mut self, now: Time, from: NodeId, f: Frame) {
         let Some(s) = self.sessions.get_mut(&f.session) else {
+            if self.ignored_set.contains(&f.session) {
+                return;
+            }
             return self.query(now, from, f.session);
         };
         if s.state != State::Receiving || f.seq >= s.announce.frame_count {
@@ -368,26 +430,18 @@ impl Receiver {
         if s.state != State::Verifying {
             return;
         }
-        let a = s.announce;
+        let (assignment, size, hash) = (s.announce.assignment, s.announce.size, s.announce.hash);
         s.expires = now + self.cfg.linger;
-        if digest == a.hash {
+        if digest == hash {
             s.state = State::Complete;
-            self.events.push_back(ReceiverEvent::Completed {
-                session,
-                assignment: a.assignment,
-                size: a.size,
-                hash: a.hash,
-            });
-            self.mark_held(a.assignment, a.hash);
+            self.events.push_back(ReceiverEvent::Completed { session, assignment, size, hash });
+            self.mark_held(assignment, hash);
         } else {
             s.state = State::Failed;
             self.events.push_back(ReceiverEvent::Failed {
                 session,
-                assignment: a.assignment,
-                error: format!(
-                    "SHA-256 of the received assignment {} does not match the announce",
-                    a.assignment
-                ),
+                assignment,
+                error: format!("SHA-256 of the received assignment {assignment} does not match the announce"),
             });
         }
         if let Some(pass) = self.sessions.get_mut(&session).and_then(|s| s.report_after_verify.take()) {
@@ -409,7 +463,7 @@ impl Receiver {
     }
 
     fn handle_poll(&mut self, now: Time, from: NodeId, session: SessionId, pass: u32, poll: &Selector) {
-        if !poll.selects(self.node) {
+        if !poll.selects(self.node) || self.ignored_set.contains(&session) {
             return;
         }
         if !self.sessions.contains_key(&session) {
@@ -434,6 +488,15 @@ impl Receiver {
         let Ok(size) = u32::try_from(b.data.len()) else {
             return;
         };
+        if self.ignored_set.contains(&b.session) {
+            return;
+        }
+        if !b.targets.contains(self.node) {
+            if !self.sessions.contains_key(&b.session) {
+                self.ignore(b.session);
+            }
+            return;
+        }
         if !self.sessions.contains_key(&b.session) {
             let announce = Announce {
                 session: b.session,
@@ -443,6 +506,7 @@ impl Receiver {
                 frame_count: 1,
                 rate: 0,
                 hash: b.hash,
+                targets: b.targets,
             };
             self.handle_announce(now, from, announce);
             if self.sessions.contains_key(&b.session) {

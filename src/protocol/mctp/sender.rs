@@ -14,7 +14,7 @@ use crate::protocol::wire;
 use super::frameset::FrameSet;
 use super::msg::{
     encode_block, encode_frame, frame_count, Announce, Block, Message, Selector, SessionId, Status,
-    StatusKind, FRAME_HEADER_LEN, IP_UDP_OVERHEAD,
+    StatusKind, Targets, FRAME_HEADER_LEN, IP_UDP_OVERHEAD,
 };
 
 /// Settings of a [`Sender`]. `config.rs` builds one from `[mctp]`.
@@ -202,7 +202,7 @@ impl Transmit {
         let body = match &self.payload {
             Payload::Message(m) => m.to_bytes().len(),
             Payload::Frame { len, .. } => FRAME_HEADER_LEN + len,
-            Payload::Block { len, .. } => 64 + len,
+            Payload::Block { block, len } => block.encoded_len(*len),
         };
         body + wire::HEADER_LEN + wire::TAG_LEN + IP_UDP_OVERHEAD
     }
@@ -408,7 +408,10 @@ impl Sender {
         self.session.is_none() && self.queue.is_empty()
     }
 
-    /// Queues an assignment of `size` bytes with SHA-256 `hash` for `targets`.
+    /// Queues an assignment of `size` bytes with SHA-256 `hash` for
+    /// `targets`; every announce and block of its session names them, and
+    /// only their reports count. More than [`MAX_TARGETS`](super::msg::MAX_TARGETS)
+    /// cannot be named: such a session ends at once, every target failed.
     pub fn send_assignment(
         &mut self,
         now: Time,
@@ -426,7 +429,13 @@ impl Sender {
     /// The current session's announce, for a driver that piggy-backs it on
     /// `LeaderAlive`. Call [`Sender::announce_piggybacked`] after sending it.
     pub fn poll_announce(&self) -> Option<Announce> {
-        self.session.as_ref().filter(|s| !s.small).map(|s| s.announce)
+        self.session.as_ref().filter(|s| !s.small).map(|s| s.announce.clone())
+    }
+
+    /// The targets of the session in progress: a driver in unicast fan-out
+    /// mode sends the session's datagrams for the group to them only.
+    pub fn current_targets(&self) -> Option<&Targets> {
+        self.session.as_ref().map(|s| &s.announce.targets)
     }
 
     /// The announce went out with a `LeaderAlive`: it counts as one sent.
@@ -445,7 +454,12 @@ impl Sender {
         let Some(job) = self.queue.pop_front() else {
             return;
         };
-        let small = job.size <= self.cfg.block_size;
+        let (named, too_many) = match Targets::new(job.targets.iter().copied()) {
+            Ok(t) => (t, false),
+            Err(_) => (Targets::default(), true),
+        };
+        let small = job.size <= self.cfg.block_size
+            && usize::try_from(job.size).is_ok_and(|size| Block::max_len(&named, size) <= wire::MAX_PAYLOAD);
         let frame_size = if small {
             u32::try_from(job.size.max(1)).unwrap_or(u32::MAX)
         } else {
@@ -460,6 +474,7 @@ impl Sender {
             frame_count: frames,
             rate: self.rate,
             hash: job.hash,
+            targets: named,
         };
         let targets = job
             .targets
@@ -503,6 +518,15 @@ impl Sender {
             retries: 0,
             timers: [None; 4],
         };
+        if too_many {
+            // The targets cannot be named on the wire: nobody is sent
+            // anything, and every target is accounted failed.
+            for t in s.targets.values_mut() {
+                t.state = TargetState::Failed;
+            }
+            self.session = Some(s);
+            return self.finish(now, true);
+        }
         if small {
             s.union.insert(0);
             self.session = Some(s);
@@ -510,10 +534,8 @@ impl Sender {
         } else {
             s.announces = 1;
             s.timers[Timer::Announce as usize] = Some(now + self.cfg.announce_interval);
-            self.transmits.push_back(Transmit {
-                dest: Dest::Group,
-                payload: Payload::Message(Message::Announce(announce)),
-            });
+            let announce = Message::Announce(s.announce.clone());
+            self.transmits.push_back(Transmit { dest: Dest::Group, payload: Payload::Message(announce) });
             self.session = Some(s);
         }
         if self.session.as_ref().is_some_and(|s| s.targets.is_empty()) {
@@ -557,6 +579,7 @@ impl Sender {
             assignment: s.announce.assignment,
             hash: s.announce.hash,
             pass: s.pass,
+            targets: s.announce.targets.clone(),
             // One selector fits a block; a longer poll asks everyone.
             poll: if poll.len() == 1 {
                 poll.into_iter().next().unwrap_or(Selector::All)
@@ -587,7 +610,7 @@ impl Sender {
             Message::Query { session } if session == s.announce.session && !s.small => {
                 self.transmits.push_back(Transmit {
                     dest: Dest::Node(from),
-                    payload: Payload::Message(Message::Announce(s.announce)),
+                    payload: Payload::Message(Message::Announce(s.announce.clone())),
                 });
             }
             _ => {}
@@ -797,7 +820,7 @@ impl Sender {
                         s.timers[Timer::Announce as usize] = Some(now + self.cfg.announce_interval);
                         self.transmits.push_back(Transmit {
                             dest: Dest::Group,
-                            payload: Payload::Message(Message::Announce(s.announce)),
+                            payload: Payload::Message(Message::Announce(s.announce.clone())),
                         });
                     } else {
                         s.union = FrameSet::full(s.announce.frame_count);
@@ -809,7 +832,7 @@ impl Sender {
                     s.timers[Timer::Reannounce as usize] = Some(now + self.cfg.announce_repeat);
                     self.transmits.push_back(Transmit {
                         dest: Dest::Group,
-                        payload: Payload::Message(Message::Announce(s.announce)),
+                        payload: Payload::Message(Message::Announce(s.announce.clone())),
                     });
                 }
                 Timer::Collect => {
