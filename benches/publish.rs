@@ -89,7 +89,14 @@ async fn publish(c: &LocalCluster, job: u64) -> (RunRecord, f64) {
 
 /// Seconds from phase `from` to phase `to` of a run.
 fn phase_secs(r: &RunRecord, from: &str, to: &str) -> f64 {
-    let at = |name: &str| r.phases.iter().find(|p| serde_json::to_value(p.name).ok().and_then(|v| v.as_str().map(|s| s == name)).unwrap_or(false)).map_or(0, |p| p.at_ms);
+    let at = |name: &str| {
+        r.phases
+            .iter()
+            .find(|p| {
+                serde_json::to_value(p.name).ok().and_then(|v| v.as_str().map(|s| s == name)).unwrap_or(false)
+            })
+            .map_or(0, |p| p.at_ms)
+    };
     at(to).saturating_sub(at(from)) as f64 / 1000.0
 }
 

@@ -585,7 +585,31 @@ async fn run_cmd(c: &AdminClient, json_out: bool, cmd: RunCmd) -> Result<()> {
             list(c, json_out, &q, &header, run_row).await?;
         }
         RunCmd::Show { id } => {
-            print_value(json_out, &call(c, "GET", &format!("/api/v1/runs/{id}"), None).await?)?
+            let v = call(c, "GET", &format!("/api/v1/runs/{id}"), None).await?;
+            if !json_out {
+                if let Ok(rec) = serde_json::from_value::<RunRecord>(v.clone()) {
+                    let ids = |s: &[cmover::protocol::ids::NodeId]| {
+                        if s.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            s.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+                        }
+                    };
+                    println!(
+                        "run {} of job {} ({}): {:?}, release {} of {}\n  targets: {}\n  went live on: {}\n  failed: {}",
+                        rec.id,
+                        rec.job,
+                        rec.kind.name(),
+                        rec.state,
+                        rec.serial,
+                        rec.site,
+                        ids(&rec.targets),
+                        ids(&rec.went_live()),
+                        ids(&rec.failed_servers)
+                    );
+                }
+            }
+            print_value(json_out, &v)?
         }
         RunCmd::Wait { id } => return wait_run(c, json_out, id).await,
         RunCmd::Cancel { id } => {

@@ -903,12 +903,15 @@ function viewRun(id) {
       return h('div', { class: 'phase', 'data-phase': p.name }, h('b', {}, p.name), '+' + duration(p.at_ms - r.started_ms), ' · ', duration(Math.max(0, end - p.at_ms)));
     });
     const group = S.ov && S.ov.groups.find(g => g.name === r.group);
-    const ids = new Set([...(group ? group.servers : []), ...Object.keys(r.applied).map(Number), ...Object.keys(r.switched).map(Number)]);
+    // Exactly the run's targets (older records: the group); nobody else was sent anything.
+    const targets = r.targets && r.targets.length ? r.targets : (group ? group.servers : []);
+    const ids = new Set([...targets, ...Object.keys(r.applied).map(Number), ...Object.keys(r.switched).map(Number)]);
+    const aborted = r.phases.some(p => p.name === 'abort');
     const segOf = sid => (S.ov && S.ov.servers.find(s => s.id === sid) || {}).segment || '—';
     const servers = [...ids].sort((a, b) => a - b).map(sid => {
       const a = r.applied[sid], s = r.switched[sid];
       const failed = (a && a.status !== 'succeeded') || (s && s.status !== 'succeeded') || r.failed_servers.includes(sid);
-      const ok = !failed && s && s.status === 'succeeded';
+      const ok = !failed && !aborted && s && s.status === 'succeeded';
       const outcome = failed ? 'failed' : ok ? 'ok' : 'pending';
       return h('tr', { 'data-server': sid, 'data-outcome': outcome },
         h('td', {}, serverName(sid)), h('td', {}, segOf(sid)),

@@ -659,6 +659,8 @@ pub struct Run {
     failed: Vec<NodeId>,
     error: Option<String>,
     cancelled: bool,
+    /// The commit is over; the site's records are being brought along.
+    updating_site: bool,
     actions: VecDeque<Action>,
 }
 
@@ -680,6 +682,7 @@ impl Run {
             failed: Vec::new(),
             error: None,
             cancelled: false,
+            updating_site: false,
             actions: VecDeque::new(),
         }
     }
@@ -987,11 +990,9 @@ impl Run {
 
     /// The shadow copy and the site record are brought along.
     pub fn handle_site_updated(&mut self) {
-        if !self.state.is_final() || self.actions.contains(&Action::End) {
-            return;
+        if std::mem::take(&mut self.updating_site) {
+            self.end(RunState::Committed);
         }
-        self.actions.push_back(Action::Phase(PhaseName::Done));
-        self.actions.push_back(Action::End);
     }
 
     fn end(&mut self, state: RunState) {
@@ -1106,9 +1107,10 @@ impl Run {
                     self.error.get_or_insert_with(|| "the commit reached no server".into());
                     return self.end(RunState::Failed);
                 }
-                self.state = RunState::Committed;
                 if self.plan.kind.makes_release() {
-                    self.actions.push_back(Action::Save { durable: true });
+                    // Committed once the site's records say so (the run stays
+                    // committing until then, also across a CCM restart).
+                    self.updating_site = true;
                     self.actions.push_back(Action::UpdateSite(SiteUpdate::Apply));
                 } else {
                     self.end(RunState::Committed);
@@ -1122,8 +1124,7 @@ impl Run {
                 });
                 self.failed = others(&succeeded);
                 if succeeded.len() >= self.plan.needed && !succeeded.is_empty() {
-                    self.state = RunState::Committed;
-                    self.actions.push_back(Action::Save { durable: true });
+                    self.updating_site = true;
                     self.actions.push_back(Action::UpdateSite(SiteUpdate::SwitchTo));
                 } else {
                     self.error = Some(format!(

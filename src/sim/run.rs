@@ -87,10 +87,12 @@ impl Fault {
                 "partition" => out.push(Fault::Partition),
                 "late-reports" => out.push(Fault::LateReports),
                 "cancel" => out.push(Fault::Cancel),
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "unknown fault {other:?}: use all, none or a list of loss, leader-crash, member-crash, \
                          ccm-restart, partition, late-reports, cancel"
-                )),
+                ))
+                }
             }
         }
         out.sort();

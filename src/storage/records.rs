@@ -305,6 +305,22 @@ pub struct RunRecord {
     pub finished_ms: Option<u64>,
 }
 
+impl RunRecord {
+    /// The servers this run made live: those that carried out its commit
+    /// (or switch) wave; none when it aborted.
+    pub fn went_live(&self) -> Vec<NodeId> {
+        let committed = self
+            .phases
+            .iter()
+            .any(|p| matches!(p.name, PhaseName::Commit | PhaseName::Rollback | PhaseName::Switch));
+        let aborted = self.phases.iter().any(|p| p.name == PhaseName::Abort);
+        if !committed || aborted {
+            return Vec::new();
+        }
+        self.switched.iter().filter(|(_, o)| **o == ServerOutcome::Succeeded).map(|(s, _)| *s).collect()
+    }
+}
+
 impl Record for RunRecord {
     const TABLE: &'static str = "runs";
     const VERSION: u64 = 1;

@@ -231,6 +231,8 @@ pub struct AssignmentPath(pub u64);
 struct Driven {
     run: Run,
     record: RunRecord,
+    /// The record as last written.
+    written: Option<RunRecord>,
     job: JobRecord,
     /// The wave's assignment.
     assignment: Option<AssignmentRecord>,
@@ -406,7 +408,7 @@ impl Ccm {
         let record = new_record(id, &job, reason, &plan);
         let what = describe(&job, &plan);
         let run = Run::start(RunId(id), plan, self.run_config());
-        let mut d = Driven { run, record, job, assignment: None, timer: None };
+        let mut d = Driven { run, record, written: None, job, assignment: None, timer: None };
         sync(&mut d);
         if !d.run.state().is_final() {
             // A run the API acknowledges is on disk.
@@ -441,7 +443,11 @@ impl Ccm {
                 Action::Save { durable } => {
                     sync(d);
                     let record = d.record.clone();
-                    let _ = self.save(&record, durable);
+                    if self.save(&record, durable).is_ok() {
+                        if let Some(d) = self.runs.get_mut(&id) {
+                            d.written = Some(record);
+                        }
+                    }
                 }
                 Action::Phase(name) => d.record.phases.push(Phase { name, at_ms: unix_ms() }),
                 Action::Pack => self.pack(id, ctx),
@@ -458,6 +464,13 @@ impl Ccm {
         let now = self.now();
         let Some(d) = self.runs.get_mut(&id) else { return };
         sync(d);
+        // Progress shows in the record (the API and the UI read it).
+        if d.written.as_ref() != Some(&d.record) {
+            let record = d.record.clone();
+            d.written = Some(record.clone());
+            let _ = self.save(&record, false);
+        }
+        let Some(d) = self.runs.get_mut(&id) else { return };
         if let Some(h) = d.timer.take() {
             ctx.cancel_future(h);
         }
@@ -774,7 +787,7 @@ impl Ccm {
             let assignment = record
                 .content_assignment
                 .and_then(|a| table::<AssignmentRecord>(&self.db).get(&a).ok().flatten());
-            self.runs.insert(id, Driven { run, record, job, assignment, timer: None });
+            self.runs.insert(id, Driven { run, record, written: None, job, assignment, timer: None });
             self.process(id, ctx);
         }
     }
