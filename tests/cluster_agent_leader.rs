@@ -4,14 +4,15 @@
 //! applying again and reports every server; it refuses notifies when not
 //! leading and stops its jobs when leadership is lost.
 
-mod fake_ccm;
+mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use fake_ccm::FakeCcm;
+use common::fake_ccm::FakeCcm;
+use common::net::local_listener;
 
 use cmover::actors::content_interpreter::{ApplyAssignment, GetInterpreterStatus, InterpreterStatus};
 use cmover::actors::elector::ElectionEvent;
@@ -230,8 +231,8 @@ async fn a_job_fetches_delivers_and_asks_members_still_applying_again() {
 async fn losing_leadership_stops_jobs_and_refuses_notifies() {
     let dir = tempfile::tempdir().unwrap();
     // A holder that accepts connections and never answers.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", silent.local_addr().unwrap());
+    let (_silent, addr) = local_listener();
+    let url = format!("http://{addr}");
     let (leader, _fakes) = start_leader(dir.path(), &url);
     leader.send(elected(true)).await.unwrap();
     leader
