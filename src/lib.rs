@@ -32,11 +32,11 @@
 //!   [`storage::agent_state`] (what an agent has carried out and holds).
 //! - [`actors`]: actix actors that run the cores on real sockets and files
 //!   ([`actors::elector`], `multicast_sender`, `multicast_receiver`,
-//!   `report_collector`, and the shared `data_channel` sockets),
+//!   `report_collector`),
 //!   [`actors::content_interpreter`] (carries assignments out, once each),
 //!   [`actors::group_leader`] (fetch, forward, deliver, report).
 //! - [`http`]: the node API: [`http::signed`] (signed requests),
-//!   [`http::files`] (serving and fetching assignment files),
+//!   [`http::files`] (serving assignment files),
 //!   [`http::node_api`] (the agent's routes).
 //! - [`agent`]: the `cmover agent` process, wired from the configuration.
 //! - [`ccm`]: the `cmover ccm` process (orchestrator, database, HTTP API).
@@ -44,7 +44,8 @@
 //! - [`local_cluster`]: a CCM and agents in one process on 127.0.0.1 (demo, tests, benchmarks).
 //! - [`sim`]: the seeded virtual-time network that drives the cores, and the
 //!   simulations built on it ([`sim::election`], [`sim::mctp`]).
-//! - [`udp`]: multicast and unicast UDP sockets for the channels.
+//! - [`net`]: the client side: the signed node HTTP client, fetching
+//!   assignments, UDP sockets, the data channel.
 
 pub mod actors;
 pub mod agent;
@@ -56,9 +57,9 @@ pub mod http;
 pub mod local_cluster;
 pub mod logging;
 pub mod metrics;
+pub mod net;
 pub mod offline;
 pub mod ops;
 pub mod protocol;
 pub mod sim;
 pub mod storage;
-pub mod udp;

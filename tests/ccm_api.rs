@@ -11,7 +11,8 @@ use std::time::Duration;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use cmover::config::Config;
 use cmover::corpus::{self, CorpusSpec};
-use cmover::http::signed::{NodeAuth, NodeClient, Signed};
+use cmover::http::signed::{NodeAuth, Signed};
+use cmover::net::client::NodeClient;
 use cmover::protocol::api::{
     MemberReport, NextHop, NextHopRequest, Notify, SegmentReport, SegmentResult, ServerOutcome,
 };

@@ -33,7 +33,7 @@ use cmover::actors::group_leader::GetLeaderStatus;
 use cmover::agent::Agent;
 use cmover::config::Config;
 use cmover::corpus::{self, CorpusSpec};
-use cmover::http::signed::{ClientError, NodeClient};
+use cmover::net::client::{ClientError, NodeClient};
 use cmover::protocol::api::{
     AssignmentRef, HopTarget, NodeStatus, Notify, SegmentResult, ServerOutcome, CCM_NODE,
 };

@@ -19,11 +19,11 @@ use actix::prelude::*;
 use cmover::actors::elector::{
     ElectorActor, ElectorSetup, ElectorStatus, GetStatus, Shutdown, Transport, UpdateConfig,
 };
+use cmover::net::udp::bind_unicast;
 use cmover::protocol::control::{ControlGate, ControlMsg, MemberInfo, Priority};
 use cmover::protocol::election::{ElectionTimers, ElectorConfig, MembershipTimers, PriorityInputs, State};
 use cmover::protocol::ids::NodeId;
 use cmover::protocol::wire::ReplayLimits;
-use cmover::udp::bind_unicast;
 use common::wait::wait_every;
 
 const SECRET: &[u8] = b"cluster secret of the UDP cluster test";

@@ -21,7 +21,7 @@ use common::wait::recv_until;
 
 use cmover::config::ElectionConfig;
 use cmover::corpus::{self, CorpusSpec};
-use cmover::http::signed::NodeClient;
+use cmover::net::client::NodeClient;
 use cmover::protocol::api::{NodeStatus, Notify, ServerOutcome, CCM_NODE};
 use cmover::protocol::assignment::Kind;
 use cmover::protocol::ids::NodeId;

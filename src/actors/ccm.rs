@@ -25,7 +25,8 @@ use super::assignment_creator::{pack_options, AssignmentCreator, CreateContent, 
 use super::scheduler::{RunBegan, RunEnded};
 use super::tree_planner::{PlanTree, SetOrder, TreePlanner};
 use crate::config::Config;
-use crate::http::signed::{unix_ms, ClientError, NodeClient};
+use crate::http::signed::unix_ms;
+use crate::net::client::{ClientError, NodeClient};
 use crate::protocol::api::{
     AssignmentRef, HopTarget, MemberReport, NextHop, Notify, SegmentReport, SegmentResult, ServerOutcome,
     CCM_NODE,

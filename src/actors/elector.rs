@@ -23,12 +23,12 @@ use actix::prelude::*;
 use tokio::net::UdpSocket;
 use tokio_util::udp::UdpFramed;
 
+use crate::net::udp;
 use crate::protocol::control::{ControlCodec, ControlGate, MemberInfo, ReceivedControl};
 use crate::protocol::election::{Dest, Elector, ElectorConfig, ElectorStats, Event, State, Transmit};
 use crate::protocol::ids::NodeId;
 use crate::protocol::time::Time;
 use crate::protocol::wire::{RejectCounts, ReplayLimits};
-use crate::udp;
 
 /// How the actor reaches the other nodes of its segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pub struct ElectorSetup {
     pub config: ElectorConfig,
     /// The cluster secret.
     pub secret: Vec<u8>,
-    /// The socket, bound (see [`crate::udp`]) and non-blocking.
+    /// The socket, bound (see [`crate::net::udp`]) and non-blocking.
     pub socket: std::net::UdpSocket,
     /// How to reach the others.
     pub transport: Transport,

@@ -39,8 +39,9 @@ use super::elector::ElectionEvent;
 use super::multicast_receiver::MarkHeld;
 use super::multicast_sender::{AssignmentSent, RegisterMember, SendAssignment};
 use super::report_collector::{CollectReports, ReportsCollected};
-use crate::http::files::{assignment_path, fetch_assignment, FetchOptions};
-use crate::http::signed::NodeClient;
+use crate::http::files::assignment_path;
+use crate::net::client::NodeClient;
+use crate::net::fetch::{fetch_assignment, FetchOptions};
 use crate::protocol::api::{
     DeliveryStats, MemberReport, NextHop, NextHopRequest, NodeStatus, NotLeader, Notify, SegmentReport,
     SegmentResult, ServerOutcome,

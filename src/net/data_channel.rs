@@ -348,7 +348,7 @@ impl DataChannel {
         cfg: DataChannelConfig,
         seq: Option<Arc<Mutex<Sequencer>>>,
     ) -> io::Result<(DataChannel, Vec<Incoming>)> {
-        let std_socket = crate::udp::bind_unicast(cfg.bind)?;
+        let std_socket = super::udp::bind_unicast(cfg.bind)?;
         let mut incoming_sockets = Vec::new();
         let mut group = None;
         if let DataMode::Multicast { group: g, port, interface, join } = cfg.mode {
@@ -358,7 +358,7 @@ impl DataChannel {
             sock.set_multicast_loop_v4(true)?;
             group = Some(SocketAddr::V4(SocketAddrV4::new(g, port)));
             if join {
-                incoming_sockets.push(crate::udp::bind_multicast(g, port, interface)?);
+                incoming_sockets.push(super::udp::bind_multicast(g, port, interface)?);
             }
         }
         for s in std::iter::once(&std_socket).chain(&incoming_sockets) {
