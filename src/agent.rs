@@ -407,7 +407,7 @@ fn build(config: &Config) -> Result<Parts, AgentError> {
         hooks: config.hooks.clone(),
     })
     .start();
-    let seed = id.0 ^ crate::http::signed::unix_ms().rotate_left(17);
+    let seed = id.0 ^ crate::clock::unix_ms().rotate_left(17);
     receiver_ctx.run(MulticastReceiver::new(
         config.mctp.receiver(),
         config.reports.collector(),

@@ -50,6 +50,7 @@
 pub mod actors;
 pub mod agent;
 pub mod ccm;
+pub mod clock;
 pub mod config;
 pub mod corpus;
 pub mod demo;

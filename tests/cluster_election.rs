@@ -147,8 +147,7 @@ async fn fig5_five_agents_over_udp_elect_fail_over_and_respect_preempt() {
     let mut outsider =
         ControlGate::new(b"not this cluster's secret at all", NodeId(5), 1, ReplayLimits::default());
     let mut insider = ControlGate::new(SECRET, NodeId(77), 1, ReplayLimits::default());
-    let now_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let now_ms = cmover::clock::unix_ms();
     let takeover =
         ControlMsg::LeaderAlive { priority: Priority { base: u32::MAX, full: u32::MAX }, list_version: 0 };
     let harmless = ControlMsg::MemberAlive { leader: NodeId(77), heard_ago_ms: 0 };

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cmover::http::signed::unix_ms;
+use cmover::clock::unix_ms;
 use cmover::local_cluster::{ClusterOptions, LocalCluster};
 use cmover::storage::records::{GroupRecord, HistoryRecord, Quorum, RunRecord, RunState};
 use serde_json::json;

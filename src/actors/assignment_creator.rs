@@ -168,7 +168,7 @@ pub fn pack_options(
         serial: AssignmentSerial(serial),
         base_serial: AssignmentSerial(base),
         job_id: job,
-        created_ms: crate::http::signed::unix_ms(),
+        created_ms: crate::clock::unix_ms(),
         filter: TreeFilter::new(&include, &exclude)?,
         incompressible: config.content.incompressible.iter().map(|e| e.to_ascii_lowercase()).collect(),
         compression: TreeFilter::new(&policy.compress_include, &policy.compress_exclude)?,

@@ -24,8 +24,8 @@ use thiserror::Error;
 use super::assignment_creator::{pack_options, AssignmentCreator, CreateContent, CreateControl, Created};
 use super::scheduler::{RunBegan, RunEnded};
 use super::tree_planner::{PlanTree, SetOrder, TreePlanner};
+use crate::clock::unix_ms;
 use crate::config::Config;
-use crate::http::signed::unix_ms;
 use crate::net::client::{ClientError, NodeClient};
 use crate::protocol::api::{
     AssignmentRef, HopTarget, MemberReport, NextHop, Notify, SegmentReport, SegmentResult, ServerOutcome,

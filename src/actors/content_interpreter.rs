@@ -30,6 +30,7 @@ use actix::prelude::*;
 
 use super::elector::UpdateInfo;
 use super::multicast_receiver::{AssignmentReceived, MarkHeld, ReportResult};
+use crate::clock::unix_ms;
 use crate::http::files::{self, assignment_path};
 use crate::ops::config::HooksConfig;
 use crate::ops::hooks::{self, Hook};
@@ -197,10 +198,6 @@ fn kind_name(kind: Kind) -> &'static str {
         Kind::Abort => "abort",
         Kind::Rollback => "rollback",
     }
-}
-
-fn unix_ms() -> u64 {
-    crate::http::signed::unix_ms()
 }
 
 impl Work {

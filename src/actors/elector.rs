@@ -16,13 +16,13 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix::clock::Instant;
 use actix::prelude::*;
 use tokio::net::UdpSocket;
 use tokio_util::udp::UdpFramed;
 
+use crate::clock::{unix_ms, unix_us};
 use crate::net::udp;
 use crate::protocol::control::{ControlCodec, ControlGate, MemberInfo, ReceivedControl};
 use crate::protocol::election::{Dest, Elector, ElectorConfig, ElectorStats, Event, State, Transmit};
@@ -146,17 +146,11 @@ pub struct ElectorActor {
     send_errors: u64,
 }
 
-fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
 impl ElectorActor {
     /// Starts the actor in the current actix system.
     pub fn start(setup: ElectorSetup) -> std::io::Result<Addr<ElectorActor>> {
         let socket = Arc::new(UdpSocket::from_std(setup.socket)?);
-        let started = unix_micros();
+        let started = unix_us();
         // The RNG only spreads delays; seed it from the id and start time.
         let seed = started ^ setup.id.0.rotate_left(32);
         let core = Elector::new(setup.config, setup.id, seed);
@@ -193,7 +187,7 @@ impl ElectorActor {
     }
 
     fn send(&mut self, t: Transmit) {
-        let datagram = self.gate.seal(unix_micros() / 1000, &t.msg);
+        let datagram = self.gate.seal(unix_ms(), &t.msg);
         let targets: Vec<SocketAddr> = match (&self.transport, t.to) {
             (Transport::Multicast { group, .. }, _) => vec![SocketAddr::V4(*group)],
             (Transport::Unicast { peers }, Dest::All) => peers.values().copied().collect(),
@@ -331,7 +325,7 @@ impl StreamHandler<Incoming> for ElectorActor {
     fn handle(&mut self, item: Incoming, ctx: &mut Self::Context) {
         match item {
             Ok((received, _from)) => {
-                if let Some((sender, msg)) = self.gate.admit(unix_micros() / 1000, received) {
+                if let Some((sender, msg)) = self.gate.admit(unix_ms(), received) {
                     self.accepted += 1;
                     let now = self.now();
                     self.core.handle_datagram(now, sender, msg);

@@ -105,7 +105,7 @@ pub fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::signed::unix_ms;
+    use crate::clock::unix_ms;
     use crate::protocol::api::{self, AssignmentRef, NodeStatus, NotLeader};
     use crate::protocol::crypto::MacKey;
     use crate::protocol::ids::NodeId;

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
@@ -16,17 +16,13 @@ use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
+use crate::clock::unix_ms;
 use crate::protocol::api::{self, AuthError, ErrorBody};
 use crate::protocol::crypto::MacKey;
 use crate::protocol::ids::NodeId;
 
 /// Largest signed request body accepted.
 pub const MAX_BODY: usize = 4 << 20;
-
-/// Unix time in milliseconds.
-pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 /// What the server needs to check signatures (`app_data`).
 #[derive(Clone, Debug)]

@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::http::signed::{unix_ms, MAX_BODY};
+use crate::clock::unix_ms;
+use crate::http::signed::MAX_BODY;
 use crate::protocol::api;
 use crate::protocol::crypto::MacKey;
 use crate::protocol::ids::NodeId;

@@ -38,7 +38,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix::prelude::Stream;
 use bytes::Bytes;
@@ -50,6 +49,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+use crate::clock::{unix_ms, unix_us};
 use crate::protocol::ids::NodeId;
 use crate::protocol::mctp::Dest;
 use crate::protocol::wire::{
@@ -317,10 +317,6 @@ impl Stream for Incoming {
 #[derive(Debug, Clone)]
 pub struct DataChannel(Arc<Inner>);
 
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 impl DataChannel {
     /// Opens the sockets (inside a tokio runtime) and returns the handle and
     /// the incoming streams to add to the owning actor. A node that needs
@@ -378,11 +374,7 @@ impl DataChannel {
         for s in incoming_sockets {
             incoming.push(Incoming::new(Arc::new(UdpSocket::from_std(s)?), keys.clone()));
         }
-        let seq = seq.unwrap_or_else(|| {
-            let start_us =
-                SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
-            Arc::new(Mutex::new(Sequencer::new(cfg.node, start_us)))
-        });
+        let seq = seq.unwrap_or_else(|| Arc::new(Mutex::new(Sequencer::new(cfg.node, unix_us()))));
         let inner = Inner {
             node: cfg.node,
             socket,
