@@ -19,7 +19,6 @@ use cmover::actors::elector::ElectionEvent;
 use cmover::actors::group_leader::{DistributeAssignment, GetLeaderStatus, GroupLeader, LeaderSetup};
 use cmover::actors::multicast_sender::{AssignmentSent, RegisterMember, SendAssignment};
 use cmover::actors::report_collector::{CollectReports, ReportsCollected};
-use cmover::http::files::assignment_path;
 use cmover::net::client::NodeClient;
 use cmover::net::fetch::FetchOptions;
 use cmover::protocol::api::{AssignmentRef, NotLeader, Notify, ServerOutcome};
@@ -29,6 +28,7 @@ use cmover::protocol::ids::NodeId;
 use cmover::protocol::mctp::{self, SessionId};
 use cmover::protocol::reports;
 use cmover::storage::agent_state::AgentState;
+use cmover::storage::assignment_file::assignment_path;
 
 const SECRET: &[u8] = b"cluster secret for the group leader tests";
 const ME: NodeId = NodeId(1);

@@ -16,6 +16,7 @@ use crate::protocol::assignment::{encode_control, Header, Kind};
 use crate::protocol::crypto::ContentKey;
 use crate::protocol::ids::{AssignmentSerial, JobId};
 use crate::protocol::paths::SiteName;
+use crate::storage::assignment_file::assignment_path;
 use crate::storage::pack::{pack, PackError, PackOptions, PackSummary};
 use crate::storage::tree::{hash_file, TreeFilter};
 
@@ -96,8 +97,9 @@ impl AssignmentCreator {
     }
 
     /// Where assignment `id` is stored.
+    /// (The name is [`assignment_path`]'s.)
     pub fn path_of(dir: &Path, id: u64) -> PathBuf {
-        dir.join(format!("{id}.cma"))
+        assignment_path(dir, id)
     }
 }
 
@@ -115,7 +117,7 @@ fn create(
     Box::pin(async move {
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|source| CreateError::Io { path: dir.clone(), source })?;
-            let path = AssignmentCreator::path_of(&dir, id);
+            let path = assignment_path(&dir, id);
             let summary = write(&path)?;
             let io = |source| CreateError::Io { path: path.clone(), source };
             File::open(&path).and_then(|f| f.sync_all()).map_err(io)?;

@@ -31,7 +31,7 @@ use actix::prelude::*;
 use super::elector::UpdateInfo;
 use super::multicast_receiver::{AssignmentReceived, MarkHeld, ReportResult};
 use crate::clock::unix_ms;
-use crate::http::files::{self, assignment_path};
+use crate::http::files;
 use crate::ops::config::HooksConfig;
 use crate::ops::hooks::{self, Hook};
 use crate::protocol::assignment::Kind;
@@ -41,6 +41,7 @@ use crate::protocol::ids::{AssignmentSerial, NodeId};
 use crate::protocol::paths::SiteName;
 use crate::storage::agent_state::{AgentState, Applied, StateError};
 use crate::storage::assignment_file::AssignmentFile;
+use crate::storage::assignment_file::{self, assignment_path};
 use crate::storage::releases::{Outcome, SiteOptions, SiteRoot};
 
 /// How many carried-out assignments are announced to the receiver at
@@ -167,7 +168,7 @@ pub fn reconcile_held(dir: &Path, state: &AgentState) -> Result<BTreeMap<u64, [u
         let name = e.file_name();
         let Some(id) = name
             .to_str()
-            .and_then(|n| n.strip_suffix(&format!(".{}", files::EXTENSION)))
+            .and_then(|n| n.strip_suffix(&format!(".{}", assignment_file::EXTENSION)))
             .and_then(|n| n.parse::<u64>().ok())
         else {
             continue;

@@ -7,10 +7,11 @@
 //! caller's: the route handler takes the `Signed` extractor (a GET's body is
 //! empty, its signature covers the path).
 //!
-//! Copies are stored as `<dir>/<id>.cma` ([`assignment_path`]).
+//! Copies are stored as `<dir>/<id>.cma` ([`assignment_path`], owned by
+//! [`crate::storage::assignment_file`]).
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use actix_web::http::header;
 use actix_web::http::StatusCode;
@@ -20,16 +21,10 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::protocol::api::ErrorBody;
 use crate::protocol::crypto::Sha256;
+use crate::storage::assignment_file::assignment_path;
 
-/// Extension of a stored assignment copy.
-pub const EXTENSION: &str = "cma";
 /// Bytes read from disk per chunk of a served file.
 const CHUNK: usize = 64 * 1024;
-
-/// Where the copy of assignment `id` is stored in `dir`.
-pub fn assignment_path(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("{id}.{EXTENSION}"))
-}
 
 /// The node API path of assignment `id`.
 pub fn assignment_url_path(id: u64) -> String {

@@ -180,7 +180,7 @@ mod tests {
     #[actix_web::test]
     async fn every_route_is_signed_and_notify_answers_202_or_409() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(files::assignment_path(dir.path(), 7), b"abcdef").unwrap();
+        std::fs::write(crate::storage::assignment_file::assignment_path(dir.path(), 7), b"abcdef").unwrap();
         for leading in [true, false] {
             let fake = FakeLeader { leading }.start();
             let api = NodeApi {

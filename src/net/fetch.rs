@@ -349,9 +349,10 @@ async fn transfer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::files::{assignment_path, serve_assignment};
+    use crate::http::files::serve_assignment;
     use crate::http::signed::{NodeAuth, Signed};
     use crate::protocol::ids::NodeId;
+    use crate::storage::assignment_file::assignment_path;
     use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
     use bytes::Bytes;
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 
-use cmover::http::files::{assignment_path, hash_file, serve_assignment};
+use cmover::http::files::{hash_file, serve_assignment};
 use cmover::http::signed::{NodeAuth, Signed};
 use cmover::protocol::api::{
     AssignmentRef, HopTarget, NextHop, NextHopRequest, SegmentReport, SegmentResult,
@@ -22,6 +22,7 @@ use cmover::protocol::api::{
 use cmover::protocol::crypto::ContentKey;
 use cmover::protocol::ids::{AssignmentSerial, JobId, NodeId};
 use cmover::protocol::paths::SiteName;
+use cmover::storage::assignment_file::assignment_path;
 use cmover::storage::pack::{pack, PackOptions};
 use cmover::storage::tree::TreeFilter;
 
