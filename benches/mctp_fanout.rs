@@ -71,9 +71,9 @@ use tokio::sync::mpsc;
 mod cluster;
 use cluster::write_random_file;
 
-use cmover::actors::data_channel::{DataChannel, DataChannelConfig, DataMode};
 use cmover::actors::multicast_receiver::{AssignmentReceived, MulticastReceiver};
 use cmover::actors::multicast_sender::{AssignmentSent, MulticastSender, SendAssignment};
+use cmover::net::data_channel::{DataChannel, DataChannelConfig, DataMode};
 use cmover::protocol::crypto::{ContentKey, Sha256};
 use cmover::protocol::ids::{AssignmentSerial, NodeId};
 use cmover::protocol::mctp::{ReceiverConfig, SenderConfig};

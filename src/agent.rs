@@ -36,16 +36,18 @@ use actix_web::dev::ServerHandle;
 use thiserror::Error;
 
 use crate::actors::content_interpreter::{reconcile_held, ContentInterpreter, InterpreterSetup};
-use crate::actors::data_channel::{DataChannel, DataChannelConfig, DataMode};
 use crate::actors::elector::{ElectionEvent, ElectorActor, ElectorSetup, Shutdown, Transport};
 use crate::actors::group_leader::{GroupLeader, LeaderSetup};
 use crate::actors::multicast_receiver::MulticastReceiver;
 use crate::actors::multicast_sender::MulticastSender;
 use crate::actors::report_collector::ReportCollector;
 use crate::config::{Config, ConfigError, ControlMode, DataChannelMode};
-use crate::http::files::FetchOptions;
 use crate::http::node_api::{self, NodeApi};
-use crate::http::signed::{NodeAuth, NodeClient};
+use crate::http::signed::NodeAuth;
+use crate::net::client::NodeClient;
+use crate::net::data_channel::{DataChannel, DataChannelConfig, DataMode};
+use crate::net::fetch::FetchOptions;
+use crate::net::udp;
 use crate::protocol::control::MemberInfo;
 use crate::protocol::crypto::parse_key_file;
 use crate::protocol::crypto::ContentKey;
@@ -53,7 +55,6 @@ use crate::protocol::election::{ElectionTimers, ElectorConfig, MembershipTimers,
 use crate::protocol::ids::NodeId;
 use crate::protocol::wire::ReplayLimits;
 use crate::storage::agent_state::{AgentState, StateError};
-use crate::udp;
 use actix::prelude::*;
 
 fn invalid(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
@@ -406,7 +407,7 @@ fn build(config: &Config) -> Result<Parts, AgentError> {
         hooks: config.hooks.clone(),
     })
     .start();
-    let seed = id.0 ^ crate::http::signed::unix_ms().rotate_left(17);
+    let seed = id.0 ^ crate::clock::unix_ms().rotate_left(17);
     receiver_ctx.run(MulticastReceiver::new(
         config.mctp.receiver(),
         config.reports.collector(),

@@ -330,7 +330,7 @@ fn job_body(a: &JobSpecArgs) -> Result<Value> {
         json!({"type": "cron", "expr": expr})
     } else if let Some(at) = a.at {
         let at: std::time::SystemTime = at.into();
-        let ms = at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let ms = cmover::clock::ms_of(at);
         json!({"type": "once", "at_ms": ms})
     } else if a.on_change {
         json!({"type": "on_change", "debounce_ms": a.debounce.as_millis() as u64})

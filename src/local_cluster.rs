@@ -194,7 +194,7 @@ impl LocalCluster {
 
     async fn start_once(opts: ClusterOptions) -> Result<LocalCluster, ClusterError> {
         let Plan { ccm: ccm_config, agents: configs } = plan(&opts)?;
-        let started_ms = crate::http::signed::unix_ms();
+        let started_ms = crate::clock::unix_ms();
         let ccm = crate::ccm::start(ccm_config.clone()).await?;
         let mut cluster = LocalCluster {
             token: ccm_config.ccm.admin_token.clone(),

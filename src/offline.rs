@@ -5,7 +5,6 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 
@@ -52,11 +51,6 @@ pub fn load_key(path: &Path) -> Result<ContentKey, OfflineError> {
     ContentKey::from_secret(&secret).map_err(|e| key_err(e.to_string()))
 }
 
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Options of `cmover diff`.
 #[derive(Debug, Clone, Default)]
 pub struct DiffArgs {
@@ -99,7 +93,7 @@ pub fn diff(
         serial: AssignmentSerial(serial),
         base_serial: AssignmentSerial(base),
         job_id: JobId(args.job_id),
-        created_ms: now_ms(),
+        created_ms: crate::clock::unix_ms(),
         filter,
         compression: Default::default(),
         incompressible: config

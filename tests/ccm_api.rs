@@ -3,13 +3,16 @@
 //! API (fetch with Range, next hop, segment results). The agent side is
 //! tested against the real CCM in `cluster_*.rs`.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use cmover::config::Config;
 use cmover::corpus::{self, CorpusSpec};
-use cmover::http::signed::{NodeAuth, NodeClient, Signed};
+use cmover::http::signed::{NodeAuth, Signed};
+use cmover::net::client::NodeClient;
 use cmover::protocol::api::{
     MemberReport, NextHop, NextHopRequest, Notify, SegmentReport, SegmentResult, ServerOutcome,
 };
@@ -17,6 +20,8 @@ use cmover::protocol::crypto::Digest;
 use cmover::protocol::ids::NodeId;
 use cmover::storage::records::{RunRecord, RunState};
 use cmover::storage::tree::compare_trees;
+use common::net::local_listener;
+use common::wait::{wait_for, wait_for_sync};
 
 const TOKEN: &str = "test-admin-token";
 
@@ -49,8 +54,7 @@ async fn fake_leader(secret: &[u8]) -> (String, Arc<Mutex<Vec<Notify>>>) {
     let got: Arc<Mutex<Vec<Notify>>> = Arc::default();
     let data = web::Data::new(got.clone());
     let auth = web::Data::new(NodeAuth::from_secret(secret, Duration::from_secs(30)));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = local_listener();
     let server = HttpServer::new(move || {
         App::new().app_data(auth.clone()).app_data(data.clone()).route(
             "/node/v1/notify",
@@ -69,25 +73,19 @@ async fn fake_leader(secret: &[u8]) -> (String, Arc<Mutex<Vec<Notify>>>) {
     (addr.to_string(), got)
 }
 
-async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    for _ in 0..1200 {
-        if let Some(v) = f() {
-            return v;
-        }
-        actix::clock::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
+/// How long the CCM may take to get somewhere.
+const WAIT: Duration = Duration::from_secs(60);
 
 async fn wait_for_run(ccm: &cmover::ccm::CcmHandle, run: u64, state: RunState) -> RunRecord {
-    for _ in 0..1200 {
+    wait_for(format!("run {run} to reach {state:?}"), WAIT, async || {
         let r = run_state(ccm, run).await;
         if r.state == state {
-            return r;
+            Ok(r)
+        } else {
+            Err(format!("{r:?}"))
         }
-        actix::clock::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("run {run} never reached {state:?}: {:?}", run_state(ccm, run).await);
+    })
+    .await
 }
 
 async fn admin(
@@ -250,7 +248,7 @@ async fn a_publish_run_spreads_as_a_tree_commits_and_records_everything() {
     let run = start_run(&ccm).await;
 
     // Content: the CCM notifies only the first leader (fanout 1); it forwards to the second.
-    let n = wait_for("content notify", || got_a.lock().unwrap().first().cloned()).await;
+    let n = wait_for_sync("content notify", WAIT, || got_a.lock().unwrap().first().cloned()).await;
     assert_eq!(
         (n.assignment.kind.as_str(), n.assignment.serial, n.fetch_from.as_str()),
         ("content", 1, ccm.url.as_str())
@@ -264,7 +262,7 @@ async fn a_publish_run_spreads_as_a_tree_commits_and_records_everything() {
     assert!(leader_round(&gl_b, &ccm.url, &hop, "b", &ok(&[4, 5, 6])).await.is_none());
 
     // Commit: notified the same way.
-    let c = wait_for("commit notify", || got_a.lock().unwrap().get(1).cloned()).await;
+    let c = wait_for_sync("commit notify", WAIT, || got_a.lock().unwrap().get(1).cloned()).await;
     assert_eq!((c.assignment.kind.as_str(), c.assignment.serial), ("commit", 1));
     let hop = leader_round(&gl_a, &ccm.url, &c, "a", &ok(&[1, 2, 3])).await.expect("forwarded");
     let hop = Notify { fetch_from: ccm.url.clone(), ..hop };
@@ -293,12 +291,12 @@ async fn without_quorum_the_release_is_aborted_and_the_failure_named() {
     let w = world();
     let (ccm, [(_, got_a), (_, _)], gl_a, gl_b) = setup(&w).await;
     let run = start_run(&ccm).await;
-    let n = wait_for("content notify", || got_a.lock().unwrap().first().cloned()).await;
+    let n = wait_for_sync("content notify", WAIT, || got_a.lock().unwrap().first().cloned()).await;
     let hop = leader_round(&gl_a, &ccm.url, &n, "a", &ok(&[1, 2, 3])).await.unwrap();
     let mut outcomes = ok(&[4, 6]);
     outcomes.push((5, ServerOutcome::Failed { error: "disk full".into() }));
     leader_round(&gl_b, &ccm.url, &Notify { fetch_from: ccm.url.clone(), ..hop }, "b", &outcomes).await;
-    let a = wait_for("abort notify", || got_a.lock().unwrap().get(1).cloned()).await;
+    let a = wait_for_sync("abort notify", WAIT, || got_a.lock().unwrap().get(1).cloned()).await;
     assert_eq!(a.assignment.kind, "abort");
     let hop = leader_round(&gl_a, &ccm.url, &a, "a", &ok(&[1, 2, 3])).await.unwrap();
     leader_round(&gl_b, &ccm.url, &Notify { fetch_from: ccm.url.clone(), ..hop }, "b", &ok(&[4, 5, 6])).await;
@@ -371,12 +369,12 @@ async fn a_ccm_restart_fails_an_unfinished_distribution_cleanly_and_resumes_a_co
 
     // Run 1: the CCM stops while the content is being distributed.
     let run1 = start_run(&ccm).await;
-    let n = wait_for("content notify", || got_a.lock().unwrap().first().cloned()).await;
+    let n = wait_for_sync("content notify", WAIT, || got_a.lock().unwrap().first().cloned()).await;
     leader_round(&gl_a, &ccm.url, &n, "a", &ok(&[1, 2, 3])).await.unwrap();
     ccm.stop().await;
     let ccm = cmover::ccm::start(w.config.clone()).await.unwrap();
     // It fails cleanly: an abort goes to the leaders, nothing goes live.
-    let abort = wait_for("abort notify", || got_a.lock().unwrap().get(1).cloned()).await;
+    let abort = wait_for_sync("abort notify", WAIT, || got_a.lock().unwrap().get(1).cloned()).await;
     assert_eq!(abort.assignment.kind, "abort");
     let hop = leader_round(&gl_a, &ccm.url, &abort, "a", &ok(&[1, 2, 3])).await.unwrap();
     leader_round(&gl_b, &ccm.url, &Notify { fetch_from: ccm.url.clone(), ..hop }, "b", &ok(&[4, 5, 6])).await;
@@ -390,15 +388,15 @@ async fn a_ccm_restart_fails_an_unfinished_distribution_cleanly_and_resumes_a_co
 
     // Run 2: the CCM stops while committing; the commit resumes after the restart.
     let run2 = start_run(&ccm).await;
-    let n = wait_for("content notify", || got_a.lock().unwrap().get(2).cloned()).await;
+    let n = wait_for_sync("content notify", WAIT, || got_a.lock().unwrap().get(2).cloned()).await;
     assert_eq!(n.run, run2);
     let hop = leader_round(&gl_a, &ccm.url, &n, "a", &ok(&[1, 2, 3])).await.unwrap();
     leader_round(&gl_b, &ccm.url, &Notify { fetch_from: ccm.url.clone(), ..hop }, "b", &ok(&[4, 5, 6])).await;
-    let c = wait_for("commit notify", || got_a.lock().unwrap().get(3).cloned()).await;
+    let c = wait_for_sync("commit notify", WAIT, || got_a.lock().unwrap().get(3).cloned()).await;
     assert_eq!(c.assignment.kind, "commit");
     ccm.stop().await;
     let ccm = cmover::ccm::start(w.config.clone()).await.unwrap();
-    let c2 = wait_for("resumed commit notify", || got_a.lock().unwrap().get(4).cloned()).await;
+    let c2 = wait_for_sync("resumed commit notify", WAIT, || got_a.lock().unwrap().get(4).cloned()).await;
     // Run 1 used serial 1 and failed; a serial is never used twice.
     assert_eq!((c2.assignment.kind.as_str(), c2.run, c2.assignment.serial), ("commit", run2, 2));
     let hop = leader_round(&gl_a, &ccm.url, &c2, "a", &ok(&[1, 2, 3])).await.unwrap();

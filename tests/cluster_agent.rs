@@ -17,21 +17,23 @@
 //!
 //! Conditions are awaited with generous deadlines (the machine may be busy).
 
-mod fake_ccm;
+mod common;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fake_ccm::FakeCcm;
+use common::config::unicast_agent;
+use common::fake_ccm::FakeCcm;
+use common::net::free_udp_port;
 
 use cmover::actors::content_interpreter::GetInterpreterStatus;
 use cmover::actors::group_leader::GetLeaderStatus;
 use cmover::agent::Agent;
-use cmover::config::{Config, ControlMode, DataChannelMode};
+use cmover::config::Config;
 use cmover::corpus::{self, CorpusSpec};
-use cmover::http::signed::{ClientError, NodeClient};
+use cmover::net::client::{ClientError, NodeClient};
 use cmover::protocol::api::{
     AssignmentRef, HopTarget, NodeStatus, Notify, SegmentResult, ServerOutcome, CCM_NODE,
 };
@@ -47,10 +49,6 @@ fn secret() -> Vec<u8> {
     cmover::protocol::crypto::parse_key_file(SECRET_HEX.as_bytes()).unwrap()
 }
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Segment of a node: 1–3 are "east", 4–6 "west".
 fn segment_of(id: u64) -> &'static str {
     if id <= 3 {
@@ -61,33 +59,14 @@ fn segment_of(id: u64) -> &'static str {
 }
 
 fn agent_config(root: &Path, id: u64, ccm_url: &str, control: &BTreeMap<u64, SocketAddr>) -> Config {
-    let mut c = Config::default();
-    c.node.id = id;
-    c.node.name = format!("web-{id}");
-    c.cluster.secret_file = root.join("secret");
-    c.control.mode = ControlMode::Unicast;
-    c.control.bind = control[&id];
-    c.control.peers = control
-        .iter()
-        .filter(|(p, _)| segment_of(**p) == segment_of(id))
-        .map(|(p, a)| format!("{p}@{a}"))
-        .collect();
-    cmover::local_cluster::one_machine_timers(&mut c);
+    let peers: Vec<(u64, SocketAddr)> =
+        control.iter().filter(|(p, _)| segment_of(**p) == segment_of(id)).map(|(p, a)| (*p, *a)).collect();
+    let dir = root.join(format!("node-{id}"));
+    let mut c = unicast_agent(id, &dir, &root.join("secret"), segment_of(id), ccm_url, &peers);
     // The first node of each segment is preferred: it leads.
     c.election.preference = if id == 1 || id == 4 { 90 } else { 10 };
-    let a = &mut c.agent;
-    let dir = root.join(format!("node-{id}"));
-    a.data_dir = dir.join("data");
-    a.sites_root = dir.join("sites");
-    a.segment = segment_of(id).into();
-    a.location = format!("{}-dc", segment_of(id));
-    a.ccm_url = ccm_url.into();
-    a.http_bind = "127.0.0.1:0".parse().unwrap();
-    a.segment_report_interval = Duration::from_secs(1);
-    a.retry_delay = Duration::from_millis(100);
-    a.request_timeout = Duration::from_secs(20);
-    c.data.mode = DataChannelMode::Unicast;
-    c.data.bind = "127.0.0.1:0".parse().unwrap();
+    c.agent.location = format!("{}-dc", segment_of(id));
+    c.agent.request_timeout = Duration::from_secs(20);
     c
 }
 

@@ -4,22 +4,23 @@
 //! applying again and reports every server; it refuses notifies when not
 //! leading and stops its jobs when leadership is lost.
 
-mod fake_ccm;
+mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use fake_ccm::FakeCcm;
+use common::fake_ccm::FakeCcm;
+use common::net::local_listener;
 
 use cmover::actors::content_interpreter::{ApplyAssignment, GetInterpreterStatus, InterpreterStatus};
 use cmover::actors::elector::ElectionEvent;
 use cmover::actors::group_leader::{DistributeAssignment, GetLeaderStatus, GroupLeader, LeaderSetup};
 use cmover::actors::multicast_sender::{AssignmentSent, RegisterMember, SendAssignment};
 use cmover::actors::report_collector::{CollectReports, ReportsCollected};
-use cmover::http::files::{assignment_path, FetchOptions};
-use cmover::http::signed::NodeClient;
+use cmover::net::client::NodeClient;
+use cmover::net::fetch::FetchOptions;
 use cmover::protocol::api::{AssignmentRef, NotLeader, Notify, ServerOutcome};
 use cmover::protocol::control::MemberInfo;
 use cmover::protocol::election::Event;
@@ -27,6 +28,7 @@ use cmover::protocol::ids::NodeId;
 use cmover::protocol::mctp::{self, SessionId};
 use cmover::protocol::reports;
 use cmover::storage::agent_state::AgentState;
+use cmover::storage::assignment_file::assignment_path;
 
 const SECRET: &[u8] = b"cluster secret for the group leader tests";
 const ME: NodeId = NodeId(1);
@@ -230,8 +232,8 @@ async fn a_job_fetches_delivers_and_asks_members_still_applying_again() {
 async fn losing_leadership_stops_jobs_and_refuses_notifies() {
     let dir = tempfile::tempdir().unwrap();
     // A holder that accepts connections and never answers.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", silent.local_addr().unwrap());
+    let (_silent, addr) = local_listener();
+    let url = format!("http://{addr}");
     let (leader, _fakes) = start_leader(dir.path(), &url);
     leader.send(elected(true)).await.unwrap();
     leader

@@ -9,6 +9,8 @@
 //! against a loose multiple of the bound (the exact bound is proven in
 //! virtual time by `tests/sim_election.rs`).
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
@@ -17,11 +19,12 @@ use actix::prelude::*;
 use cmover::actors::elector::{
     ElectorActor, ElectorSetup, ElectorStatus, GetStatus, Shutdown, Transport, UpdateConfig,
 };
+use cmover::net::udp::bind_unicast;
 use cmover::protocol::control::{ControlGate, ControlMsg, MemberInfo, Priority};
 use cmover::protocol::election::{ElectionTimers, ElectorConfig, MembershipTimers, PriorityInputs, State};
 use cmover::protocol::ids::NodeId;
 use cmover::protocol::wire::ReplayLimits;
-use cmover::udp::bind_unicast;
+use common::wait::wait_every;
 
 const SECRET: &[u8] = b"cluster secret of the UDP cluster test";
 const NODES: u64 = 5;
@@ -96,15 +99,15 @@ impl Cluster {
         what: &str,
         cond: impl Fn(&HashMap<NodeId, ElectorStatus>) -> bool,
     ) -> HashMap<NodeId, ElectorStatus> {
-        let start = actix::clock::Instant::now();
-        loop {
+        wait_every(what, DEADLINE, Duration::from_millis(20), async || {
             let s = self.statuses().await;
             if cond(&s) {
-                return s;
+                Ok(s)
+            } else {
+                Err(format!("{s:#?}"))
             }
-            assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}: {s:#?}");
-            actix::clock::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -144,8 +147,7 @@ async fn fig5_five_agents_over_udp_elect_fail_over_and_respect_preempt() {
     let mut outsider =
         ControlGate::new(b"not this cluster's secret at all", NodeId(5), 1, ReplayLimits::default());
     let mut insider = ControlGate::new(SECRET, NodeId(77), 1, ReplayLimits::default());
-    let now_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let now_ms = cmover::clock::unix_ms();
     let takeover =
         ControlMsg::LeaderAlive { priority: Priority { base: u32::MAX, full: u32::MAX }, list_version: 0 };
     let harmless = ControlMsg::MemberAlive { leader: NodeId(77), heard_ago_ms: 0 };
@@ -180,15 +182,12 @@ async fn fig5_five_agents_over_udp_elect_fail_over_and_respect_preempt() {
 
     // Node 5 returns (same address). Preempt is off: it follows node 4.
     let addr5 = cluster.addrs[&NodeId(5)];
-    let socket = loop {
-        match bind_unicast(addr5) {
-            Ok(s) => break s,
-            Err(e) => {
-                assert!(killed_at.elapsed() < DEADLINE, "cannot rebind {addr5}: {e}");
-                actix::clock::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    let left = DEADLINE.saturating_sub(killed_at.elapsed());
+    let socket =
+        wait_every(format!("{addr5} to be free again"), left, Duration::from_millis(20), async || {
+            bind_unicast(addr5).map_err(|e| format!("cannot rebind {addr5}: {e}"))
+        })
+        .await;
     cluster.start_node(NodeId(5), socket, false);
     cluster
         .wait_for("node 5 back, following node 4, listed by all", |s| {

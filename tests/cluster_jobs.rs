@@ -5,7 +5,7 @@
 //! remove, hot, and cancelling a run.
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::Duration;
 
 use cmover::corpus::{self, EditSpec};
 use cmover::local_cluster::{ClusterOptions, LocalCluster};
@@ -20,6 +20,7 @@ use common::cluster::{
     assert_all_live, assert_live, init_logs, live_serial, published, slow_multicast, staging, wait_for,
     wait_live_reported, LIMIT,
 };
+use common::wait::wait_every;
 
 /// Creates a job from its JSON definition; returns its id.
 async fn job(c: &LocalCluster, body: serde_json::Value) -> u64 {
@@ -35,19 +36,16 @@ async fn run(c: &LocalCluster, id: u64) -> RunRecord {
 /// Waits until a run of `kind` started by the scheduler has done something
 /// (ended other than `unchanged`); returns the oldest such run.
 async fn scheduled_run(c: &LocalCluster, kind: JobKind) -> RunRecord {
-    let deadline = Instant::now() + LIMIT;
-    loop {
+    let what = format!("the scheduler to start a {kind:?} run");
+    wait_every(what, LIMIT, Duration::from_millis(200), async || {
         let (_, runs) = c.admin.call("GET", "/api/v1/runs", None).await.unwrap();
         let runs: Vec<RunRecord> = serde_json::from_value(runs).unwrap();
         let done = |r: &RunRecord| {
             r.kind == kind && r.reason == "trigger" && r.state.is_final() && r.state != RunState::Unchanged
         };
-        if let Some(r) = runs.iter().rev().find(|r| done(r)) {
-            return r.clone();
-        }
-        assert!(Instant::now() < deadline, "no {kind:?} run was started by the scheduler: {runs:#?}");
-        actix::clock::sleep(std::time::Duration::from_millis(200)).await;
-    }
+        runs.iter().rev().find(|r| done(r)).cloned().ok_or_else(|| format!("{runs:#?}"))
+    })
+    .await
 }
 
 fn opts(tmp: &Path) -> ClusterOptions {

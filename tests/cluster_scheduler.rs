@@ -4,9 +4,9 @@
 //! conflicts must show in the history.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cmover::http::signed::unix_ms;
+use cmover::clock::unix_ms;
 use cmover::local_cluster::{ClusterOptions, LocalCluster};
 use cmover::storage::records::{GroupRecord, HistoryRecord, Quorum, RunRecord, RunState};
 use serde_json::json;
@@ -14,6 +14,7 @@ use serde_json::json;
 mod common;
 
 use common::cluster::{init_logs, LIMIT};
+use common::wait::wait_every;
 
 #[actix_rt::test]
 async fn two_hundred_queued_jobs_never_overlap_when_they_conflict_and_all_finish() {
@@ -48,18 +49,18 @@ async fn two_hundred_queued_jobs_never_overlap_when_they_conflict_and_all_finish
     assert_eq!(jobs.len(), 200);
 
     // Wait until every job has one finished run.
-    let deadline = Instant::now() + LIMIT * 3;
-    let runs: Vec<RunRecord> = loop {
-        let (_, v) = c.admin.call("GET", "/api/v1/runs?limit=10000", None).await.unwrap();
-        let runs: Vec<RunRecord> = serde_json::from_value(v).unwrap();
-        let ours = runs.iter().filter(|r| jobs.contains(&r.job.0)).count();
-        if ours >= 200 && runs.iter().all(|r| r.state.is_final()) {
-            break runs;
-        }
-        let done = runs.iter().filter(|r| r.state.is_final() && jobs.contains(&r.job.0)).count();
-        assert!(Instant::now() < deadline, "only {done} of 200 runs finished");
-        actix::clock::sleep(Duration::from_millis(250)).await;
-    };
+    let runs: Vec<RunRecord> =
+        wait_every("200 finished runs", LIMIT * 3, Duration::from_millis(250), async || {
+            let (_, v) = c.admin.call("GET", "/api/v1/runs?limit=10000", None).await.unwrap();
+            let runs: Vec<RunRecord> = serde_json::from_value(v).unwrap();
+            let ours = runs.iter().filter(|r| jobs.contains(&r.job.0)).count();
+            if ours >= 200 && runs.iter().all(|r| r.state.is_final()) {
+                return Ok(runs);
+            }
+            let done = runs.iter().filter(|r| r.state.is_final() && jobs.contains(&r.job.0)).count();
+            Err(format!("only {done} of 200 runs finished"))
+        })
+        .await;
     let mut per_job: BTreeMap<u64, usize> = BTreeMap::new();
     // (The scheduler's own replicate runs, for servers that a group's
     // publish left without the site, are checked for overlaps too.)

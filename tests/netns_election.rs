@@ -6,174 +6,72 @@
 //! Needs root (or CAP_NET_ADMIN) for `ip netns`. Without it the test is
 //! skipped with a printed reason, except under `CI=true`, where it fails.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::config::{agent, write_toml};
+use common::net::{can_use_netns, Netns};
+use common::proc::{cmover_bin, spawn_agent};
+use common::wait::recv_until;
+
+use cmover::config::ControlMode;
+
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Deletes the namespace and kills the agents however the test ends.
-struct Namespace {
-    name: String,
-    children: Vec<Child>,
-}
-
-impl Namespace {
-    fn create(name: &str) -> Result<Namespace, String> {
-        ip(&["netns", "add", name])?;
-        let ns = Namespace { name: name.to_string(), children: Vec::new() };
-        ns.exec(&["ip", "link", "set", "lo", "up"])?;
-        ns.exec(&["ip", "link", "set", "lo", "multicast", "on"])?;
-        Ok(ns)
-    }
-
-    fn exec(&self, args: &[&str]) -> Result<(), String> {
-        let mut all = vec!["netns", "exec", &self.name];
-        all.extend_from_slice(args);
-        ip(&all)
-    }
-
-    fn spawn(&mut self, program: &Path, args: &[&str]) -> Result<&mut Child, String> {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .arg(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
-        self.children.push(child);
-        Ok(self.children.last_mut().unwrap())
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = ip(&["netns", "delete", &self.name]);
-    }
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run `ip`: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// Either runs, or explains why not: a skip outside CI, a failure under CI.
-fn can_run() -> bool {
-    if is_root() {
-        return true;
-    }
-    let reason = "not root: `ip netns` needs root or CAP_NET_ADMIN";
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: this test must run, but {reason}");
-    println!("skipped: {reason}");
-    false
-}
-
+/// Agent `id` in multicast mode on the namespace's loopback, control port `port`.
 fn write_config(dir: &Path, id: u64, secret: &Path, port: u16) -> PathBuf {
-    let path = dir.join(format!("agent{id}.toml"));
-    let text = format!(
-        r#"[node]
-id = {id}
-name = "ns-agent-{id}"
-[cluster]
-secret_file = "{secret}"
-[control]
-mode = "multicast"
-group = "239.192.70.9"
-port = {port}
-interface = "127.0.0.1"
-[election]
-la_interval = "100ms"
-claim_delay_min = "10ms"
-claim_delay_max = "100ms"
-voting_window = "60ms"
-preference = {pref}
-[membership]
-alive_interval = "200ms"
-member_timeout = "2s"
-list_delay = "300ms"
-register_jitter = "100ms"
-[agent]
-data_dir = "{agent_dir}/data"
-sites_root = "{agent_dir}/sites"
-http_bind = "127.0.0.1:0"
-[data]
-group = "239.192.70.10"
-interface = "127.0.0.1"
-bind = "127.0.0.1:0"
-"#,
-        agent_dir = dir.join(format!("agent{id}")).display(),
-        secret = secret.display(),
-        pref = id * 10,
-    );
-    std::fs::write(&path, text).unwrap();
-    path
+    let mut c = agent(id, &dir.join(format!("agent{id}")), secret);
+    c.node.name = format!("ns-agent-{id}");
+    c.control.mode = ControlMode::Multicast;
+    c.control.group = "239.192.70.9".parse().unwrap();
+    c.control.port = port;
+    c.control.interface = "127.0.0.1".parse().unwrap();
+    let e = &mut c.election;
+    e.la_interval = Duration::from_millis(100);
+    e.claim_delay_min = Duration::from_millis(10);
+    e.claim_delay_max = Duration::from_millis(100);
+    e.voting_window = Duration::from_millis(60);
+    e.preference = u8::try_from(id * 10).unwrap();
+    let m = &mut c.membership;
+    m.alive_interval = Duration::from_millis(200);
+    m.member_timeout = Duration::from_secs(2);
+    m.list_delay = Duration::from_millis(300);
+    m.register_jitter = Duration::from_millis(100);
+    c.data.group = "239.192.70.10".parse().unwrap();
+    c.data.interface = "127.0.0.1".parse().unwrap();
+    write_toml(&dir.join(format!("agent{id}.toml")), &c)
 }
 
 #[test]
 fn fig5_three_agents_in_multicast_mode_elect_one_leader_in_a_network_namespace() {
-    if !can_run() {
+    if !can_use_netns() {
         return;
     }
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_cmover"));
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("cluster.key");
     std::fs::write(&secret, format!("{}\n", "5a".repeat(32))).unwrap();
 
     let name = format!("cmover-elect-{}", std::process::id());
-    let mut ns = Namespace::create(&name).unwrap_or_else(|e| panic!("{e}"));
+    let ns = Netns::create(&name).unwrap_or_else(|e| panic!("{e}"));
+    ns.exec(&["ip", "link", "set", "lo", "multicast", "on"]).unwrap_or_else(|e| panic!("{e}"));
     let (tx, rx) = mpsc::channel::<(u64, String)>();
+    let mut agents = Vec::new();
     for id in 1..=3u64 {
         let config = write_config(dir.path(), id, &secret, 7400);
-        let child = ns
-            .spawn(&bin, &["agent", "--config", config.to_str().unwrap(), "--log-format", "json"])
-            .unwrap_or_else(|e| panic!("{e}"));
-        let out = child.stdout.take().unwrap();
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send((id, line)).is_err() {
-                    break;
-                }
-            }
-        });
+        agents.push(spawn_agent(ns.command(cmover_bin()), id, &config, &tx));
     }
 
     // Each agent's leader, from its structured log events.
     let mut leader: [Option<u64>; 4] = [None; 4];
     let mut joined: Vec<u64> = Vec::new();
     let mut log = Vec::new();
-    let start = Instant::now();
-    loop {
-        let agreed = leader[1].is_some() && leader[1] == leader[2] && leader[2] == leader[3];
-        if agreed && joined.len() == 2 {
-            break;
-        }
-        let left = DEADLINE.checked_sub(start.elapsed()).unwrap_or_default();
-        let Ok((id, line)) = rx.recv_timeout(left) else {
-            panic!(
-                "no agreement within {DEADLINE:?}: leaders {leader:?}, joined {joined:?}\n{}",
-                log.join("\n")
-            );
-        };
+    let agreed = recv_until(&rx, Instant::now(), DEADLINE, |(id, line)| {
         log.push(format!("agent {id}: {line}"));
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
+            return false;
         };
         let f = &v["fields"];
         let num = |k: &str| f[k].as_str().and_then(|s| s.parse::<u64>().ok());
@@ -189,13 +87,20 @@ fn fig5_three_agents_in_multicast_mode_elect_one_leader_in_a_network_namespace()
             }
             _ => {}
         }
-    }
+        leader[1].is_some() && leader[1] == leader[2] && leader[2] == leader[3] && joined.len() == 2
+    });
+    assert!(
+        agreed,
+        "no agreement within {DEADLINE:?}: leaders {leader:?}, joined {joined:?}\n{}",
+        log.join("\n")
+    );
     let l = leader[1].unwrap();
     assert!((1..=3).contains(&l), "leader {l} is not one of the agents");
     // The most preferred agent leads (no loss inside the namespace).
     assert_eq!(l, 3, "{}", log.join("\n"));
     joined.sort();
     assert_eq!(joined, [1, 2]);
+    drop(agents);
     drop(ns);
-    assert!(ip(&["netns", "exec", &name, "true"]).is_err(), "namespace {name} left behind");
+    assert!(!Netns::exists(&name), "namespace {name} left behind");
 }

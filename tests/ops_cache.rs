@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use cmover::config::Config;
 use cmover::local_cluster::{ClusterOptions, LocalCluster};
@@ -14,7 +15,10 @@ use cmover::storage::records::{Quorum, RunState};
 mod common;
 
 use common::cluster::{init_logs, LIMIT};
-use common::ops::{free_port, get, require, static_server, wait_until, Program};
+use common::net::free_tcp_port;
+use common::ops::{get, require, static_server};
+use common::proc::Proc;
+use common::wait::wait_every;
 
 const HOST: &str = "www.example.test";
 const PURGE_MODULE: &str = "/usr/lib/nginx/modules/ngx_http_cache_purge_module.so";
@@ -92,7 +96,7 @@ async fn after_a_publish_the_purged_cache_serves_the_change_and_an_unpurged_one_
     write_site(&staging, "1");
     let cluster_dir = tmp.path().join("cluster");
     let origin = static_server(cluster_dir.join("agents/1/sites/www/live"));
-    let (purged, control) = (free_port(), free_port());
+    let (purged, control) = (free_tcp_port(), free_tcp_port());
     PURGED_CACHE.set(format!("http://127.0.0.1:{purged}/purge")).unwrap();
     let prefix = tmp.path().join("nginx");
     std::fs::create_dir_all(&prefix).unwrap();
@@ -100,7 +104,7 @@ async fn after_a_publish_the_purged_cache_serves_the_change_and_an_unpurged_one_
     std::fs::write(&conf, nginx_conf(&prefix, origin, purged, control)).unwrap();
     let mut cmd = std::process::Command::new("nginx");
     cmd.arg("-p").arg(&prefix).arg("-c").arg(&conf).arg("-g").arg("daemon off;");
-    let mut nginx = Program::start("nginx", cmd, &prefix.join("stdout.log"));
+    let mut nginx = Proc::logged("nginx", &mut cmd, &prefix.join("stdout.log"));
 
     let mut opts = ClusterOptions::new(&cluster_dir, 1, 2);
     opts.tweak_ccm = Some(ccm_cache);
@@ -114,7 +118,7 @@ async fn after_a_publish_the_purged_cache_serves_the_change_and_an_unpurged_one_
 
     // Both caches hold version 1.
     for port in [purged, control] {
-        wait_until(LIMIT, "nginx to serve the page", || {
+        wait_every("nginx to serve the page", LIMIT, Duration::from_millis(100), || {
             nginx.assert_running();
             async move {
                 get(&format!("http://127.0.0.1:{port}/page.html"), Some(HOST)).await.filter(|r| r.0 == 200)
@@ -131,7 +135,7 @@ async fn after_a_publish_the_purged_cache_serves_the_change_and_an_unpurged_one_
     assert_eq!(r.state, RunState::Committed, "{r:#?}");
     let (_, direct, _) = get(&format!("http://{origin}/page.html"), None).await.unwrap();
     assert_eq!(direct, "page version 2\n", "the origin serves the new release");
-    let event = wait_until(LIMIT, "the purge of run's URLs", || async {
+    let event = wait_every("the purge of run's URLs", LIMIT, Duration::from_millis(100), || async {
         let (_, history) = c.admin.call("GET", "/api/v1/events", None).await.ok()?;
         let kinds = ["cache_purged", "cache_failed"];
         history.as_array()?.iter().find(|e| e["run"] == run && kinds.iter().any(|k| e["kind"] == *k)).cloned()

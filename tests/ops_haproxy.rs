@@ -18,7 +18,10 @@ use cmover::storage::records::{Quorum, RunState};
 mod common;
 
 use common::cluster::{init_logs, live_serial, LIMIT};
-use common::ops::{free_port, get, require, static_server, wait_until, Program};
+use common::net::free_tcp_port;
+use common::ops::{get, require, static_server};
+use common::proc::Proc;
+use common::wait::wait_every;
 
 static SOCKET: OnceLock<PathBuf> = OnceLock::new();
 
@@ -65,7 +68,7 @@ async fn admin_states(h: &Haproxy) -> Vec<(String, u32)> {
 /// Waits until HAProxy says web-3 is (`maint`) or is not in forced maintenance.
 async fn wait_web3(h: &Haproxy, maint: bool) -> Vec<(String, u32)> {
     let what = if maint { "web-3 in maintenance" } else { "web-3 ready" };
-    wait_until(LIMIT, what, || async {
+    wait_every(what, LIMIT, Duration::from_millis(100), || async {
         let states = admin_states(h).await;
         let web3 = states.iter().find(|(n, _)| n == "web-3").map(|(_, s)| *s)?;
         // Bit 0x01 of srv_admin_state: forced maintenance (set by the runtime API).
@@ -107,7 +110,7 @@ async fn a_server_that_fails_an_apply_goes_to_maintenance_in_haproxy_and_back_af
     let backends: Vec<_> = (1..=3).map(|id| static_server(live(id))).collect();
     let socket = tmp.path().join("haproxy.sock");
     SOCKET.set(socket.clone()).unwrap();
-    let front = free_port();
+    let front = free_tcp_port();
     let servers: String =
         backends.iter().enumerate().map(|(i, a)| format!("    server web-{} {a}\n", i + 1)).collect();
     let cfg = format!(
@@ -121,13 +124,13 @@ async fn a_server_that_fails_an_apply_goes_to_maintenance_in_haproxy_and_back_af
     std::fs::write(&cfg_path, cfg).unwrap();
     let mut cmd = std::process::Command::new("haproxy");
     cmd.arg("-db").arg("-f").arg(&cfg_path);
-    let mut haproxy = Program::start("haproxy", cmd, &tmp.path().join("haproxy.log"));
+    let mut haproxy = Proc::logged("haproxy", &mut cmd, &tmp.path().join("haproxy.log"));
     let h = Haproxy {
         socket: socket.display().to_string(),
         backend: "web".into(),
         timeout: Duration::from_secs(5),
     };
-    wait_until(LIMIT, "HAProxy's admin socket", || {
+    wait_every("HAProxy's admin socket", LIMIT, Duration::from_millis(100), || {
         haproxy.assert_running();
         let h = &h;
         async move { h.command("show info").await.ok().filter(|t| t.contains("Name: HAProxy")) }

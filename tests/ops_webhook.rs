@@ -3,7 +3,8 @@
 //! the configured attempts with a `lb_failed` event in the history, not
 //! retried on 4xx, and every request signed so that the receiver verifies it.
 
-use std::net::TcpListener;
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use cmover::ops::webhook::{verify, Delivery, SIGNATURE_HEADER};
 use cmover::protocol::ids::NodeId;
 use cmover::storage::db::Db;
 use cmover::storage::records::HistoryRecord;
+use common::net::local_listener;
 
 const SECRET: &[u8] = b"shared webhook secret";
 
@@ -28,8 +30,8 @@ struct Seen {
 fn receiver(fail_first: usize, status: u16) -> (String, Arc<Mutex<Seen>>) {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let state = web::Data::new((seen.clone(), fail_first, status));
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/lb", listener.local_addr().unwrap());
+    let (listener, addr) = local_listener();
+    let url = format!("http://{addr}/lb");
     let server = HttpServer::new(move || {
         App::new().app_data(state.clone()).route(
             "/lb",

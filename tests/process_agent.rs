@@ -5,20 +5,23 @@
 //! and its commit go live on both; SIGTERM stops each agent cleanly, with its
 //! `agent_stopped` log line.
 
-mod fake_ccm;
-
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fake_ccm::{FakeCcm, DEADLINE};
+use common::config::{unicast_agent, write_toml};
+use common::fake_ccm::{FakeCcm, DEADLINE};
+use common::net::free_udp_port;
+use common::proc::{cmover_bin, spawn_agent};
+use common::wait::recv_until;
 
+use cmover::config::ElectionConfig;
 use cmover::corpus::{self, CorpusSpec};
-use cmover::http::signed::NodeClient;
+use cmover::net::client::NodeClient;
 use cmover::protocol::api::{NodeStatus, Notify, ServerOutcome, CCM_NODE};
 use cmover::protocol::assignment::Kind;
 use cmover::protocol::ids::NodeId;
@@ -26,73 +29,16 @@ use cmover::storage::tree::compare_trees;
 
 const SECRET_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
 
-/// Kills the agents however the test ends.
-struct Agents(Vec<Child>);
-
-impl Drop for Agents {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
+/// Agent `id` of segment `solo`, its control socket at `ports[id - 1]`.
 fn write_config(root: &Path, id: u64, ccm: &str, ports: &[u16; 2]) -> PathBuf {
-    let path = root.join(format!("agent{id}.toml"));
-    let peers: Vec<String> =
-        ports.iter().enumerate().map(|(i, p)| format!("\"{}@127.0.0.1:{p}\"", i + 1)).collect();
-    let text = format!(
-        r#"[node]
-id = {id}
-name = "proc-{id}"
-[cluster]
-secret_file = "{root}/secret"
-[control]
-mode = "unicast"
-bind = "127.0.0.1:{port}"
-peers = [{peers}]
-[election]
-la_interval = "200ms"
-claim_delay_min = "20ms"
-claim_delay_max = "150ms"
-voting_window = "100ms"
-preference = {pref}
-[membership]
-alive_interval = "400ms"
-member_timeout = "2400ms"
-list_delay = "400ms"
-register_jitter = "200ms"
-[mctp]
-report_window = "100ms"
-[reports]
-interval = "50ms"
-grace = "100ms"
-[releases]
-min_free_disk = "0 B"
-[agent]
-data_dir = "{root}/node{id}/data"
-sites_root = "{root}/node{id}/sites"
-segment = "solo"
-ccm_url = "{ccm}"
-http_bind = "127.0.0.1:0"
-segment_report_interval = "1s"
-retry_delay = "100ms"
-[data]
-mode = "unicast"
-bind = "127.0.0.1:0"
-"#,
-        root = root.display(),
-        port = ports[id as usize - 1],
-        peers = peers.join(", "),
-        pref = if id == 1 { 90 } else { 10 },
-    );
-    std::fs::write(&path, text).unwrap();
-    path
+    let peers: Vec<(u64, SocketAddr)> =
+        (1..=2).zip(ports).map(|(p, port)| (p, SocketAddr::from(([127, 0, 0, 1], *port)))).collect();
+    let dir = root.join(format!("node{id}"));
+    let mut c = unicast_agent(id, &dir, &root.join("secret"), "solo", ccm, &peers);
+    c.node.name = format!("proc-{id}");
+    c.election.preference = if id == 1 { 90 } else { 10 };
+    c.election.deposed_hold = ElectionConfig::default().deposed_hold;
+    write_toml(&root.join(format!("agent{id}.toml")), &c)
 }
 
 #[actix_rt::test]
@@ -103,28 +49,11 @@ async fn two_agent_processes_publish_and_stop_on_sigterm() {
     let secret = cmover::protocol::crypto::parse_key_file(SECRET_HEX.as_bytes()).unwrap();
     let ccm = FakeCcm::start(&secret, &root.join("ccm")).await;
     let ports = [free_udp_port(), free_udp_port()];
-    let bin = env!("CARGO_BIN_EXE_cmover");
     let (tx, rx) = mpsc::channel::<(u64, String)>();
-    let mut agents = Agents(Vec::new());
+    let mut agents = Vec::new();
     for id in 1..=2u64 {
         let config = write_config(root, id, &ccm.url, &ports);
-        let mut child = Command::new(bin)
-            .args(["agent", "--config", config.to_str().unwrap(), "--log-format", "json"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send((id, line)).is_err() {
-                    break;
-                }
-            }
-        });
-        agents.0.push(child);
+        agents.push(spawn_agent(Command::new(cmover_bin()), id, &config, &tx));
     }
 
     let report = ccm
@@ -174,30 +103,22 @@ async fn two_agent_processes_publish_and_stop_on_sigterm() {
     }
 
     // SIGTERM: each agent stops cleanly and says so.
-    for c in &agents.0 {
-        common::sigterm(c);
+    for a in &agents {
+        a.sigterm();
     }
     let start = Instant::now();
     let mut stopped = [false; 3];
     let mut log = Vec::new();
-    while !(stopped[1] && stopped[2]) {
-        let left = DEADLINE.checked_sub(start.elapsed()).unwrap_or_default();
-        let Ok((id, line)) = rx.recv_timeout(left) else {
-            panic!("the agents did not log agent_stopped within {DEADLINE:?}:\n{}", log.join("\n"));
-        };
+    let all_stopped = recv_until(&rx, start, DEADLINE, |(id, line)| {
         if line.contains("\"agent_stopped\"") {
             stopped[id as usize] = true;
         }
         log.push(format!("agent {id}: {line}"));
-    }
-    for c in &mut agents.0 {
-        let status = loop {
-            if let Some(s) = c.try_wait().unwrap() {
-                break s;
-            }
-            assert!(start.elapsed() < DEADLINE, "agent {} did not exit", c.id());
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        stopped[1] && stopped[2]
+    });
+    assert!(all_stopped, "the agents did not log agent_stopped within {DEADLINE:?}:\n{}", log.join("\n"));
+    for a in &mut agents {
+        let status = a.wait_exit(start, DEADLINE);
         assert!(status.success(), "{status}");
     }
     ccm.stop().await;

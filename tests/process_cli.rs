@@ -6,12 +6,11 @@
 
 mod common;
 
-use common::Demo;
+use common::proc::{cmover_bin, start_demo};
+use common::wait::recv_until;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use cmover::storage::tree::compare_trees;
@@ -20,12 +19,7 @@ const LIMIT: Duration = Duration::from_secs(180);
 
 /// Runs `cmover ARGS` against the demo's CCM.
 fn cmover(url: &str, token: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cmover"))
-        .args(args)
-        .env("CMOVER_CCM", url)
-        .env("CMOVER_TOKEN", token)
-        .output()
-        .unwrap()
+    Command::new(cmover_bin()).args(args).env("CMOVER_CCM", url).env("CMOVER_TOKEN", token).output().unwrap()
 }
 
 /// Like `cmover`, but it must succeed; returns its standard output.
@@ -47,32 +41,14 @@ fn assert_live(dir: &Path, site: &str, expected: &Path) {
 fn the_cli_drives_a_demo_cluster() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cmover"))
-        .args(["demo", "--segments", "2", "--agents-per-segment", "2", "--http", "127.0.0.1:0", "--dir"])
-        .arg(&dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let _demo = Demo(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
+    let (_demo, rx) = start_demo(&dir);
+    let mut export = None;
+    let printed = recv_until(&rx, Instant::now(), LIMIT, |line: String| {
+        export = line.split_once("export ").map(|(_, rest)| rest.to_owned());
+        export.is_some()
     });
-    let start = Instant::now();
-    let export = loop {
-        let left = LIMIT.checked_sub(start.elapsed()).expect("the demo never printed its CLI line");
-        let line = rx.recv_timeout(left).expect("the demo stopped early");
-        if let Some((_, rest)) = line.split_once("export ") {
-            break rest.to_owned();
-        }
-    };
+    assert!(printed, "the demo never printed its CLI line (or stopped early)");
+    let export = export.unwrap();
     let var = |name: &str| {
         export.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{name}="))).unwrap().to_owned()
     };

@@ -6,10 +6,11 @@
 
 mod common;
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::config::write_toml;
+use common::proc::{cmover_bin, Proc};
 
 use cmover::corpus::{self, CorpusSpec, EditSpec};
 use cmover::http::admin_client::AdminClient;
@@ -19,40 +20,12 @@ use cmover::storage::tree::compare_trees;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// The processes, killed however the test ends; their logs are printed if it fails.
-struct Procs(Vec<(String, Child, PathBuf)>);
-
-impl Procs {
-    fn spawn(&mut self, name: &str, args: &[&str], log: PathBuf) {
-        let child = Command::new(env!("CARGO_BIN_EXE_cmover"))
-            .args(args)
-            .args(["--log-format", "json"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(File::create(&log).unwrap()))
-            .stderr(Stdio::from(File::create(log.with_extension("err")).unwrap()))
-            .spawn()
-            .unwrap();
-        self.0.push((name.into(), child, log));
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for (name, c, log) in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-            if std::thread::panicking() {
-                let text = std::fs::read_to_string(&*log).unwrap_or_default();
-                let err = std::fs::read_to_string(log.with_extension("err")).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                eprintln!("--- {name} (last lines, newest first) ---\n{}\n{err}", tail.join("\n"));
-            }
-        }
-    }
-}
-
-fn write_toml(path: &Path, config: &cmover::config::Config) {
-    std::fs::write(path, toml::to_string(config).unwrap()).unwrap();
+/// `cmover ARGS --log-format json`, logging to `log` (stderr to `log` with
+/// the extension `err`); killed however the test ends, its logs printed if it fails.
+fn spawn(name: &str, args: &[&str], log: &std::path::Path) -> Proc {
+    let mut cmd = Command::new(cmover_bin());
+    cmd.args(args).args(["--log-format", "json"]);
+    Proc::logged_apart(name, &mut cmd, log)
 }
 
 #[actix_rt::test]
@@ -61,24 +34,20 @@ async fn a_ccm_and_four_agent_processes_publish_and_update_a_site() {
     let dir = tmp.path().join("cluster");
     let opts = ClusterOptions::new(&dir, 2, 2);
     let plan = plan(&opts).unwrap();
-    let mut procs = Procs(Vec::new());
-    let ccm_toml = dir.join("ccm.toml");
-    write_toml(&ccm_toml, &plan.ccm);
+    let mut procs = Vec::new();
+    let ccm_toml = write_toml(&dir.join("ccm.toml"), &plan.ccm);
     // The configuration files are what `config check` accepts.
-    let check = Command::new(env!("CARGO_BIN_EXE_cmover"))
-        .args(["config", "check", ccm_toml.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let check =
+        Command::new(cmover_bin()).args(["config", "check", ccm_toml.to_str().unwrap()]).output().unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
-    procs.spawn("ccm", &["ccm", "--config", ccm_toml.to_str().unwrap()], dir.join("ccm.log"));
+    procs.push(spawn("ccm", &["ccm", "--config", ccm_toml.to_str().unwrap()], &dir.join("ccm.log")));
     for (id, config) in &plan.agents {
-        let file = dir.join(format!("agent{id}.toml"));
-        write_toml(&file, config);
-        procs.spawn(
+        let file = write_toml(&dir.join(format!("agent{id}.toml")), config);
+        procs.push(spawn(
             &format!("agent {id}"),
             &["agent", "--config", file.to_str().unwrap()],
-            dir.join(format!("agent{id}.log")),
-        );
+            &dir.join(format!("agent{id}.log")),
+        ));
     }
     let admin = AdminClient::new(&plan.ccm.ccm.url(), &plan.ccm.ccm.admin_token);
     let ids: Vec<u64> = plan.agents.keys().copied().collect();
@@ -112,17 +81,11 @@ async fn a_ccm_and_four_agent_processes_publish_and_update_a_site() {
 
     // SIGTERM: every process exits 0.
     let start = Instant::now();
-    for (_, c, _) in &procs.0 {
-        common::sigterm(c);
+    for p in &procs {
+        p.sigterm();
     }
-    for (name, c, _) in &mut procs.0 {
-        let status = loop {
-            if let Some(s) = c.try_wait().unwrap() {
-                break s;
-            }
-            assert!(start.elapsed() < LIMIT, "{name} did not exit on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(status.success(), "{name}: {status}");
+    for p in &mut procs {
+        let status = p.wait_exit(start, LIMIT);
+        assert!(status.success(), "{}: {status}", p.name);
     }
 }

@@ -5,11 +5,12 @@
 
 mod common;
 
-use common::Demo;
+use common::proc::{cmover_bin, start_demo};
+use common::wait::recv_until;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -19,14 +20,12 @@ const LIMIT: Duration = Duration::from_secs(180);
 
 /// Reads lines until one contains `want`; returns everything read.
 fn read_until(rx: &mpsc::Receiver<String>, want: &str, seen: &mut Vec<String>) {
-    let start = Instant::now();
-    while !seen.iter().any(|l| l.contains(want)) {
-        let left = LIMIT.checked_sub(start.elapsed()).unwrap_or_default();
-        match rx.recv_timeout(left) {
-            Ok(line) => seen.push(line),
-            Err(_) => panic!("no line with {want:?} within {LIMIT:?}; output:\n{}", seen.join("\n")),
-        }
-    }
+    let found = seen.iter().any(|l| l.contains(want))
+        || recv_until(rx, Instant::now(), LIMIT, |line| {
+            seen.push(line);
+            seen.last().is_some_and(|l| l.contains(want))
+        });
+    assert!(found, "no line with {want:?} within {LIMIT:?}; output:\n{}", seen.join("\n"));
 }
 
 fn assert_live_everywhere(dir: &Path, agents: u64) {
@@ -40,25 +39,8 @@ fn assert_live_everywhere(dir: &Path, agents: u64) {
 fn the_demo_publishes_then_publishes_an_edit_on_enter_and_stops_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cmover"))
-        .args(["demo", "--segments", "2", "--agents-per-segment", "2", "--http", "127.0.0.1:0", "--dir"])
-        .arg(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut demo = Demo(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut demo, rx) = start_demo(dir);
+    let mut stdin = demo.child.stdin.take().unwrap();
     let mut seen = Vec::new();
     read_until(&rx, "press Enter", &mut seen);
     let text = seen.join("\n");
@@ -81,15 +63,8 @@ fn the_demo_publishes_then_publishes_an_edit_on_enter_and_stops_on_sigterm() {
     assert!(text.contains("release 2 is live on 4 servers"), "{text}");
     assert_live_everywhere(dir, 4);
 
-    common::sigterm(&demo.0);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = demo.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(start.elapsed() < LIMIT, "the demo did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    demo.sigterm();
+    let status = demo.wait_exit(Instant::now(), LIMIT);
     assert!(status.success(), "{status}");
 }
 
@@ -101,13 +76,8 @@ fn bad_demo_flags_name_the_flag() {
         (vec!["--http", "10.1.2.3:80"], "--http"),
         (vec!["--staging", "/nonexistent/staging"], "--staging"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_cmover"))
-            .arg("demo")
-            .args(&args)
-            .arg("--dir")
-            .arg(tmp.path())
-            .output()
-            .unwrap();
+        let out =
+            Command::new(cmover_bin()).arg("demo").args(&args).arg("--dir").arg(tmp.path()).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} accepted");
         assert!(err.contains(flag), "{args:?}: {err}");

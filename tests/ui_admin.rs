@@ -20,6 +20,7 @@ mod common;
 
 use common::browser::Browser;
 use common::cluster::{init_logs, LIMIT};
+use common::wait::wait_every;
 
 const USER: &str = "ada";
 const PASSWORD: &str = "correct horse battery";
@@ -250,17 +251,16 @@ async fn an_admin_publishes_edits_and_rolls_back_through_the_ui() {
     b.find("#integrations dl").await;
     b.fill("#tree-order-form [name=segments]", "seg-2\nseg-1").await;
     b.click("#tree-order-form button[type=submit]").await;
-    let order = async {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let v = c.admin.ok("GET", "/api/v1/tree-order", None).await.unwrap();
-            if v["segments"] == json!(["seg-2", "seg-1"]) || Instant::now() > deadline {
-                return v;
-            }
-            actix::clock::sleep(Duration::from_millis(50)).await;
+    let order = wait_every("the new tree order", LIMIT, Duration::from_millis(50), async || {
+        let v = c.admin.ok("GET", "/api/v1/tree-order", None).await.unwrap();
+        if v["segments"] == json!(["seg-2", "seg-1"]) {
+            Ok(v)
+        } else {
+            Err(v.to_string())
         }
-    };
-    assert_eq!(order.await["segments"], json!(["seg-2", "seg-1"]));
+    })
+    .await;
+    assert_eq!(order["segments"], json!(["seg-2", "seg-1"]));
     b.client.set_window_size(400, 800).await.unwrap();
     b.goto(&format!("{url}/#/")).await;
     b.until("the overview, narrow", "document.querySelectorAll('.server').length === 4").await;
@@ -351,16 +351,15 @@ async fn the_page_follows_the_server_within_two_seconds() {
     let run = c.admin.run_job(job).await.unwrap();
     b.goto(&format!("{url}/#/runs/{run}")).await;
     b.find("#run-state").await;
-    let deadline = Instant::now() + LIMIT;
-    let committed = loop {
+    let committed = wait_every(format!("run {run} to end"), LIMIT, Duration::from_millis(10), async || {
         let r = c.admin.run(run).await.unwrap();
-        if r.state.is_final() {
-            assert_eq!(r.state, RunState::Committed, "{r:#?}");
-            break Instant::now();
+        if !r.state.is_final() {
+            return None;
         }
-        assert!(Instant::now() < deadline, "run {run} did not end");
-        actix::clock::sleep(Duration::from_millis(10)).await;
-    };
+        assert_eq!(r.state, RunState::Committed, "{r:#?}");
+        Some(Instant::now())
+    })
+    .await;
     b.until(
         "the run committed on its page",
         "document.querySelector('#run-state').dataset.state === 'committed'",

@@ -16,6 +16,7 @@ use crate::protocol::assignment::{encode_control, Header, Kind};
 use crate::protocol::crypto::ContentKey;
 use crate::protocol::ids::{AssignmentSerial, JobId};
 use crate::protocol::paths::SiteName;
+use crate::storage::assignment_file::assignment_path;
 use crate::storage::pack::{pack, PackError, PackOptions, PackSummary};
 use crate::storage::tree::{hash_file, TreeFilter};
 
@@ -94,11 +95,6 @@ impl AssignmentCreator {
     pub fn new(dir: PathBuf) -> Self {
         AssignmentCreator { dir }
     }
-
-    /// Where assignment `id` is stored.
-    pub fn path_of(dir: &Path, id: u64) -> PathBuf {
-        dir.join(format!("{id}.cma"))
-    }
 }
 
 impl Actor for AssignmentCreator {
@@ -115,7 +111,7 @@ fn create(
     Box::pin(async move {
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|source| CreateError::Io { path: dir.clone(), source })?;
-            let path = AssignmentCreator::path_of(&dir, id);
+            let path = assignment_path(&dir, id);
             let summary = write(&path)?;
             let io = |source| CreateError::Io { path: path.clone(), source };
             File::open(&path).and_then(|f| f.sync_all()).map_err(io)?;
@@ -168,7 +164,7 @@ pub fn pack_options(
         serial: AssignmentSerial(serial),
         base_serial: AssignmentSerial(base),
         job_id: job,
-        created_ms: crate::http::signed::unix_ms(),
+        created_ms: crate::clock::unix_ms(),
         filter: TreeFilter::new(&include, &exclude)?,
         incompressible: config.content.incompressible.iter().map(|e| e.to_ascii_lowercase()).collect(),
         compression: TreeFilter::new(&policy.compress_include, &policy.compress_exclude)?,

@@ -35,7 +35,8 @@ use actix::prelude::*;
 
 use super::elector::UpdateInfo;
 use super::multicast_receiver::{AssignmentReceived, MarkHeld, ReportResult};
-use crate::http::files::{self, assignment_path};
+use crate::clock::unix_ms;
+use crate::http::files;
 use crate::ops::config::HooksConfig;
 use crate::ops::hooks::{self, Hook};
 use crate::protocol::assignment::Kind;
@@ -45,6 +46,7 @@ use crate::protocol::ids::{AssignmentSerial, NodeId};
 use crate::protocol::paths::SiteName;
 use crate::storage::agent_state::{AgentState, Applied, StateError};
 use crate::storage::assignment_file::AssignmentFile;
+use crate::storage::assignment_file::{self, assignment_path};
 use crate::storage::releases::{Outcome, SiteOptions, SiteRoot};
 
 /// How many carried-out assignments are announced to the receiver at
@@ -171,7 +173,7 @@ pub fn reconcile_held(dir: &Path, state: &AgentState) -> Result<BTreeMap<u64, [u
         let name = e.file_name();
         let Some(id) = name
             .to_str()
-            .and_then(|n| n.strip_suffix(&format!(".{}", files::EXTENSION)))
+            .and_then(|n| n.strip_suffix(&format!(".{}", assignment_file::EXTENSION)))
             .and_then(|n| n.parse::<u64>().ok())
         else {
             continue;
@@ -202,10 +204,6 @@ fn kind_name(kind: Kind) -> &'static str {
         Kind::Abort => "abort",
         Kind::Rollback => "rollback",
     }
-}
-
-fn unix_ms() -> u64 {
-    crate::http::signed::unix_ms()
 }
 
 impl Work {

@@ -16,19 +16,19 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix::clock::Instant;
 use actix::prelude::*;
 use tokio::net::UdpSocket;
 use tokio_util::udp::UdpFramed;
 
+use crate::clock::{unix_ms, unix_us};
+use crate::net::udp;
 use crate::protocol::control::{ControlCodec, ControlGate, MemberInfo, ReceivedControl};
 use crate::protocol::election::{Dest, Elector, ElectorConfig, ElectorStats, Event, State, Transmit};
 use crate::protocol::ids::NodeId;
 use crate::protocol::time::Time;
 use crate::protocol::wire::{RejectCounts, ReplayLimits};
-use crate::udp;
 
 /// How the actor reaches the other nodes of its segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pub struct ElectorSetup {
     pub config: ElectorConfig,
     /// The cluster secret.
     pub secret: Vec<u8>,
-    /// The socket, bound (see [`crate::udp`]) and non-blocking.
+    /// The socket, bound (see [`crate::net::udp`]) and non-blocking.
     pub socket: std::net::UdpSocket,
     /// How to reach the others.
     pub transport: Transport,
@@ -146,17 +146,11 @@ pub struct ElectorActor {
     send_errors: u64,
 }
 
-fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
 impl ElectorActor {
     /// Starts the actor in the current actix system.
     pub fn start(setup: ElectorSetup) -> std::io::Result<Addr<ElectorActor>> {
         let socket = Arc::new(UdpSocket::from_std(setup.socket)?);
-        let started = unix_micros();
+        let started = unix_us();
         // The RNG only spreads delays; seed it from the id and start time.
         let seed = started ^ setup.id.0.rotate_left(32);
         let core = Elector::new(setup.config, setup.id, seed);
@@ -193,7 +187,7 @@ impl ElectorActor {
     }
 
     fn send(&mut self, t: Transmit) {
-        let datagram = self.gate.seal(unix_micros() / 1000, &t.msg);
+        let datagram = self.gate.seal(unix_ms(), &t.msg);
         let targets: Vec<SocketAddr> = match (&self.transport, t.to) {
             (Transport::Multicast { group, .. }, _) => vec![SocketAddr::V4(*group)],
             (Transport::Unicast { peers }, Dest::All) => peers.values().copied().collect(),
@@ -331,7 +325,7 @@ impl StreamHandler<Incoming> for ElectorActor {
     fn handle(&mut self, item: Incoming, ctx: &mut Self::Context) {
         match item {
             Ok((received, _from)) => {
-                if let Some((sender, msg)) = self.gate.admit(unix_micros() / 1000, received) {
+                if let Some((sender, msg)) = self.gate.admit(unix_ms(), received) {
                     self.accepted += 1;
                     let now = self.now();
                     self.core.handle_datagram(now, sender, msg);

@@ -39,8 +39,8 @@ use super::elector::ElectionEvent;
 use super::multicast_receiver::MarkHeld;
 use super::multicast_sender::{AssignmentSent, RegisterMember, SendAssignment};
 use super::report_collector::{CollectReports, ReportsCollected};
-use crate::http::files::{assignment_path, fetch_assignment, FetchOptions};
-use crate::http::signed::NodeClient;
+use crate::net::client::NodeClient;
+use crate::net::fetch::{fetch_assignment, FetchOptions};
 use crate::protocol::api::{
     DeliveryStats, MemberReport, NextHop, NextHopRequest, NodeStatus, NotLeader, Notify, SegmentReport,
     SegmentResult, ServerOutcome,
@@ -51,6 +51,7 @@ use crate::protocol::ids::{AssignmentSerial, NodeId};
 use crate::protocol::mctp;
 use crate::protocol::reports;
 use crate::storage::agent_state::AgentState;
+use crate::storage::assignment_file::assignment_path;
 
 /// Failed requests to the CCM's `next-hop` in a row before a leader stops
 /// forwarding and delivers in its segment (the CCM reassigns the rest).

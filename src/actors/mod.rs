@@ -11,7 +11,6 @@
 pub mod assignment_creator;
 pub mod ccm;
 pub mod content_interpreter;
-pub mod data_channel;
 pub mod elector;
 pub mod group_leader;
 pub mod multicast_receiver;

@@ -31,8 +31,8 @@ use crate::protocol::mctp::{
 use crate::protocol::reports::{self, CollectorConfig, Reporter};
 use crate::protocol::time::Time;
 
-use super::data_channel::{Batch, DataChannel, Incoming};
 use super::{arm_timer, Driven, DriverTimer};
+use crate::net::data_channel::{Batch, DataChannel, Incoming};
 use crate::protocol::mctp::Dest;
 
 /// A received, verified assignment file.

@@ -34,8 +34,8 @@ use crate::protocol::reports;
 use crate::protocol::time::Time;
 use crate::protocol::wire;
 
-use super::data_channel::{Batch, DataChannel, Incoming, MAX_SEGMENTED_BYTES, MAX_SEGMENTS};
 use super::{arm_timer, Driven, DriverTimer};
+use crate::net::data_channel::{Batch, DataChannel, Incoming, MAX_SEGMENTED_BYTES, MAX_SEGMENTS};
 
 /// Sends an assignment file to `targets` (command).
 #[derive(Debug, Message)]

@@ -13,9 +13,9 @@ use crate::protocol::ids::{AssignmentSerial, NodeId};
 use crate::protocol::reports::{Collector, CollectorConfig, Outcome};
 use crate::protocol::time::Time;
 
-use super::data_channel::DataChannel;
 use super::multicast_sender::ReportDatagram;
 use super::{arm_timer, Driven, DriverTimer};
+use crate::net::data_channel::DataChannel;
 
 /// Starts collecting the members' reports on an assignment (command).
 #[derive(Debug, Message)]

@@ -21,8 +21,8 @@ use std::path::PathBuf;
 use actix::prelude::*;
 
 use super::ccm::{RunBegan, RunEnded, RunJob};
+use crate::clock::unix_ms;
 use crate::config::Config;
-use crate::http::signed::unix_ms;
 use crate::protocol::catch_up::{CatchUp, GroupView, Need, ServerView};
 use crate::protocol::ids::{JobId, NodeId};
 use crate::protocol::schedule::{self, Action, JobSpec, JobTimes, Reason, Schedule};

@@ -105,7 +105,7 @@ pub fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::signed::unix_ms;
+    use crate::clock::unix_ms;
     use crate::protocol::api::{self, AssignmentRef, NodeStatus, NotLeader};
     use crate::protocol::crypto::MacKey;
     use crate::protocol::ids::NodeId;
@@ -180,7 +180,7 @@ mod tests {
     #[actix_web::test]
     async fn every_route_is_signed_and_notify_answers_202_or_409() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(files::assignment_path(dir.path(), 7), b"abcdef").unwrap();
+        std::fs::write(crate::storage::assignment_file::assignment_path(dir.path(), 7), b"abcdef").unwrap();
         for leading in [true, false] {
             let fake = FakeLeader { leading }.start();
             let api = NodeApi {

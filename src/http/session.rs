@@ -15,7 +15,7 @@ use actix_web::HttpRequest;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::ccm_api::{ApiError, CcmState};
-use super::signed::unix_ms;
+use crate::clock::unix_ms;
 use crate::protocol::crypto::Digest;
 use crate::storage::records::{SessionRecord, UserRecord};
 

@@ -22,10 +22,9 @@ use serde::Serialize;
 use super::config::CacheConfig;
 use super::webhook::{deliver, Delivery};
 use super::{append_history, RunEnded};
-use crate::actors::assignment_creator::AssignmentCreator;
 use crate::protocol::assignment::Command;
 use crate::protocol::crypto::ContentKey;
-use crate::storage::assignment_file::AssignmentFile;
+use crate::storage::assignment_file::{assignment_path, AssignmentFile};
 use crate::storage::db::Db;
 use crate::storage::records::{JobKind, RunState, SnapshotRecord};
 
@@ -159,7 +158,7 @@ impl Handler<RunEnded> for CacheInvalidator {
         }
         let Some(base) = self.config.base_urls.get(&run.site).cloned() else { return };
         let Some(assignment) = self.assignment_of(&run) else { return };
-        let path = AssignmentCreator::path_of(&self.assignments, assignment);
+        let path = assignment_path(&self.assignments, assignment);
         let key = self.key.clone();
         let read = tokio::task::spawn_blocking(move || {
             AssignmentFile::open(&path, key.as_ref())

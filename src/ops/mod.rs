@@ -26,7 +26,7 @@ use actix::{Actor, Recipient};
 
 use crate::config::{Config, ConfigError};
 
-use crate::http::signed::unix_ms;
+use crate::clock::unix_ms;
 use crate::storage::db::Db;
 use crate::storage::records::{HistoryRecord, RunRecord};
 

@@ -18,6 +18,16 @@ use crate::protocol::assignment::{
 };
 use crate::protocol::crypto::{ChunkCipher, ContentKey, Sha256};
 
+/// Extension of a stored assignment copy.
+pub const EXTENSION: &str = "cma";
+
+/// Where the copy of assignment `id` is stored in `dir` (`<id>.cma`): the
+/// one place that knows the name, for the CCM that creates it, the node
+/// API that serves it and the agents that fetch and apply it.
+pub fn assignment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id}.{EXTENSION}"))
+}
+
 /// An assignment file could not be used.
 #[derive(Debug, Error)]
 pub enum AssignmentError {

@@ -13,7 +13,10 @@ use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
-use super::ops::{free_port, require, Program};
+use super::net::free_tcp_port;
+use super::ops::require;
+use super::proc::Proc;
+use super::wait::{wait_every, wait_for};
 
 /// How long a condition on the page may take on a loaded machine.
 pub const PAGE: Duration = Duration::from_secs(60);
@@ -23,7 +26,7 @@ pub struct Browser {
     pub client: Client,
     test: String,
     shots: u32,
-    _driver: Program,
+    _driver: Proc,
     _profile: tempfile::TempDir,
     _turn: tokio::sync::MutexGuard<'static, ()>,
 }
@@ -54,11 +57,12 @@ impl Browser {
         // One browser test at a time: each runs a cluster and a Chromium,
         // too much at once for a 2-core machine (the lock ends with the test).
         let turn = ONE_AT_A_TIME.lock().await;
-        let port = free_port();
+        let port = free_tcp_port();
         let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
         let mut cmd = Command::new("chromedriver");
         cmd.arg(format!("--port={port}")).arg("--allowed-ips=127.0.0.1");
-        let mut driver = Program::start("chromedriver", cmd, &logs.join(format!("chromedriver-{test}.log")));
+        let mut driver =
+            Proc::logged("chromedriver", &mut cmd, &logs.join(format!("chromedriver-{test}.log")));
         let profile = tempfile::tempdir().unwrap();
         let caps = json!({
             "browserName": "chrome",
@@ -77,25 +81,20 @@ impl Browser {
             Value::Object(m) => m,
             _ => unreachable!(),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let client = loop {
+        let what = "headless Chromium to start through ChromeDriver";
+        let every = Duration::from_millis(200);
+        let client = wait_every(what, Duration::from_secs(60), every, async || {
             let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-            match ClientBuilder::new(connector)
-                .capabilities(caps.clone())
-                .connect(&format!("http://127.0.0.1:{port}"))
-                .await
-            {
-                Ok(c) => break c,
+            let mut builder = ClientBuilder::new(connector);
+            match builder.capabilities(caps.clone()).connect(&format!("http://127.0.0.1:{port}")).await {
+                Ok(c) => Ok(c),
                 Err(e) => {
                     driver.assert_running();
-                    assert!(
-                        Instant::now() < deadline,
-                        "headless Chromium does not start through ChromeDriver: {e}"
-                    );
-                    actix::clock::sleep(Duration::from_millis(200)).await;
+                    Err(e.to_string())
                 }
             }
-        };
+        })
+        .await;
         client.set_window_size(1280, 800).await.unwrap();
         Some(Browser { client, test: test.into(), shots: 0, _driver: driver, _profile: profile, _turn: turn })
     }
@@ -131,23 +130,18 @@ impl Browser {
 
     /// Waits until `script` (a JavaScript expression) is truthy; returns its value.
     pub async fn until(&self, what: &str, script: &str) -> Value {
-        let deadline = Instant::now() + PAGE;
-        loop {
-            let last = match self.client.execute(&format!("return ({script});"), vec![]).await {
+        wait_for(format!("{what} ({script})"), PAGE, async || {
+            match self.client.execute(&format!("return ({script});"), vec![]).await {
                 Ok(v)
                     if !matches!(v, Value::Null | Value::Bool(false)) && v != json!("") && v != json!(0) =>
                 {
-                    return v
+                    Ok(v)
                 }
-                Ok(v) => v,
-                Err(e) => json!(e.to_string()),
-            };
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {PAGE:?} waiting for {what} ({script}); last: {last}"
-            );
-            actix::clock::sleep(Duration::from_millis(50)).await;
-        }
+                Ok(v) => Err(format!("last: {v}")),
+                Err(e) => Err(format!("last: {}", json!(e.to_string()))),
+            }
+        })
+        .await
     }
 
     /// Runs a JavaScript expression and returns its value.

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytesize::ByteSize;
 use cmover::config::Config;
@@ -11,6 +11,8 @@ use cmover::corpus::{self, CorpusSpec};
 use cmover::local_cluster::{ClusterOptions, LocalCluster};
 use cmover::storage::records::{Quorum, RunRecord, RunState};
 use cmover::storage::tree::compare_trees;
+
+use super::wait::wait_every;
 
 /// Generous: cluster tests must pass on a loaded 2-core machine.
 pub const LIMIT: Duration = Duration::from_secs(120);
@@ -76,17 +78,15 @@ pub async fn wait_for(
     what: &str,
     cond: impl Fn(&RunRecord) -> bool,
 ) -> RunRecord {
-    let start = Instant::now();
-    loop {
-        if let Ok(r) = c.admin.run(run).await {
-            if cond(&r) {
-                return r;
-            }
-            assert!(!r.state.is_final(), "run {run} ended before {what}: {r:#?}");
+    wait_every(format!("run {run}: {what}"), LIMIT, Duration::from_millis(10), async || {
+        let r = c.admin.run(run).await.ok()?;
+        if cond(&r) {
+            return Some(r);
         }
-        assert!(start.elapsed() < LIMIT, "run {run}: timed out waiting for {what}");
-        actix::clock::sleep(Duration::from_millis(10)).await;
-    }
+        assert!(!r.state.is_final(), "run {run} ended before {what}: {r:#?}");
+        None
+    })
+    .await
 }
 
 /// Builds a cluster, creates site `www` from `staging`, groups `all` (every
@@ -108,8 +108,7 @@ pub async fn published(opts: ClusterOptions, staging: &Path, most: Quorum) -> (L
 
 /// Waits until the CCM's server records show these (server, live release of `www`) pairs.
 pub async fn wait_live_reported(c: &LocalCluster, want: &[(u64, u64)]) {
-    let deadline = Instant::now() + LIMIT;
-    loop {
+    wait_every(format!("the CCM to learn {want:?}"), LIMIT, Duration::from_millis(100), async || {
         let (_, servers) = c.admin.call("GET", "/api/v1/servers", None).await.unwrap();
         let all = want.iter().all(|(id, serial)| {
             servers
@@ -117,9 +116,10 @@ pub async fn wait_live_reported(c: &LocalCluster, want: &[(u64, u64)]) {
                 .is_some_and(|a| a.iter().any(|s| s["id"] == *id && s["live"]["www"] == *serial))
         });
         if all {
-            return;
+            Ok(())
+        } else {
+            Err(servers.to_string())
         }
-        assert!(Instant::now() < deadline, "the CCM never learnt {want:?}: {servers}");
-        actix::clock::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }

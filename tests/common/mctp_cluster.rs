@@ -12,10 +12,10 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
 
-use cmover::actors::data_channel::{DataChannel, DataChannelConfig, DataMode};
 use cmover::actors::multicast_receiver::{AssignmentReceived, MulticastReceiver, ReportResult};
 use cmover::actors::multicast_sender::{AssignmentSent, MulticastSender, SendAssignment};
 use cmover::actors::report_collector::{CollectReports, ReportCollector, ReportsCollected};
+use cmover::net::data_channel::{DataChannel, DataChannelConfig, DataMode};
 use cmover::protocol::crypto::Sha256;
 use cmover::protocol::ids::{AssignmentSerial, NodeId};
 use cmover::protocol::mctp::{ReceiverConfig, SenderConfig};

@@ -1,14 +1,16 @@
-//! Helpers of the operations tests: real programs (HAProxy, nginx) run as
-//! children of the test, a small static web server over a directory, and
-//! waiting for conditions with a deadline.
+//! Helpers of the operations tests: whether a real program (HAProxy,
+//! nginx) is installed, a small static web server over a directory, and a
+//! plain HTTP GET.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+
+use crate::common::net::local_listener;
 
 /// Whether `program` is installed. Under `CI=true` a missing program fails
 /// the test (`.ci/run` installs it); elsewhere the test is skipped, loudly.
@@ -27,63 +29,6 @@ pub fn require(program: &str, package: &str) -> bool {
     }
     eprintln!("SKIPPED: {program} is not installed (apt-get install -y {package}); this test needs the real program");
     false
-}
-
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Waits (polling) until `cond` answers `Some`, failing after `limit` with `what`.
-pub async fn wait_until<T, F, Fut>(limit: Duration, what: &str, mut cond: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = cond().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        actix::clock::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A child process killed (and reaped) when dropped.
-pub struct Program {
-    pub child: Child,
-    pub name: &'static str,
-    pub log: PathBuf,
-}
-
-impl Program {
-    /// Starts `cmd` with stdout and stderr to `log`.
-    pub fn start(name: &'static str, mut cmd: Command, log: &Path) -> Program {
-        let out = std::fs::File::create(log).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Program { child, name, log: log.to_owned() }
-    }
-
-    /// Panics with the program's log if it exited.
-    pub fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            panic!("{} exited ({status}):\n{log}", self.name);
-        }
-    }
-}
-
-impl Drop for Program {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn serve_file(req: HttpRequest, root: web::Data<PathBuf>) -> HttpResponse {
@@ -106,8 +51,7 @@ async fn serve_file(req: HttpRequest, root: web::Data<PathBuf>) -> HttpResponse 
 /// symlink that switches is followed) on a free 127.0.0.1 port, inside the
 /// running actix system. Answers its address.
 pub fn static_server(root: PathBuf) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = local_listener();
     let root = web::Data::new(root);
     let server = HttpServer::new(move || {
         App::new().app_data(root.clone()).route("/{tail:.*}", web::get().to(serve_file))

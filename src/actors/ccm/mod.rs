@@ -26,8 +26,9 @@ use thiserror::Error;
 use self::store::table;
 use super::assignment_creator::{pack_options, AssignmentCreator, CreateContent, CreateControl, Created};
 use super::tree_planner::{PlanTree, SetOrder, TreePlanner};
+use crate::clock::unix_ms;
 use crate::config::Config;
-use crate::http::signed::{unix_ms, ClientError, NodeClient};
+use crate::net::client::{ClientError, NodeClient};
 use crate::protocol::api::{
     AssignmentRef, HopTarget, NextHop, Notify, SegmentReport, SegmentResult, CCM_NODE,
 };
@@ -706,7 +707,10 @@ impl Ccm {
             summary: d.record.summary.clone(),
         });
         let shadow = self.shadow(&site);
-        let path = AssignmentCreator::path_of(&self.config.ccm.data_dir.join("assignments"), content);
+        let path = crate::storage::assignment_file::assignment_path(
+            &self.config.ccm.data_dir.join("assignments"),
+            content,
+        );
         let key = self.content_key();
         let work = move || work::update_shadow(&shadow, update, serial, &path, key.as_ref());
         async move { tokio::task::spawn_blocking(work).await.map_err(|e| e.to_string()).and_then(|r| r) }
@@ -1190,7 +1194,10 @@ impl Handler<AssignmentPath> for Ccm {
 
     fn handle(&mut self, msg: AssignmentPath, _: &mut Context<Self>) -> Self::Result {
         let rec = table::<AssignmentRecord>(&self.db).get(&msg.0).ok().flatten()?;
-        Some(AssignmentCreator::path_of(&self.config.ccm.data_dir.join("assignments"), rec.id))
+        Some(crate::storage::assignment_file::assignment_path(
+            &self.config.ccm.data_dir.join("assignments"),
+            rec.id,
+        ))
     }
 }
 

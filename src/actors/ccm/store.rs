@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::http::signed::unix_ms;
+use crate::clock::unix_ms;
 use crate::protocol::api::{MemberReport, SegmentReport};
 use crate::protocol::ids::NodeId;
 use crate::protocol::run::{GroupView, JobView, ServerView, SiteView};

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 
-use cmover::http::files::{assignment_path, hash_file, serve_assignment};
+use cmover::http::files::{hash_file, serve_assignment};
 use cmover::http::signed::{NodeAuth, Signed};
 use cmover::protocol::api::{
     AssignmentRef, HopTarget, NextHop, NextHopRequest, SegmentReport, SegmentResult,
@@ -22,8 +22,11 @@ use cmover::protocol::api::{
 use cmover::protocol::crypto::ContentKey;
 use cmover::protocol::ids::{AssignmentSerial, JobId, NodeId};
 use cmover::protocol::paths::SiteName;
+use cmover::storage::assignment_file::assignment_path;
 use cmover::storage::pack::{pack, PackOptions};
 use cmover::storage::tree::TreeFilter;
+
+use crate::common::wait::wait_for_sync;
 
 /// Generous: the machine running the tests may be busy with other builds.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -128,14 +131,7 @@ impl FakeCcm {
 
     /// Waits until `probe` finds what it looks for in the state.
     pub async fn wait_for<T>(&self, what: &str, mut probe: impl FnMut(&CcmState) -> Option<T>) -> T {
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(v) = probe(&self.state()) {
-                return v;
-            }
-            assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-            actix_rt::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_sync(what, DEADLINE, || probe(&self.state())).await
     }
 
     /// Waits for `n` results of assignment `id`.

@@ -41,7 +41,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix::prelude::Stream;
 use bytes::Bytes;
@@ -53,6 +52,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+use crate::clock::{unix_ms, unix_us};
 use crate::protocol::ids::NodeId;
 use crate::protocol::mctp::{Dest, Targets};
 use crate::protocol::wire::{
@@ -320,10 +320,6 @@ impl Stream for Incoming {
 #[derive(Debug, Clone)]
 pub struct DataChannel(Arc<Inner>);
 
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 impl DataChannel {
     /// Opens the sockets (inside a tokio runtime) and returns the handle and
     /// the incoming streams to add to the owning actor. A node that needs
@@ -351,7 +347,7 @@ impl DataChannel {
         cfg: DataChannelConfig,
         seq: Option<Arc<Mutex<Sequencer>>>,
     ) -> io::Result<(DataChannel, Vec<Incoming>)> {
-        let std_socket = crate::udp::bind_unicast(cfg.bind)?;
+        let std_socket = super::udp::bind_unicast(cfg.bind)?;
         let mut incoming_sockets = Vec::new();
         let mut group = None;
         if let DataMode::Multicast { group: g, port, interface, join } = cfg.mode {
@@ -361,7 +357,7 @@ impl DataChannel {
             sock.set_multicast_loop_v4(true)?;
             group = Some(SocketAddr::V4(SocketAddrV4::new(g, port)));
             if join {
-                incoming_sockets.push(crate::udp::bind_multicast(g, port, interface)?);
+                incoming_sockets.push(super::udp::bind_multicast(g, port, interface)?);
             }
         }
         for s in std::iter::once(&std_socket).chain(&incoming_sockets) {
@@ -381,11 +377,7 @@ impl DataChannel {
         for s in incoming_sockets {
             incoming.push(Incoming::new(Arc::new(UdpSocket::from_std(s)?), keys.clone()));
         }
-        let seq = seq.unwrap_or_else(|| {
-            let start_us =
-                SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
-            Arc::new(Mutex::new(Sequencer::new(cfg.node, start_us)))
-        });
+        let seq = seq.unwrap_or_else(|| Arc::new(Mutex::new(Sequencer::new(cfg.node, unix_us()))));
         let inner = Inner {
             node: cfg.node,
             socket,
