@@ -651,6 +651,8 @@ pub struct Run {
     /// The servers the current wave is for.
     wave_servers: Vec<NodeId>,
     dist: Option<Distribution>,
+    /// The last wave's distribution as it ended (for the record).
+    ended: Option<Distribution>,
     assignment: Option<AssignmentId>,
     content: Option<AssignmentId>,
     deadline: Option<Time>,
@@ -674,6 +676,7 @@ impl Run {
             wave: Wave::Content,
             wave_servers: Vec::new(),
             dist: None,
+            ended: None,
             assignment: None,
             content: None,
             deadline: None,
@@ -791,9 +794,9 @@ impl Run {
         self.content
     }
 
-    /// The wave's distribution.
+    /// The wave's distribution (or, between waves, the last one as it ended).
     pub fn distribution(&self) -> Option<&Distribution> {
-        self.dist.as_ref()
+        self.dist.as_ref().or(self.ended.as_ref())
     }
 
     /// Content outcomes per target.
@@ -1051,6 +1054,7 @@ impl Run {
 
     fn wave_finished(&mut self, now: Time) {
         let Some(dist) = self.dist.take() else { return };
+        self.ended = Some(dist.clone());
         self.deadline = None;
         let servers = self.wave_servers.clone();
         let outcomes = if self.wave == Wave::Content { &mut self.applied } else { &mut self.switched };
