@@ -36,7 +36,6 @@ use actix::prelude::*;
 use super::elector::UpdateInfo;
 use super::multicast_receiver::{AssignmentReceived, MarkHeld, ReportResult};
 use crate::clock::unix_ms;
-use crate::http::files;
 use crate::ops::config::HooksConfig;
 use crate::ops::hooks::{self, Hook};
 use crate::protocol::assignment::Kind;
@@ -46,7 +45,7 @@ use crate::protocol::ids::{AssignmentSerial, NodeId};
 use crate::protocol::paths::SiteName;
 use crate::storage::agent_state::{AgentState, Applied, StateError};
 use crate::storage::assignment_file::AssignmentFile;
-use crate::storage::assignment_file::{self, assignment_path};
+use crate::storage::assignment_file::{self, assignment_path, hash_copy};
 use crate::storage::releases::{Outcome, SiteOptions, SiteRoot};
 
 /// How many carried-out assignments are announced to the receiver at
@@ -187,7 +186,7 @@ pub fn reconcile_held(dir: &Path, state: &AgentState) -> Result<BTreeMap<u64, [u
         if held.contains_key(&id) {
             continue;
         }
-        match files::hash_file(&path) {
+        match hash_copy(&path) {
             Ok((_, hash)) => state.record_held(id, hash)?,
             Err(e) => {
                 tracing::warn!(event = "held_unreadable", assignment = id, path = %path.display(), error = %e)

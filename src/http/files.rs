@@ -20,7 +20,6 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::protocol::api::ErrorBody;
-use crate::protocol::crypto::Sha256;
 use crate::storage::assignment_file::assignment_path;
 
 /// Bytes read from disk per chunk of a served file.
@@ -144,23 +143,6 @@ pub async fn serve_file(path: &Path, what: &str, req: &HttpRequest) -> HttpRespo
         resp.insert_header((header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", start + count - 1)));
     }
     resp.streaming(stream)
-}
-
-/// Size and SHA-256 of a file, read through a fixed buffer.
-pub fn hash_file(path: &Path) -> io::Result<(u64, [u8; 32])> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::default();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok((size, h.finish()));
-        }
-        size += n as u64;
-        h.update(&buf[..n]);
-    }
 }
 
 #[cfg(test)]

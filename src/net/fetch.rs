@@ -19,8 +19,9 @@ use thiserror::Error;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::client::NodeClient;
-use crate::http::files::{assignment_url_path, hash_file};
+use crate::http::files::assignment_url_path;
 use crate::protocol::api::AssignmentRef;
+use crate::storage::assignment_file::hash_copy;
 
 /// How hard [`fetch_assignment`] tries.
 #[derive(Debug, Clone)]
@@ -193,7 +194,7 @@ pub async fn fetch_assignment(
             }
         }
         let check = part.clone();
-        let (size, actual) = tokio::task::spawn_blocking(move || hash_file(&check))
+        let (size, actual) = tokio::task::spawn_blocking(move || hash_copy(&check))
             .await
             .map_err(|e| io_err("hash", &part)(io::Error::other(e)))?
             .map_err(io_err("hash", &part))?;

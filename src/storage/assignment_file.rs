@@ -28,6 +28,22 @@ pub fn assignment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id}.{EXTENSION}"))
 }
 
+/// Size and SHA-256 of an assignment copy, read through a fixed buffer.
+pub fn hash_copy(path: &Path) -> io::Result<(u64, [u8; 32])> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok((size, h.finish()));
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+}
+
 /// An assignment file could not be used.
 #[derive(Debug, Error)]
 pub enum AssignmentError {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 
-use cmover::http::files::{hash_file, serve_assignment};
+use cmover::http::files::serve_assignment;
 use cmover::http::signed::{NodeAuth, Signed};
 use cmover::protocol::api::{
     AssignmentRef, HopTarget, NextHop, NextHopRequest, SegmentReport, SegmentResult,
@@ -23,6 +23,7 @@ use cmover::protocol::crypto::ContentKey;
 use cmover::protocol::ids::{AssignmentSerial, JobId, NodeId};
 use cmover::protocol::paths::SiteName;
 use cmover::storage::assignment_file::assignment_path;
+use cmover::storage::assignment_file::hash_copy;
 use cmover::storage::pack::{pack, PackOptions};
 use cmover::storage::tree::TreeFilter;
 
@@ -145,7 +146,7 @@ impl FakeCcm {
 
     /// The reference of assignment `id` in its directory.
     pub fn aref(&self, id: u64, site: &str, kind: &str, serial: u64) -> AssignmentRef {
-        let (size, hash) = hash_file(&assignment_path(&self.state().dir, id)).unwrap();
+        let (size, hash) = hash_copy(&assignment_path(&self.state().dir, id)).unwrap();
         AssignmentRef { id, site: site.into(), serial, kind: kind.into(), size, sha256: hex::encode(hash) }
     }
 
