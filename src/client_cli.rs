@@ -588,13 +588,7 @@ async fn run_cmd(c: &AdminClient, json_out: bool, cmd: RunCmd) -> Result<()> {
             let v = call(c, "GET", &format!("/api/v1/runs/{id}"), None).await?;
             if !json_out {
                 if let Ok(rec) = serde_json::from_value::<RunRecord>(v.clone()) {
-                    let ids = |s: &[cmover::protocol::ids::NodeId]| {
-                        if s.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            s.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
-                        }
-                    };
+                    use cmover::protocol::ids::join as ids;
                     println!(
                         "run {} of job {} ({}): {:?}, release {} of {}\n  targets: {}\n  went live on: {}\n  failed: {}",
                         rec.id,

@@ -196,15 +196,6 @@ pub fn reconcile_held(dir: &Path, state: &AgentState) -> Result<BTreeMap<u64, [u
     Ok(state.held())
 }
 
-fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Content => "content",
-        Kind::Commit => "commit",
-        Kind::Abort => "abort",
-        Kind::Rollback => "rollback",
-    }
-}
-
 impl Work {
     /// Carries out assignment `id` from `path`, once. Blocking.
     fn carry_out(&self, id: u64, path: &Path) -> Result<Done, String> {
@@ -224,7 +215,7 @@ impl Work {
         let applied = Applied {
             site: h.site.as_str().to_owned(),
             serial: h.serial.0,
-            kind: kind_name(h.kind).into(),
+            kind: h.kind.name().into(),
             at_ms: unix_ms(),
         };
         self.state.record_applied(id, applied.clone()).map_err(|e| e.to_string())?;

@@ -110,7 +110,6 @@ impl From<CcmError> for ApiError {
         use crate::protocol::run::PlanError;
         match e {
             CcmError::NotFound { .. } => ApiError::NotFound(e.to_string()),
-            CcmError::Invalid { field, message } => ApiError::Invalid { field: field.into(), message },
             CcmError::Plan(PlanError::MissingParam { field, .. }) => {
                 ApiError::Invalid { field: field.into(), message: e.to_string() }
             }

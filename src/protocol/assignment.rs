@@ -170,6 +170,16 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Its name, as the node API and logs say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Content => "content",
+            Kind::Commit => "commit",
+            Kind::Abort => "abort",
+            Kind::Rollback => "rollback",
+        }
+    }
+
     fn from_u8(v: u8) -> Result<Kind, FormatError> {
         Ok(match v {
             1 => Kind::Content,

@@ -28,6 +28,14 @@ macro_rules! id_type {
     };
 }
 
+/// Ids (or any values) for people: `1, 2, 4`, or `none`.
+pub fn join<T: fmt::Display>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "none".into();
+    }
+    items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
 id_type!(
     /// Identifies one agent (one back-end server) in the cluster. Unique per
     /// cluster; also the last tie-breaker of election priority.

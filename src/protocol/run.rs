@@ -704,11 +704,10 @@ impl Run {
                 run.end(RunState::Failed);
             }
             Start::NoQuorum { needed, online } => {
-                let offline: Vec<String> = run.plan.offline.iter().map(|s| s.to_string()).collect();
                 run.error = Some(format!(
                     "quorum cannot be met: {needed} of {} servers needed, {online} online (offline: {})",
                     run.plan.targets.len(),
-                    if offline.is_empty() { "none".into() } else { offline.join(", ") }
+                    super::ids::join(&run.plan.offline)
                 ));
                 run.failed = run.plan.targets.clone();
                 run.end(RunState::Failed);

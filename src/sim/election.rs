@@ -215,13 +215,7 @@ pub fn summarise(outcomes: &[RunOutcome]) -> Summary {
     let mut failovers: Vec<f64> =
         outcomes.iter().filter_map(|o| o.failover).map(|d| d.as_secs_f64() * 1000.0).collect();
     failovers.sort_by(f64::total_cmp);
-    let pct = |p: f64| -> Option<f64> {
-        if failovers.is_empty() {
-            return None;
-        }
-        let rank = ((p * failovers.len() as f64).ceil() as usize).max(1);
-        Some((failovers[rank - 1] * 1000.0).round() / 1000.0)
-    };
+    let pct = |p: f64| super::nearest_rank(&failovers, p).map(|v| (v * 1000.0).round() / 1000.0);
     let traffic = if outcomes.is_empty() {
         0.0
     } else {

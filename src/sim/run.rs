@@ -242,13 +242,7 @@ pub fn summarise(cfg: &RunSimConfig, outcomes: &[RunOutcome]) -> Summary {
         }
     }
     times.sort_unstable();
-    let pct = |p: f64| -> u64 {
-        if times.is_empty() {
-            return 0;
-        }
-        let i = ((times.len() as f64 - 1.0) * p).round() as usize;
-        times[i.min(times.len() - 1)]
-    };
+    let pct = |p: f64| super::nearest_rank(&times, p).unwrap_or(0);
     let servers = (cfg.segments * cfg.servers_per_segment).max(1) as f64;
     let failing: Vec<&RunOutcome> = outcomes.iter().filter(|o| o.violations.total() > 0).collect();
     Summary {

@@ -35,7 +35,7 @@ use crate::protocol::api::{
 use crate::protocol::assignment::Kind;
 use crate::protocol::crypto::ContentKey;
 use crate::protocol::distribution::{DistributionConfig, Stage, Target};
-use crate::protocol::ids::{AssignmentId, AssignmentSerial, JobId, NodeId, RunId};
+use crate::protocol::ids::{self, AssignmentId, AssignmentSerial, JobId, NodeId, RunId};
 use crate::protocol::paths::SiteName;
 use crate::protocol::run::{
     self, Action, CancelError, Plan, PlanError, Run, RunConfig, Saved, SiteUpdate, Wave,
@@ -94,14 +94,6 @@ pub enum CcmError {
         site: String,
         /// What went wrong.
         error: String,
-    },
-    /// A field of the job is missing or wrong.
-    #[error("{field}: {message}")]
-    Invalid {
-        /// The field.
-        field: &'static str,
-        /// What is wrong.
-        message: String,
     },
     /// The database failed.
     #[error(transparent)]
@@ -262,15 +254,6 @@ fn wave_kind(wave: Wave) -> Kind {
         Wave::Commit => Kind::Commit,
         Wave::Abort => Kind::Abort,
         Wave::Switch => Kind::Rollback,
-    }
-}
-
-fn wave_name(wave: Wave) -> &'static str {
-    match wave {
-        Wave::Content => "content",
-        Wave::Commit => "commit",
-        Wave::Abort => "abort",
-        Wave::Switch => "rollback",
     }
 }
 
@@ -610,7 +593,7 @@ impl Ccm {
                 {
                     Ok(c) => c,
                     Err(e) => {
-                        let e = format!("cannot make the {} assignment: {e}", wave_name(wave));
+                        let e = format!("cannot make the {} assignment: {e}", wave_kind(wave).name());
                         return act.feed(id, ctx, |run, _| run.handle_failed(e));
                     }
                 };
@@ -661,7 +644,7 @@ impl Ccm {
                 id: rec.id,
                 site: rec.site.clone(),
                 serial: rec.serial,
-                kind: wave_name(rec.kind).into(),
+                kind: wave_kind(rec.kind).name().into(),
                 size: rec.size,
                 sha256: rec.sha256.clone(),
             },
@@ -859,7 +842,7 @@ fn recovered_plan(db: &Db, record: &RunRecord, job: &JobRecord) -> Plan {
 /// What a new run does, for the history.
 fn describe(job: &JobRecord, plan: &Plan) -> String {
     let (site, serial) = (&job.site, plan.serial);
-    let servers = plan.targets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let servers = ids::join(&plan.targets);
     match job.kind {
         JobKind::Publish => format!("publishes site {site} to group {}", job.group),
         JobKind::Replicate => format!("replicates site {site} to servers {servers}"),
@@ -888,17 +871,9 @@ fn paths(p: &[String]) -> String {
     }
 }
 
-fn servers_text(s: &[NodeId]) -> String {
-    if s.is_empty() {
-        "none".into()
-    } else {
-        s.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-    }
-}
-
 /// The history event and message of a run that ended.
 fn ending(run: &RunRecord) -> (&'static str, String) {
-    let failed = servers_text(&run.failed_servers);
+    let failed = ids::join(&run.failed_servers);
     match run.state {
         RunState::Committed if run.kind.header_only() => (
             if run.kind == JobKind::Rollback { "rolled_back" } else { "switched" },
@@ -1029,7 +1004,7 @@ impl Handler<SetTreeOrder> for Ccm {
         let value = serde_json::to_value(&msg.0).unwrap_or_default();
         table::<SettingRecord>(&self.db).put(&SettingRecord { name: "tree_order".into(), value })?;
         self.db.flush()?;
-        let order = if msg.0.is_empty() { "none".into() } else { msg.0.join(", ") };
+        let order = ids::join(&msg.0);
         self.history("settings_changed", format!("static order of group leaders: {order}"), None, None);
         self.planner.do_send(SetOrder(msg.0));
         Ok(())
@@ -1075,10 +1050,7 @@ impl Handler<CreateCheckpoint> for Ccm {
                         let pruned = if pruned.is_empty() {
                             String::new()
                         } else {
-                            format!(
-                                "; deleted checkpoints {}",
-                                pruned.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-                            )
+                            format!("; deleted checkpoints {}", ids::join(&pruned))
                         };
                         act.history(
                             "checkpoint_created",

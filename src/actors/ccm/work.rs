@@ -37,7 +37,7 @@ pub struct Trees {
 fn subtree(live: &Path, dest: &Path, paths: &[String], keep: bool) -> Result<(), String> {
     let paths = paths
         .iter()
-        .map(|p| SitePath::new(p.trim_matches('/')).map_err(|e| format!("path {p:?}: {e}")))
+        .map(|p| SitePath::new(p.trim_matches('/')).map_err(|e| format!("path '{p}': {e}")))
         .collect::<Result<Vec<_>, _>>()?;
     crate::storage::tree::link_subtree(live, dest, &paths, keep).map_err(|e| e.to_string())
 }
