@@ -23,6 +23,7 @@ use thiserror::Error;
 use crate::config::Config;
 use crate::local_cluster::{ClusterError, ClusterOptions, LocalCluster};
 use crate::offline::{self, DiffArgs, OfflineError};
+use crate::protocol::ids::AssignmentId;
 use crate::storage::assignment_file::{assignment_path, AssignmentFile};
 use crate::storage::releases::SiteRoot;
 use crate::storage::tree::{compare_trees, copy_tree, ScanError};
@@ -148,7 +149,7 @@ pub fn run(dir: &Path, config: &Config, out: &mut impl Write) -> Result<(), Demo
 
     write_sample(&staging)?;
     writeln!(out, "\n1. publish the sample site ({}) as a full assignment", staging.display())?;
-    let first = assignment_path(&assignments, 1);
+    let first = assignment_path(&assignments, AssignmentId(1));
     let summary = offline::diff(&shadow, &staging, &first, DiffArgs::default(), config)?;
     writeln!(out, "   {summary}")?;
     for o in offline::apply(&first, &site_root, true, None, offline::site_options(config))? {
@@ -164,7 +165,7 @@ pub fn run(dir: &Path, config: &Config, out: &mut impl Write) -> Result<(), Demo
         out,
         "\n2. edit, add, delete, move, chmod and relink in staging; publish the change as a delta"
     )?;
-    let second = assignment_path(&assignments, 2);
+    let second = assignment_path(&assignments, AssignmentId(2));
     let summary = offline::diff(&shadow, &staging, &second, DiffArgs::default(), config)?;
     writeln!(out, "   {summary}")?;
     write!(

@@ -17,7 +17,7 @@ use cmover::protocol::api::{
     MemberReport, NextHop, NextHopRequest, Notify, SegmentReport, SegmentResult, ServerOutcome,
 };
 use cmover::protocol::crypto::Digest;
-use cmover::protocol::ids::NodeId;
+use cmover::protocol::ids::{AssignmentId, NodeId, RunId};
 use cmover::storage::records::{RunRecord, RunState};
 use cmover::storage::tree::compare_trees;
 use common::net::local_listener;
@@ -76,7 +76,7 @@ async fn fake_leader(secret: &[u8]) -> (String, Arc<Mutex<Vec<Notify>>>) {
 /// How long the CCM may take to get somewhere.
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn wait_for_run(ccm: &cmover::ccm::CcmHandle, run: u64, state: RunState) -> RunRecord {
+async fn wait_for_run(ccm: &cmover::ccm::CcmHandle, run: RunId, state: RunState) -> RunRecord {
     wait_for(format!("run {run} to reach {state:?}"), WAIT, async || {
         let r = run_state(ccm, run).await;
         if r.state == state {
@@ -127,7 +127,7 @@ fn report(segment: &str, leader: u64, http: &str, ids: &[u64]) -> SegmentReport 
     }
 }
 
-async fn fetch(node: &NodeClient, base: &str, id: u64) -> Vec<u8> {
+async fn fetch(node: &NodeClient, base: &str, id: AssignmentId) -> Vec<u8> {
     // First 100 bytes, then the rest with a Range request, as a resumed transfer would.
     let path = format!("/node/v1/assignments/{id}");
     let mut head = node
@@ -223,18 +223,18 @@ async fn setup(
     (ccm, [a, b], gl_a, gl_b)
 }
 
-async fn run_state(ccm: &cmover::ccm::CcmHandle, run: u64) -> RunRecord {
+async fn run_state(ccm: &cmover::ccm::CcmHandle, run: RunId) -> RunRecord {
     let client = awc::Client::default();
     let (s, v) = admin(&client, "GET", format!("{}/api/v1/runs/{run}", ccm.url), None).await;
     assert_eq!(s, 200);
     serde_json::from_value(v).unwrap()
 }
 
-async fn start_run(ccm: &cmover::ccm::CcmHandle) -> u64 {
+async fn start_run(ccm: &cmover::ccm::CcmHandle) -> RunId {
     let client = awc::Client::default();
     let (s, v) = admin(&client, "POST", format!("{}/api/v1/jobs/1/run", ccm.url), None).await;
     assert_eq!(s, 202, "{v}");
-    v["run"].as_u64().unwrap()
+    RunId(v["run"].as_u64().unwrap())
 }
 
 fn ok(ids: &[u64]) -> Vec<(u64, ServerOutcome)> {
@@ -250,7 +250,7 @@ async fn a_publish_run_spreads_as_a_tree_commits_and_records_everything() {
     // Content: the CCM notifies only the first leader (fanout 1); it forwards to the second.
     let n = wait_for_sync("content notify", WAIT, || got_a.lock().unwrap().first().cloned()).await;
     assert_eq!(
-        (n.assignment.kind.as_str(), n.assignment.serial, n.fetch_from.as_str()),
+        (n.assignment.kind.name(), n.assignment.serial, n.fetch_from.as_str()),
         ("content", 1, ccm.url.as_str())
     );
     assert!(got_b.lock().unwrap().is_empty(), "the CCM sent to one leader only");
@@ -263,7 +263,7 @@ async fn a_publish_run_spreads_as_a_tree_commits_and_records_everything() {
 
     // Commit: notified the same way.
     let c = wait_for_sync("commit notify", WAIT, || got_a.lock().unwrap().get(1).cloned()).await;
-    assert_eq!((c.assignment.kind.as_str(), c.assignment.serial), ("commit", 1));
+    assert_eq!((c.assignment.kind.name(), c.assignment.serial), ("commit", 1));
     let hop = leader_round(&gl_a, &ccm.url, &c, "a", &ok(&[1, 2, 3])).await.expect("forwarded");
     let hop = Notify { fetch_from: ccm.url.clone(), ..hop };
     leader_round(&gl_b, &ccm.url, &hop, "b", &ok(&[4, 5, 6])).await;
@@ -297,7 +297,7 @@ async fn without_quorum_the_release_is_aborted_and_the_failure_named() {
     outcomes.push((5, ServerOutcome::Failed { error: "disk full".into() }));
     leader_round(&gl_b, &ccm.url, &Notify { fetch_from: ccm.url.clone(), ..hop }, "b", &outcomes).await;
     let a = wait_for_sync("abort notify", WAIT, || got_a.lock().unwrap().get(1).cloned()).await;
-    assert_eq!(a.assignment.kind, "abort");
+    assert_eq!(a.assignment.kind.name(), "abort");
     let hop = leader_round(&gl_a, &ccm.url, &a, "a", &ok(&[1, 2, 3])).await.unwrap();
     leader_round(&gl_b, &ccm.url, &Notify { fetch_from: ccm.url.clone(), ..hop }, "b", &ok(&[4, 5, 6])).await;
     let r = wait_for_run(&ccm, run, RunState::Failed).await;
@@ -357,7 +357,7 @@ async fn the_rest_api_checks_tokens_and_names_bad_fields() {
     .await;
     let (_, started) =
         admin(&client, "POST", format!("{}/api/v1/jobs/{}/run", ccm.url, job["id"]), None).await;
-    let r = run_state(&ccm, started["run"].as_u64().unwrap()).await;
+    let r = run_state(&ccm, RunId(started["run"].as_u64().unwrap())).await;
     assert_eq!(r.state, RunState::Failed);
     assert!(r.error.unwrap().contains("offline: 9"));
 }
@@ -375,7 +375,7 @@ async fn a_ccm_restart_fails_an_unfinished_distribution_cleanly_and_resumes_a_co
     let ccm = cmover::ccm::start(w.config.clone()).await.unwrap();
     // It fails cleanly: an abort goes to the leaders, nothing goes live.
     let abort = wait_for_sync("abort notify", WAIT, || got_a.lock().unwrap().get(1).cloned()).await;
-    assert_eq!(abort.assignment.kind, "abort");
+    assert_eq!(abort.assignment.kind.name(), "abort");
     let hop = leader_round(&gl_a, &ccm.url, &abort, "a", &ok(&[1, 2, 3])).await.unwrap();
     leader_round(&gl_b, &ccm.url, &Notify { fetch_from: ccm.url.clone(), ..hop }, "b", &ok(&[4, 5, 6])).await;
     let r = wait_for_run(&ccm, run1, RunState::Failed).await;
@@ -393,12 +393,12 @@ async fn a_ccm_restart_fails_an_unfinished_distribution_cleanly_and_resumes_a_co
     let hop = leader_round(&gl_a, &ccm.url, &n, "a", &ok(&[1, 2, 3])).await.unwrap();
     leader_round(&gl_b, &ccm.url, &Notify { fetch_from: ccm.url.clone(), ..hop }, "b", &ok(&[4, 5, 6])).await;
     let c = wait_for_sync("commit notify", WAIT, || got_a.lock().unwrap().get(3).cloned()).await;
-    assert_eq!(c.assignment.kind, "commit");
+    assert_eq!(c.assignment.kind.name(), "commit");
     ccm.stop().await;
     let ccm = cmover::ccm::start(w.config.clone()).await.unwrap();
     let c2 = wait_for_sync("resumed commit notify", WAIT, || got_a.lock().unwrap().get(4).cloned()).await;
     // Run 1 used serial 1 and failed; a serial is never used twice.
-    assert_eq!((c2.assignment.kind.as_str(), c2.run, c2.assignment.serial), ("commit", run2, 2));
+    assert_eq!((c2.assignment.kind.name(), c2.run, c2.assignment.serial), ("commit", run2, 2));
     let hop = leader_round(&gl_a, &ccm.url, &c2, "a", &ok(&[1, 2, 3])).await.unwrap();
     leader_round(&gl_b, &ccm.url, &Notify { fetch_from: ccm.url.clone(), ..hop }, "b", &ok(&[4, 5, 6])).await;
     let r = wait_for_run(&ccm, run2, RunState::Committed).await;

@@ -38,7 +38,7 @@ use cmover::protocol::api::{
     AssignmentRef, HopTarget, NodeStatus, Notify, SegmentResult, ServerOutcome, CCM_NODE,
 };
 use cmover::protocol::assignment::Kind;
-use cmover::protocol::ids::NodeId;
+use cmover::protocol::ids::{AssignmentId, NodeId, RunId};
 use cmover::storage::tree::compare_trees;
 
 const SECRET_HEX: &str = "6f2d1c3b4a5968778695a4b3c2d1e0f00112233445566778899aabbccddeeff0";
@@ -119,20 +119,27 @@ impl Cluster {
         let leaders = self.segments_settled(false, None).await;
         let (east, east_url) = leaders["east"].clone();
         let (west, west_url) = leaders["west"].clone();
-        let notify = |fetch_from: &str| Notify {
+        // Each segment's running agents are the targets there.
+        let targets = |seg: &str| -> Vec<NodeId> {
+            self.agents.values().filter(|a| segment_of(a.id.0) == seg).map(|a| a.id).collect()
+        };
+        let notify = |fetch_from: &str, seg: &str| Notify {
             assignment: aref.clone(),
             fetch_from: fetch_from.to_string(),
-            run,
-            targets: Vec::new(),
+            run: RunId(run),
+            targets: targets(seg),
             rate_limit: None,
         };
         self.ccm.state().hops.insert(
             aref.id,
-            VecDeque::from([HopTarget { node: west, url: west_url, notify: notify(&east_url) }]),
+            VecDeque::from([HopTarget { node: west, url: west_url, notify: notify(&east_url, "west") }]),
         );
-        let _: serde_json::Value =
-            self.client.post_json(&east_url, "/node/v1/notify", &notify(&self.ccm.url)).await.unwrap();
-        let results = self.ccm.results_of(aref.id, 2).await;
+        let _: serde_json::Value = self
+            .client
+            .post_json(&east_url, "/node/v1/notify", &notify(&self.ccm.url, "east"))
+            .await
+            .unwrap();
+        let results = self.ccm.results_of(aref.id.0, 2).await;
         let asked = self.ccm.state().asked[&aref.id].clone();
         assert!(
             asked.contains(&east) && asked.contains(&west),
@@ -189,16 +196,16 @@ async fn two_segments_publish_commit_refetch_restart_and_fail_over() {
     let member_url = format!("http://{}", cluster.agents[&2].http);
     let n = Notify {
         assignment: AssignmentRef {
-            id: 1,
+            id: AssignmentId(1),
             site: SITE.into(),
             serial: 1,
-            kind: "content".into(),
+            kind: Kind::Content,
             size: 1,
             sha256: "00".repeat(32),
         },
         fetch_from: cluster.ccm.url.clone(),
-        run: 1,
-        targets: vec![],
+        run: RunId(1),
+        targets: vec![NodeId(2)],
         rate_limit: None,
     };
     let err = cluster.client.post_json::<_, serde_json::Value>(&member_url, "/node/v1/notify", &n).await;
@@ -225,18 +232,18 @@ async fn two_segments_publish_commit_refetch_restart_and_fail_over() {
         assert!(site_root.join("incoming/1").is_dir(), "node {id} built incoming/1");
         assert!(!site_root.join("live").exists(), "node {id}: nothing live before the commit");
     }
-    assert_eq!(cluster.ccm.state().gets[&100], 1, "the CCM sent the content once");
+    assert_eq!(cluster.ccm.state().gets[&AssignmentId(100)], 1, "the CCM sent the content once");
 
     // Commit, served damaged once by the CCM: east's leader rejects the copy
     // by its hash and fetches it again.
     cluster.ccm.control(Kind::Commit, SITE, 1, 101);
-    cluster.ccm.state().tamper_once.insert(101);
+    cluster.ccm.state().tamper_once.insert(AssignmentId(101));
     let commit = cluster.ccm.aref(101, SITE, "commit", 1);
     let t = std::time::Instant::now();
     let results = cluster.distribute(&commit, 1).await;
     let commit_time = t.elapsed();
     all_succeeded(&results, &ALL);
-    assert_eq!(cluster.ccm.state().gets[&101], 2, "the damaged copy was fetched again");
+    assert_eq!(cluster.ccm.state().gets[&AssignmentId(101)], 2, "the damaged copy was fetched again");
     for id in 1..=6 {
         let live = root.join(format!("node-{id}/sites/{SITE}/live"));
         assert_eq!(compare_trees(&live, &tree).unwrap(), Vec::<String>::new(), "node {id}'s live tree");
@@ -263,7 +270,7 @@ async fn two_segments_publish_commit_refetch_restart_and_fail_over() {
     assert_eq!(status.held, vec![100, 101], "{status:?}");
     // Its new address and its live serial reach the CCM.
     cluster.segments_settled(true, Some(1)).await;
-    cluster.ccm.state().results.retain(|r| r.assignment != 101);
+    cluster.ccm.state().results.retain(|r| r.assignment != AssignmentId(101));
     let results = cluster.distribute(&commit, 2).await;
     all_succeeded(&results, &ALL);
     let s = cluster.agents[&3].interpreter.send(GetInterpreterStatus).await.unwrap();
@@ -274,7 +281,7 @@ async fn two_segments_publish_commit_refetch_restart_and_fail_over() {
     }
     let l = cluster.agents[&1].leader.send(GetLeaderStatus).await.unwrap();
     assert!(l.leading && l.jobs.is_empty(), "{l:?}");
-    assert_eq!(cluster.ccm.state().gets[&101], 2, "held copies are not fetched again");
+    assert_eq!(cluster.ccm.state().gets[&AssignmentId(101)], 2, "held copies are not fetched again");
 
     // East's leader goes away: a member takes over, reports the segment,
     // and the next release (a delta against the live one) reaches the five

@@ -22,9 +22,10 @@ use cmover::actors::report_collector::{CollectReports, ReportsCollected};
 use cmover::net::client::NodeClient;
 use cmover::net::fetch::FetchOptions;
 use cmover::protocol::api::{AssignmentRef, NotLeader, Notify, ServerOutcome};
+use cmover::protocol::assignment::Kind;
 use cmover::protocol::control::MemberInfo;
 use cmover::protocol::election::Event;
-use cmover::protocol::ids::NodeId;
+use cmover::protocol::ids::{AssignmentId, NodeId, RunId};
 use cmover::protocol::mctp::{self, SessionId};
 use cmover::protocol::reports;
 use cmover::storage::agent_state::AgentState;
@@ -166,16 +167,16 @@ fn start_leader(dir: &std::path::Path, ccm_url: &str) -> (Addr<GroupLeader>, Add
 fn notify(id: u64, bytes: &[u8], fetch_from: &str) -> Notify {
     Notify {
         assignment: AssignmentRef {
-            id,
+            id: AssignmentId(id),
             site: "www".into(),
             serial: 1,
-            kind: "content".into(),
+            kind: Kind::Content,
             size: bytes.len() as u64,
             sha256: hex::encode(cmover::protocol::crypto::sha256(bytes)),
         },
         fetch_from: fetch_from.into(),
-        run: 7,
-        targets: vec![],
+        run: RunId(7),
+        targets: vec![ME, MEMBER],
         rate_limit: None,
     }
 }
@@ -192,7 +193,7 @@ async fn a_job_fetches_delivers_and_asks_members_still_applying_again() {
     let dir = tempfile::tempdir().unwrap();
     let ccm = FakeCcm::start(SECRET, &dir.path().join("ccm")).await;
     let bytes = b"an assignment's bytes".repeat(100);
-    std::fs::write(assignment_path(&dir.path().join("ccm"), 5), &bytes).unwrap();
+    std::fs::write(assignment_path(&dir.path().join("ccm"), AssignmentId(5)), &bytes).unwrap();
     let url = ccm.url.clone();
     let (leader, fakes) = start_leader(dir.path(), &url);
 
@@ -211,8 +212,8 @@ async fn a_job_fetches_delivers_and_asks_members_still_applying_again() {
         .unwrap();
 
     let result = ccm.results_of(5, 1).await.remove(0);
-    assert_eq!(result.assignment, 5);
-    assert_eq!(result.run, 7);
+    assert_eq!(result.assignment, AssignmentId(5));
+    assert_eq!(result.run, RunId(7));
     assert_eq!(
         result.servers,
         BTreeMap::from([(ME, ServerOutcome::Succeeded), (MEMBER, ServerOutcome::Succeeded)])
@@ -221,7 +222,10 @@ async fn a_job_fetches_delivers_and_asks_members_still_applying_again() {
     assert_eq!(registered, vec![(MEMBER, "127.0.0.1:9".parse().unwrap())]);
     assert_eq!(collections, 2, "the member still applying was asked again");
     assert_eq!(applied, vec![5], "the leader applied it itself");
-    assert_eq!(std::fs::read(assignment_path(&dir.path().join("assignments"), 5)).unwrap(), bytes);
+    assert_eq!(
+        std::fs::read(assignment_path(&dir.path().join("assignments"), AssignmentId(5))).unwrap(),
+        bytes
+    );
     let last = ccm.state().segments.get("east").cloned().expect("a segment report");
     assert_eq!((last.segment.as_str(), last.location.as_str(), last.members.len()), ("east", "here", 2));
     assert!(last.cpus >= 1 && last.disk_free > 0, "{last:?}");
@@ -249,7 +253,7 @@ async fn losing_leadership_stops_jobs_and_refuses_notifies() {
         .unwrap();
     let s = leader.send(GetLeaderStatus).await.unwrap();
     assert!(s.leading);
-    assert_eq!(s.jobs, vec![9]);
+    assert_eq!(s.jobs, vec![AssignmentId(9)]);
 
     leader.send(elected(false)).await.unwrap();
     let s = leader.send(GetLeaderStatus).await.unwrap();

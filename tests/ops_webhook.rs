@@ -15,7 +15,7 @@ use cmover::ops::lb::{LbAction, LbRequest, LoadBalancer, SetRotation, WebhookDri
 use cmover::ops::webhook::{verify, Delivery, SIGNATURE_HEADER};
 use cmover::protocol::ids::NodeId;
 use cmover::storage::db::Db;
-use cmover::storage::records::HistoryRecord;
+use cmover::storage::records::{HistoryKind, HistoryRecord};
 use common::net::local_listener;
 
 const SECRET: &[u8] = b"shared webhook secret";
@@ -106,7 +106,7 @@ async fn a_webhook_is_retried_on_5xx_and_delivered_signed() {
     // A body changed in transit does not verify.
     assert!(!verify(SECRET, br#"{"server":4}"#, &seen.requests[0].1));
     let h = history(&db);
-    assert!(h.iter().any(|e| e.kind == "lb_out" && e.message.contains("web-3")), "{h:#?}");
+    assert!(h.iter().any(|e| e.kind == HistoryKind::LbOut && e.message.contains("web-3")), "{h:#?}");
 }
 
 #[actix_rt::test]
@@ -119,9 +119,10 @@ async fn a_webhook_gives_up_after_the_configured_attempts_with_an_event() {
     assert_eq!(seen.lock().unwrap().requests.len(), 3, "exactly the configured attempts");
     assert!(seen.lock().unwrap().requests.iter().all(|r| r.2), "every attempt signed");
     let h = history(&db);
-    let failed = h.iter().find(|e| e.kind == "lb_failed").unwrap_or_else(|| panic!("no lb_failed: {h:#?}"));
+    let failed =
+        h.iter().find(|e| e.kind == HistoryKind::LbFailed).unwrap_or_else(|| panic!("no lb_failed: {h:#?}"));
     assert!(failed.message.contains("web-3") && failed.message.contains("after 3 attempts"), "{failed:?}");
-    assert!(!h.iter().any(|e| e.kind == "lb_out"), "{h:#?}");
+    assert!(!h.iter().any(|e| e.kind == HistoryKind::LbOut), "{h:#?}");
 }
 
 #[actix_rt::test]

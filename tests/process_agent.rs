@@ -24,7 +24,7 @@ use cmover::corpus::{self, CorpusSpec};
 use cmover::net::client::NodeClient;
 use cmover::protocol::api::{NodeStatus, Notify, ServerOutcome, CCM_NODE};
 use cmover::protocol::assignment::Kind;
-use cmover::protocol::ids::NodeId;
+use cmover::protocol::ids::{NodeId, RunId};
 use cmover::storage::tree::compare_trees;
 
 const SECRET_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
@@ -84,8 +84,8 @@ async fn two_agent_processes_publish_and_stop_on_sigterm() {
         let notify = Notify {
             assignment: ccm.aref(id, "www", kind, 1),
             fetch_from: ccm.url.clone(),
-            run: 1,
-            targets: vec![],
+            run: RunId(1),
+            targets: vec![NodeId(1), NodeId(2)],
             rate_limit: None,
         };
         let _: serde_json::Value = client.post_json(&leader_url, "/node/v1/notify", &notify).await.unwrap();

@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use crate::protocol::assignment::{encode_control, Header, Kind};
 use crate::protocol::crypto::ContentKey;
-use crate::protocol::ids::{AssignmentSerial, JobId};
+use crate::protocol::ids::{AssignmentId, AssignmentSerial, JobId};
 use crate::protocol::paths::SiteName;
 use crate::storage::assignment_file::assignment_path;
 use crate::storage::pack::{pack, PackError, PackOptions, PackSummary};
@@ -57,7 +57,7 @@ pub struct Created {
 #[rtype(result = "Result<Created, CreateError>")]
 pub struct CreateContent {
     /// Cluster-wide id of the file.
-    pub id: u64,
+    pub id: AssignmentId,
     /// Site, serial, base and the rest of the packing options.
     pub options: PackOptions,
     /// The shadow copy (the live tree), possibly missing.
@@ -71,7 +71,7 @@ pub struct CreateContent {
 #[rtype(result = "Result<Created, CreateError>")]
 pub struct CreateControl {
     /// Cluster-wide id of the file.
-    pub id: u64,
+    pub id: AssignmentId,
     /// Commit, abort or rollback.
     pub kind: Kind,
     /// The site.
@@ -105,7 +105,7 @@ impl Actor for AssignmentCreator {
 /// then flushes it and measures and hashes it.
 fn create(
     dir: PathBuf,
-    id: u64,
+    id: AssignmentId,
     write: impl FnOnce(&Path) -> Result<Option<PackSummary>, CreateError> + Send + 'static,
 ) -> ResponseFuture<Result<Created, CreateError>> {
     Box::pin(async move {

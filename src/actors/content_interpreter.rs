@@ -41,7 +41,7 @@ use crate::ops::hooks::{self, Hook};
 use crate::protocol::assignment::Kind;
 use crate::protocol::control::{MemberInfo, SiteSerial};
 use crate::protocol::crypto::ContentKey;
-use crate::protocol::ids::{AssignmentSerial, NodeId};
+use crate::protocol::ids::{AssignmentId, AssignmentSerial, NodeId};
 use crate::protocol::paths::SiteName;
 use crate::storage::agent_state::{AgentState, Applied, StateError};
 use crate::storage::assignment_file::AssignmentFile;
@@ -212,12 +212,8 @@ impl Work {
         // crash before the record below only means doing it again.
         let detail = Some(site.execute(&file).map_err(|e| e.to_string())?);
         self.run_hooks(&site, h)?;
-        let applied = Applied {
-            site: h.site.as_str().to_owned(),
-            serial: h.serial.0,
-            kind: h.kind.name().into(),
-            at_ms: unix_ms(),
-        };
+        let applied =
+            Applied { site: h.site.as_str().to_owned(), serial: h.serial.0, kind: h.kind, at_ms: unix_ms() };
         self.state.record_applied(id, applied.clone()).map_err(|e| e.to_string())?;
         let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(Done { applied, replayed: false, live: scan_live(&self.sites_root), ms, detail })
@@ -308,13 +304,13 @@ impl ContentInterpreter {
                         );
                     } else {
                         act.status.executed += 1;
-                        metrics::histogram!("cmover_assignment_apply_seconds", "node" => act.work.metrics_node.clone(), "kind" => a.kind.clone())
+                        metrics::histogram!("cmover_assignment_apply_seconds", "node" => act.work.metrics_node.clone(), "kind" => a.kind.name())
                             .record(done.ms as f64 / 1000.0);
-                        let event = match a.kind.as_str() {
-                            "content" => "applied",
-                            "commit" => "committed",
-                            "abort" => "aborted",
-                            _ => "rolled_back",
+                        let event = match a.kind {
+                            Kind::Content => "applied",
+                            Kind::Commit => "committed",
+                            Kind::Abort => "aborted",
+                            Kind::Rollback => "rolled_back",
                         };
                         tracing::info!(
                             event, %node, assignment = id, site = %a.site, serial = a.serial,
@@ -423,7 +419,7 @@ impl Handler<AssignmentReceived> for ContentInterpreter {
                 return;
             }
         };
-        let dest = assignment_path(&self.assignments, id);
+        let dest = assignment_path(&self.assignments, AssignmentId(id));
         let stored = std::fs::rename(&file.path, &dest)
             .map_err(|e| format!("cannot store assignment {id} at {}: {e}", dest.display()))
             .and_then(|()| self.work.state.record_held(id, file.hash).map_err(|e| e.to_string()));
@@ -504,9 +500,9 @@ mod tests {
             min_compression_gain: 0.05,
             encrypt: Some((ContentKey::from_secret(SECRET).unwrap(), [3; 32])),
         };
-        let content = assignment_path(&out, 10 * serial);
+        let content = assignment_path(&out, AssignmentId(10 * serial));
         pack(&empty, &tree, &content, &opts).unwrap();
-        let commit = assignment_path(&out, 10 * serial + 1);
+        let commit = assignment_path(&out, AssignmentId(10 * serial + 1));
         let header = Header::control(Kind::Commit, site, AssignmentSerial(serial), JobId(1), 0);
         std::fs::write(&commit, encode_control(&header)).unwrap();
         (tree, content, commit)
@@ -547,7 +543,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (tree1, content1, commit1) = assignments(dir.path(), 1, 7, 20);
         let (_, content2, commit2) = assignments(dir.path(), 2, 8, 8);
-        let rollback = assignment_path(&dir.path().join("assignments"), 99);
+        let rollback = assignment_path(&dir.path().join("assignments"), AssignmentId(99));
         let site = SiteName::new("www").unwrap();
         let header = Header::control(Kind::Rollback, site, AssignmentSerial(1), JobId(1), 0);
         std::fs::write(&rollback, encode_control(&header)).unwrap();

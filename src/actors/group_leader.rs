@@ -47,7 +47,7 @@ use crate::protocol::api::{
 };
 use crate::protocol::control::MemberInfo;
 use crate::protocol::election::Event;
-use crate::protocol::ids::{AssignmentSerial, NodeId};
+use crate::protocol::ids::{AssignmentId, AssignmentSerial, NodeId};
 use crate::protocol::mctp;
 use crate::protocol::reports;
 use crate::storage::agent_state::AgentState;
@@ -90,7 +90,7 @@ pub struct LeaderStatus {
     /// The segment's members as last reported by the elector (leader only).
     pub members: Vec<NodeId>,
     /// Assignments whose job is running.
-    pub jobs: Vec<u64>,
+    pub jobs: Vec<AssignmentId>,
     /// Segment reports the CCM accepted.
     pub segment_reports: u64,
     /// Segment results the CCM accepted.
@@ -178,7 +178,7 @@ pub struct GroupLeader {
     interpreter_status: Recipient<GetInterpreterStatus>,
     leader: Option<NodeId>,
     leading: bool,
-    jobs: HashMap<u64, SpawnHandle>,
+    jobs: HashMap<AssignmentId, SpawnHandle>,
     /// A segment report is being posted; post again when it is done.
     report_busy: bool,
     report_again: bool,
@@ -243,7 +243,7 @@ impl GroupLeader {
         }
         self.leading = false;
         lock(&self.shared.members).clear();
-        let stopped: Vec<u64> = self.jobs.keys().copied().collect();
+        let stopped: Vec<AssignmentId> = self.jobs.keys().copied().collect();
         for (_, h) in self.jobs.drain() {
             ctx.cancel_future(h);
         }
@@ -341,8 +341,7 @@ fn segment_report(shared: &Shared, own: &InterpreterStatus, location: String, ht
 async fn run_job(shared: Rc<Shared>, notify: Notify) -> SegmentResult {
     let id = notify.assignment.id;
     let node = shared.node;
-    let members: Vec<NodeId> = lock(&shared.members).keys().copied().collect();
-    let targets: Vec<NodeId> = if notify.targets.is_empty() { members } else { notify.targets.clone() };
+    let targets = notify.targets.clone();
     let (servers, delivery) = match fetch(&shared, &notify).await {
         Ok(hash) => {
             forward(&shared, id).await;
@@ -363,7 +362,7 @@ async fn run_job(shared: Rc<Shared>, notify: Notify) -> SegmentResult {
     };
     let count = |f: fn(&ServerOutcome) -> bool| result.servers.values().filter(|o| f(o)).count();
     tracing::info!(
-        event = "delivered", %node, assignment = id, run = notify.run, segment = %shared.segment,
+        event = "delivered", %node, assignment = %id, run = %notify.run, segment = %shared.segment,
         succeeded = count(|o| matches!(o, ServerOutcome::Succeeded)),
         failed = count(|o| matches!(o, ServerOutcome::Failed { .. })),
         silent = count(|o| matches!(o, ServerOutcome::Silent)),
@@ -376,13 +375,13 @@ async fn run_job(shared: Rc<Shared>, notify: Notify) -> SegmentResult {
         match r {
             Ok(_) => break,
             Err(e) => {
-                tracing::warn!(event = "report_failed", %node, assignment = id, attempt, error = %e, "segment result not accepted; retrying");
+                tracing::warn!(event = "report_failed", %node, assignment = %id, attempt, error = %e, "segment result not accepted; retrying");
                 tokio::time::sleep(backoff(shared.retry_delay, attempt)).await;
                 attempt += 1;
             }
         }
     }
-    tracing::info!(event = "reported", %node, assignment = id, run = notify.run, "segment result reported");
+    tracing::info!(event = "reported", %node, assignment = %id, run = %notify.run, "segment result reported");
     result
 }
 
@@ -394,30 +393,30 @@ async fn fetch(shared: &Shared, notify: &Notify) -> Result<[u8; 32], String> {
         .and_then(|v| v.try_into().ok())
         .ok_or_else(|| format!("sha256 {:?} is not 64 hex digits", a.sha256))?;
     let dest = assignment_path(&shared.assignments, a.id);
-    if shared.state.held_hash(a.id) == Some(expected) && dest.is_file() {
-        tracing::info!(event = "fetched", node = %shared.node, assignment = a.id, bytes = 0, held = true, "copy already held");
+    if shared.state.held_hash(a.id.0) == Some(expected) && dest.is_file() {
+        tracing::info!(event = "fetched", node = %shared.node, assignment = %a.id, bytes = 0, held = true, "copy already held");
         return Ok(expected);
     }
     let opts = FetchOptions { rate_limit: notify.rate_limit, ..shared.fetch.clone() };
     let got = fetch_assignment(&shared.client, &notify.fetch_from, a, &dest, &opts)
         .await
         .map_err(|e| e.to_string())?;
-    shared.state.record_held(a.id, expected).map_err(|e| e.to_string())?;
+    shared.state.record_held(a.id.0, expected).map_err(|e| e.to_string())?;
     if let Some(h) = &shared.held {
-        h.do_send(MarkHeld { assignment: AssignmentSerial(a.id), hash: expected });
+        h.do_send(MarkHeld { assignment: AssignmentSerial(a.id.0), hash: expected });
     }
     let source = if notify.fetch_from.trim_end_matches('/') == shared.ccm_url { "ccm" } else { "leader" };
     metrics::counter!("cmover_hop_bytes_total", "node" => crate::metrics::node_label(shared.node), "from" => source)
         .increment(got.bytes);
     tracing::info!(
-        event = "fetched", node = %shared.node, assignment = a.id, from = %notify.fetch_from,
+        event = "fetched", node = %shared.node, assignment = %a.id, from = %notify.fetch_from,
         bytes = got.bytes, ms = got.ms, resumed = got.resumed, refetched = got.refetched, "assignment fetched"
     );
     Ok(expected)
 }
 
 /// Asks the CCM for next hops and notifies them until it names none.
-async fn forward(shared: &Shared, id: u64) {
+async fn forward(shared: &Shared, id: AssignmentId) {
     let node = shared.node;
     let mut failures = 0;
     loop {
@@ -429,9 +428,9 @@ async fn forward(shared: &Shared, id: u64) {
             Ok(h) => h,
             Err(e) => {
                 failures += 1;
-                tracing::warn!(event = "next_hop_failed", %node, assignment = id, failures, error = %e);
+                tracing::warn!(event = "next_hop_failed", %node, assignment = %id, failures, error = %e);
                 if failures >= NEXT_HOP_ATTEMPTS {
-                    tracing::warn!(event = "forwarding_abandoned", %node, assignment = id, "the CCM does not answer next-hop; delivering in the segment");
+                    tracing::warn!(event = "forwarding_abandoned", %node, assignment = %id, "the CCM does not answer next-hop; delivering in the segment");
                     return;
                 }
                 tokio::time::sleep(backoff(shared.retry_delay, failures)).await;
@@ -446,12 +445,12 @@ async fn forward(shared: &Shared, id: u64) {
             shared.client.post_json(&target.url, "/node/v1/notify", &target.notify).await;
         match r {
             Ok(_) => tracing::info!(
-                event = "forwarded", %node, assignment = id, to = %target.node, url = %target.url,
+                event = "forwarded", %node, assignment = %id, to = %target.node, url = %target.url,
                 "assignment forwarded"
             ),
             Err(e) => {
                 // The CCM hears of it from the next next-hop and reassigns.
-                tracing::warn!(event = "forward_failed", %node, assignment = id, to = %target.node, error = %e);
+                tracing::warn!(event = "forward_failed", %node, assignment = %id, to = %target.node, error = %e);
                 tokio::time::sleep(shared.retry_delay).await;
             }
         }
@@ -461,7 +460,7 @@ async fn forward(shared: &Shared, id: u64) {
 /// Multicasts to the targeted members, applies here if targeted, collects.
 async fn deliver(
     shared: &Shared,
-    id: u64,
+    id: AssignmentId,
     hash: [u8; 32],
     targets: &[NodeId],
 ) -> (BTreeMap<NodeId, ServerOutcome>, Option<DeliveryStats>) {
@@ -472,14 +471,14 @@ async fn deliver(
         if !targets.contains(&me) {
             return None;
         }
-        let r = shared.interpreter.send(ApplyAssignment { id, path: path.clone() }).await;
+        let r = shared.interpreter.send(ApplyAssignment { id: id.0, path: path.clone() }).await;
         Some(match r {
             Ok(Ok(())) => ServerOutcome::Succeeded,
             Ok(Err(error)) => ServerOutcome::Failed { error },
             Err(e) => ServerOutcome::Failed { error: format!("the content interpreter is not running: {e}") },
         })
     };
-    let (own, (mut servers, delivery)) = tokio::join!(here, multicast(shared, id, hash, &path, others));
+    let (own, (mut servers, delivery)) = tokio::join!(here, multicast(shared, id.0, hash, &path, others));
     if let Some(own) = own {
         servers.insert(me, own);
     }
@@ -610,11 +609,11 @@ impl Handler<DistributeAssignment> for GroupLeader {
         let id = n.assignment.id;
         let node = self.shared.node;
         if !self.leading {
-            tracing::info!(event = "notify_refused", %node, assignment = id, leader = ?self.leader.map(|l| l.0), "not the leader");
+            tracing::info!(event = "notify_refused", %node, assignment = %id, leader = ?self.leader.map(|l| l.0), "not the leader");
             return Err(NotLeader { leader: self.leader });
         }
         tracing::info!(
-            event = "notified", %node, assignment = id, run = n.run, from = %msg.from, fetch_from = %n.fetch_from,
+            event = "notified", %node, assignment = %id, run = %n.run, from = %msg.from, fetch_from = %n.fetch_from,
             kind = %n.assignment.kind, site = %n.assignment.site, serial = n.assignment.serial,
             size = n.assignment.size, targets = n.targets.len(), duplicate = self.jobs.contains_key(&id),
             "notified"
@@ -671,7 +670,7 @@ impl Handler<GetLeaderStatus> for GroupLeader {
     type Result = MessageResult<GetLeaderStatus>;
 
     fn handle(&mut self, _msg: GetLeaderStatus, _ctx: &mut Context<Self>) -> Self::Result {
-        let mut jobs: Vec<u64> = self.jobs.keys().copied().collect();
+        let mut jobs: Vec<AssignmentId> = self.jobs.keys().copied().collect();
         jobs.sort_unstable();
         MessageResult(LeaderStatus {
             leading: self.leading,

@@ -28,7 +28,7 @@ use crate::protocol::ids::{JobId, NodeId};
 use crate::protocol::schedule::{self, Action, JobSpec, JobTimes, Reason, Schedule};
 use crate::storage::db::{Db, Table};
 use crate::storage::records::{
-    GroupRecord, JobKind, JobParams, JobRecord, Policy, RunState, ServerRecord, SiteRecord,
+    GroupRecord, HistoryKind, JobKind, JobParams, JobRecord, Policy, RunState, ServerRecord, SiteRecord,
 };
 
 /// Job `0` was created, changed or deleted (sent by the REST API).
@@ -88,7 +88,7 @@ impl Scheduler {
         }
     }
 
-    fn history(&self, kind: &str, message: String, site: Option<&str>) {
+    fn history(&self, kind: HistoryKind, message: String, site: Option<&str>) {
         crate::ops::append_history(&self.db, kind, message, None, site);
     }
 
@@ -156,7 +156,7 @@ impl Scheduler {
                     let what = if queued { "queued" } else { "cancelled (policy: cancel)" };
                     tracing::info!(event = "conflict", job = %job, with = %with, queued);
                     self.history(
-                        "conflict",
+                        HistoryKind::Conflict,
                         format!(
                             "job {job} was due while job {with} runs on the same site and servers: {what}"
                         ),
@@ -188,7 +188,7 @@ impl Scheduler {
                 };
                 tracing::warn!(event = "run_refused", job = %job, error = %refused);
                 act.history(
-                    "run_refused",
+                    HistoryKind::RunRefused,
                     format!("job {job} was due ({reason}) but did not start: {refused}"),
                     None,
                 );

@@ -22,14 +22,15 @@ use super::session::{self, authorize};
 use crate::actors::ccm::{CancelRun, CreateCheckpoint, RunJob, SetTreeOrder};
 use crate::actors::scheduler::JobChanged;
 use crate::clock::unix_ms;
-use crate::protocol::ids::{JobId, NodeId};
+use crate::protocol::ids::{AssignmentId, JobId, NodeId, RunId};
 use crate::protocol::paths::{SiteName, SitePath};
 use crate::protocol::schedule::{self, JobTimes, Schedule};
 use crate::storage::checkpoint::Checkpoints;
 use crate::storage::db::{Record, Table};
 use crate::storage::records::{
-    AssignmentRecord, GroupRecord, HistoryRecord, JobKind, JobParams, JobRecord, Policy, Quorum, RunRecord,
-    SegmentRecord, ServerRecord, SessionRecord, SettingRecord, SiteRecord, SnapshotRecord, UserRecord,
+    AssignmentRecord, GroupRecord, HistoryKind, HistoryRecord, JobKind, JobParams, JobRecord, Policy, Quorum,
+    RunRecord, SegmentRecord, ServerRecord, SessionRecord, SettingRecord, SiteRecord, SnapshotRecord,
+    UserRecord,
 };
 use crate::storage::tree::TreeFilter;
 
@@ -160,7 +161,7 @@ fn not_found(what: &str, name: impl std::fmt::Display) -> ApiError {
     ApiError::NotFound(format!("{what} {name} does not exist"))
 }
 
-fn history(state: &CcmState, kind: &str, message: String, site: Option<&str>) -> Result<(), ApiError> {
+fn history(state: &CcmState, kind: HistoryKind, message: String, site: Option<&str>) -> Result<(), ApiError> {
     crate::ops::append_history(&state.db, kind, message, None, site);
     Ok(())
 }
@@ -329,7 +330,7 @@ async fn create_user(state: web::Data<CcmState>, body: web::Json<NewUser>) -> Re
     }
     let rec = session::new_user(&name, &password)?;
     users.put(&rec)?;
-    history(&state, "user_created", format!("admin account {name} created"), None)?;
+    history(&state, HistoryKind::UserCreated, format!("admin account {name} created"), None)?;
     created(&state, UserInfo { name: rec.name, created_ms: rec.created_ms })
 }
 
@@ -338,7 +339,7 @@ async fn delete_user(state: web::Data<CcmState>, name: web::Path<String>) -> Res
     for s in table::<SessionRecord>(&state)?.all()?.into_iter().filter(|s| s.user == *name) {
         table::<SessionRecord>(&state)?.delete(&s.token_sha256)?;
     }
-    history(&state, "user_deleted", format!("admin account {name} deleted"), None)?;
+    history(&state, HistoryKind::UserDeleted, format!("admin account {name} deleted"), None)?;
     state.db.flush()?;
     ok(serde_json::json!({}))
 }
@@ -394,7 +395,7 @@ async fn create_site(state: web::Data<CcmState>, body: web::Json<NewSite>) -> Re
     sites.put(&rec)?;
     history(
         &state,
-        "site_created",
+        HistoryKind::SiteCreated,
         format!("site {} staged at {}", rec.name, rec.staging.display()),
         Some(&rec.name),
     )?;
@@ -411,7 +412,12 @@ async fn update_site(
     let sites = table::<SiteRecord>(&state)?;
     sites.get(&name)?.ok_or_else(|| not_found("site", &*name))?;
     let rec = sites.update(&name, |s| s.map(|s| SiteRecord { staging: staging.clone(), ..s }))?;
-    history(&state, "site_changed", format!("site {name} now staged at {}", staging.display()), Some(&name))?;
+    history(
+        &state,
+        HistoryKind::SiteChanged,
+        format!("site {name} now staged at {}", staging.display()),
+        Some(&name),
+    )?;
     state.db.flush()?;
     ok(rec)
 }
@@ -430,7 +436,7 @@ async fn delete_site(state: web::Data<CcmState>, name: web::Path<String>) -> Res
         )));
     }
     table::<SiteRecord>(&state)?.delete(&name)?;
-    history(&state, "site_deleted", format!("site {name} deleted"), Some(&name))?;
+    history(&state, HistoryKind::SiteDeleted, format!("site {name} deleted"), Some(&name))?;
     state.db.flush()?;
     ok(serde_json::json!({}))
 }
@@ -515,7 +521,7 @@ async fn create_group(
     groups.put(&rec)?;
     history(
         &state,
-        "group_created",
+        HistoryKind::GroupCreated,
         format!("content group {} of site {}: {:?}", rec.name, rec.site, rec.servers),
         Some(&rec.site),
     )?;
@@ -540,7 +546,7 @@ async fn update_group(
     groups.put(&rec)?;
     history(
         &state,
-        "group_changed",
+        HistoryKind::GroupChanged,
         format!("content group {}: {:?}, quorum {:?}", rec.name, rec.servers, rec.quorum),
         Some(&rec.site),
     )?;
@@ -562,7 +568,7 @@ async fn delete_group(state: web::Data<CcmState>, name: web::Path<String>) -> Re
         )));
     }
     table::<GroupRecord>(&state)?.delete(&name)?;
-    history(&state, "group_deleted", format!("content group {name} deleted"), Some(&rec.site))?;
+    history(&state, HistoryKind::GroupDeleted, format!("content group {name} deleted"), Some(&rec.site))?;
     state.db.flush()?;
     ok(serde_json::json!({}))
 }
@@ -748,7 +754,7 @@ async fn create_job(state: web::Data<CcmState>, body: web::Json<JobInput>) -> Re
     let rec = add_job(&state, j)?;
     history(
         &state,
-        "job_created",
+        HistoryKind::JobCreated,
         format!("job {} ({}) {} site {} on group {}", rec.id, rec.name, rec.kind.name(), rec.site, rec.group),
         Some(&rec.site),
     )?;
@@ -779,7 +785,7 @@ async fn update_job(
         ..old
     };
     table::<JobRecord>(&state)?.put(&rec)?;
-    history(&state, "job_changed", format!("job {id} changed"), Some(&rec.site))?;
+    history(&state, HistoryKind::JobChanged, format!("job {id} changed"), Some(&rec.site))?;
     state.db.flush()?;
     state.scheduler.do_send(JobChanged(id));
     ok(view(&state, rec))
@@ -788,7 +794,7 @@ async fn update_job(
 async fn delete_job(state: web::Data<CcmState>, id: web::Path<u64>) -> Result<HttpResponse, ApiError> {
     let id = JobId(*id);
     let rec = table::<JobRecord>(&state)?.delete(&id)?.ok_or_else(|| not_found("job", id))?;
-    history(&state, "job_deleted", format!("job {id} deleted"), Some(&rec.site))?;
+    history(&state, HistoryKind::JobDeleted, format!("job {id} deleted"), Some(&rec.site))?;
     state.db.flush()?;
     state.scheduler.do_send(JobChanged(id));
     ok(serde_json::json!({}))
@@ -798,7 +804,7 @@ async fn delete_job(state: web::Data<CcmState>, id: web::Path<u64>) -> Result<Ht
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RunStarted {
     /// The new run.
-    pub run: u64,
+    pub run: RunId,
 }
 
 async fn run_job(state: web::Data<CcmState>, id: web::Path<u64>) -> Result<HttpResponse, ApiError> {
@@ -828,7 +834,7 @@ pub struct ListQuery {
     /// Only this site's.
     pub site: Option<String>,
     /// Only this run's.
-    pub run: Option<u64>,
+    pub run: Option<RunId>,
     /// Only this kind of event.
     pub kind: Option<String>,
     /// At most this many (default 100, at most 10000).
@@ -858,11 +864,11 @@ async fn list_runs(state: web::Data<CcmState>, q: web::Query<ListQuery>) -> Resu
     ok(runs)
 }
 
-async fn get_run(state: web::Data<CcmState>, id: web::Path<u64>) -> Result<HttpResponse, ApiError> {
+async fn get_run(state: web::Data<CcmState>, id: web::Path<RunId>) -> Result<HttpResponse, ApiError> {
     ok(table::<RunRecord>(&state)?.get(&id)?.ok_or_else(|| not_found("run", *id))?)
 }
 
-async fn cancel_run(state: web::Data<CcmState>, id: web::Path<u64>) -> Result<HttpResponse, ApiError> {
+async fn cancel_run(state: web::Data<CcmState>, id: web::Path<RunId>) -> Result<HttpResponse, ApiError> {
     state.ccm.send(CancelRun(*id)).await??;
     Ok(HttpResponse::Accepted().json(RunStarted { run: *id }))
 }
@@ -884,7 +890,10 @@ async fn list_assignments(
     ok(v)
 }
 
-async fn get_assignment(state: web::Data<CcmState>, id: web::Path<u64>) -> Result<HttpResponse, ApiError> {
+async fn get_assignment(
+    state: web::Data<CcmState>,
+    id: web::Path<AssignmentId>,
+) -> Result<HttpResponse, ApiError> {
     ok(table::<AssignmentRecord>(&state)?.get(&id)?.ok_or_else(|| not_found("assignment", *id))?)
 }
 
@@ -908,7 +917,7 @@ async fn list_events(state: web::Data<CcmState>, q: web::Query<ListQuery>) -> Re
         .all()?
         .into_iter()
         .filter(|h| {
-            q.kind.as_ref().is_none_or(|k| *k == h.kind)
+            q.kind.as_ref().is_none_or(|k| k == h.kind.name())
                 && q.site.as_ref().is_none_or(|s| h.site.as_ref() == Some(s))
                 && q.run.is_none_or(|r| h.run == Some(r))
         })
@@ -940,9 +949,9 @@ pub struct RestoreRequest {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RestoreStarted {
     /// The restore job.
-    pub job: u64,
+    pub job: JobId,
     /// Its run.
-    pub run: u64,
+    pub run: RunId,
 }
 
 fn checkpoints(state: &CcmState) -> Checkpoints {
@@ -1019,7 +1028,12 @@ async fn delete_checkpoint(
     if !checkpoints(&state).delete(&site, id).map_err(ck_err)? {
         return Err(not_found("checkpoint", format!("{site}/{id}")));
     }
-    history(&state, "checkpoint_deleted", format!("checkpoint {id} of {site} deleted"), Some(&site))?;
+    history(
+        &state,
+        HistoryKind::CheckpointDeleted,
+        format!("checkpoint {id} of {site} deleted"),
+        Some(&site),
+    )?;
     state.db.flush()?;
     ok(serde_json::json!({}))
 }
@@ -1046,7 +1060,7 @@ async fn restore_checkpoint(
     })?;
     let job = add_job(&state, input)?.id;
     let run = state.ccm.send(RunJob { job, reason: "manual".into() }).await??;
-    Ok(HttpResponse::Accepted().json(RestoreStarted { job: job.0, run }))
+    Ok(HttpResponse::Accepted().json(RestoreStarted { job, run }))
 }
 
 // ---- settings -----------------------------------------------------------

@@ -18,6 +18,7 @@ use crate::actors::ccm::{
 };
 use crate::actors::scheduler::JobChanged;
 use crate::protocol::api::{ErrorBody, NextHopRequest, SegmentReport, SegmentResult};
+use crate::protocol::ids::AssignmentId;
 use crate::storage::db::{Db, DbError};
 
 /// Shared state of the handlers.
@@ -178,7 +179,7 @@ async fn node_assignment(
     signed?;
     let path = state
         .ccm
-        .send(AssignmentPath(*id))
+        .send(AssignmentPath(AssignmentId(*id)))
         .await
         .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::NotFound(format!("assignment {id} is not known")))?;

@@ -20,13 +20,14 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::protocol::api::ErrorBody;
+use crate::protocol::ids::AssignmentId;
 use crate::storage::assignment_file::assignment_path;
 
 /// Bytes read from disk per chunk of a served file.
 const CHUNK: usize = 64 * 1024;
 
 /// The node API path of assignment `id`.
-pub fn assignment_url_path(id: u64) -> String {
+pub fn assignment_url_path(id: AssignmentId) -> String {
     format!("/node/v1/assignments/{id}")
 }
 
@@ -88,7 +89,7 @@ fn error(status: StatusCode, message: String) -> HttpResponse {
 /// file, `206` with the range a `Range` header asks for, `416` for a range
 /// beyond its end, `404` when no copy is held. The file is streamed from
 /// disk a chunk at a time.
-pub async fn serve_assignment(dir: &Path, id: u64, req: &HttpRequest) -> HttpResponse {
+pub async fn serve_assignment(dir: &Path, id: AssignmentId, req: &HttpRequest) -> HttpResponse {
     serve_file(&assignment_path(dir, id), &format!("assignment {id}"), req).await
 }
 

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use super::ccm_api::{ApiError, CcmState};
 use super::session::authorize;
 use crate::actors::ccm::{ActiveRun, ActiveRuns};
+use crate::protocol::ids::{JobId, RunId};
 use crate::storage::db::{Db, DbError};
 use crate::storage::records::{
     GroupRecord, HistoryRecord, RunRecord, RunState, SegmentRecord, ServerRecord, SiteRecord,
@@ -60,9 +61,9 @@ pub struct ServerView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSummary {
     /// The run.
-    pub id: u64,
+    pub id: RunId,
     /// Its job.
-    pub job: u64,
+    pub job: JobId,
     /// Site, group and kind.
     pub site: String,
     /// The content group.
@@ -89,7 +90,7 @@ impl From<&RunRecord> for RunSummary {
     fn from(r: &RunRecord) -> Self {
         RunSummary {
             id: r.id,
-            job: r.job.0,
+            job: r.job,
             site: r.site.clone(),
             group: r.group.clone(),
             kind: r.kind.name().to_owned(),
@@ -143,7 +144,7 @@ pub fn overview(db: &Db, active: &[ActiveRun]) -> Result<Overview, DbError> {
     // The newest runs, and the older ones still running.
     let runs = db.table::<RunRecord>()?;
     let mut records: Vec<RunRecord> = runs.last(RECENT_RUNS)?;
-    let oldest = records.last().map_or(u64::MAX, |r| r.id);
+    let oldest = records.last().map_or(RunId(u64::MAX), |r| r.id);
     for a in active.iter().filter(|a| a.id < oldest) {
         records.extend(runs.get(&a.id)?);
     }
@@ -280,7 +281,7 @@ pub fn start(db: Db, active: Recipient<ActiveRuns>) -> (Live, LiveTask) {
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// Also send this run's record whenever it changes.
-    pub run: Option<u64>,
+    pub run: Option<RunId>,
 }
 
 fn event(name: &str, id: u64, json: &str) -> Bytes {
@@ -306,7 +307,7 @@ pub async fn stream(
         // ends the stream.
         req: HttpRequest,
         state: web::Data<CcmState>,
-        run: Option<u64>,
+        run: Option<RunId>,
         last_run: String,
         run_over: bool,
         first: bool,
@@ -392,7 +393,7 @@ pub async fn stream(
 mod tests {
     use super::*;
     use crate::protocol::api::MemberReport;
-    use crate::protocol::ids::{JobId, NodeId};
+    use crate::protocol::ids::NodeId;
     use crate::storage::records::{JobKind, Quorum};
 
     fn server(id: u64, online: bool, live: u64) -> ServerRecord {
@@ -410,6 +411,7 @@ mod tests {
     }
 
     fn run(id: u64, state: RunState) -> RunRecord {
+        let id = RunId(id);
         RunRecord {
             targets: vec![],
             needed: 0,
@@ -495,9 +497,9 @@ mod tests {
         assert_eq!(o.runs[0].state, RunState::Distributing);
         // Known to the CCM as sending to server 1 only (a catch-up run):
         // server 2 is not waited for.
-        let o = overview(&db, &[ActiveRun { id: 1, targets: vec![NodeId(1)] }]).unwrap();
+        let o = overview(&db, &[ActiveRun { id: RunId(1), targets: vec![NodeId(1)] }]).unwrap();
         assert_eq!([1, 2].map(|i| state(&o, i)), [ServerState::Online, ServerState::Online]);
-        let o = overview(&db, &[ActiveRun { id: 1, targets: vec![NodeId(1), NodeId(2)] }]).unwrap();
+        let o = overview(&db, &[ActiveRun { id: RunId(1), targets: vec![NodeId(1), NodeId(2)] }]).unwrap();
         assert_eq!([1, 2].map(|i| state(&o, i)), [ServerState::Online, ServerState::Applying]);
 
         // It committed release 2 without server 2: failed while it lags.
@@ -520,9 +522,13 @@ mod tests {
         for id in 2..=40 {
             runs.put(&run(id, RunState::Committed)).unwrap();
         }
-        let active = [ActiveRun { id: 1, targets: vec![] }];
-        let ids: Vec<u64> = overview(&db, &active).unwrap().runs.iter().map(|r| r.id).collect();
+        let active = [ActiveRun { id: RunId(1), targets: vec![] }];
+        let ids: Vec<RunId> = overview(&db, &active).unwrap().runs.iter().map(|r| r.id).collect();
         assert_eq!(ids.len(), RECENT_RUNS + 1, "{ids:?}");
-        assert_eq!((ids[0], *ids.last().unwrap()), (40, 1), "newest first, the running one kept: {ids:?}");
+        assert_eq!(
+            (ids[0], *ids.last().unwrap()),
+            (RunId(40), RunId(1)),
+            "newest first, the running one kept: {ids:?}"
+        );
     }
 }

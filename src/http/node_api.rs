@@ -21,6 +21,7 @@ use super::files;
 use super::signed::{NodeAuth, Signed, SignedError};
 use crate::actors::group_leader::{DistributeAssignment, GetNodeStatus};
 use crate::protocol::api::{ErrorBody, Notify};
+use crate::protocol::ids::AssignmentId;
 
 /// What the routes talk to (`app_data`).
 #[derive(Clone)]
@@ -51,6 +52,14 @@ fn unavailable(e: MailboxError) -> HttpResponse {
 
 async fn notify(signed: Signed, api: web::Data<NodeApi>) -> Result<HttpResponse, SignedError> {
     let notify: Notify = signed.json()?;
+    if notify.targets.is_empty() {
+        // Only a run's targets receive anything: a notify must say who they are.
+        let error = format!(
+            "notify for assignment {} of run {} names no target servers; nothing is sent to a segment without them",
+            notify.assignment.id, notify.run
+        );
+        return Ok(HttpResponse::BadRequest().json(ErrorBody { error, field: Some("targets".into()) }));
+    }
     Ok(match api.notify.send(DistributeAssignment { from: signed.node, notify }).await {
         Ok(Ok(())) => HttpResponse::Accepted().finish(),
         Ok(Err(not_leader)) => HttpResponse::Conflict().json(not_leader),
@@ -60,7 +69,7 @@ async fn notify(signed: Signed, api: web::Data<NodeApi>) -> Result<HttpResponse,
 
 async fn assignment(
     _signed: Signed,
-    id: web::Path<u64>,
+    id: web::Path<AssignmentId>,
     req: HttpRequest,
     api: web::Data<NodeApi>,
 ) -> HttpResponse {
@@ -151,16 +160,16 @@ mod tests {
     fn notify_body() -> Vec<u8> {
         serde_json::to_vec(&Notify {
             assignment: AssignmentRef {
-                id: 7,
+                id: AssignmentId(7),
                 site: "www".into(),
                 serial: 1,
-                kind: "content".into(),
+                kind: crate::protocol::assignment::Kind::Content,
                 size: 3,
                 sha256: "00".repeat(32),
             },
             fetch_from: "http://127.0.0.1:1".into(),
-            run: 1,
-            targets: vec![],
+            run: crate::protocol::ids::RunId(1),
+            targets: vec![NodeId(1)],
             rate_limit: None,
         })
         .unwrap()
@@ -178,9 +187,13 @@ mod tests {
     }
 
     #[actix_web::test]
-    async fn every_route_is_signed_and_notify_answers_202_or_409() {
+    async fn every_route_is_signed_and_notify_answers_202_or_409_and_400_without_targets() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(crate::storage::assignment_file::assignment_path(dir.path(), 7), b"abcdef").unwrap();
+        std::fs::write(
+            crate::storage::assignment_file::assignment_path(dir.path(), AssignmentId(7)),
+            b"abcdef",
+        )
+        .unwrap();
         for leading in [true, false] {
             let fake = FakeLeader { leading }.start();
             let api = NodeApi {
@@ -212,6 +225,14 @@ mod tests {
                 let nl: NotLeader = test::read_body_json(resp).await;
                 assert_eq!(nl.leader, Some(NodeId(9)));
             }
+            // Only targets receive: a notify naming none is refused, not taken for "everyone".
+            let mut nobody: Notify = serde_json::from_slice(&body).unwrap();
+            nobody.targets.clear();
+            let body = serde_json::to_vec(&nobody).unwrap();
+            let resp = test::call_service(&app, signed("POST", "/node/v1/notify", &body).to_request()).await;
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+            let e: ErrorBody = test::read_body_json(resp).await;
+            assert!(e.error.contains("names no target servers"), "{}", e.error);
             let req = signed("GET", "/node/v1/assignments/7", b"").insert_header(("range", "bytes=2-"));
             let resp = test::call_service(&app, req.to_request()).await;
             assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);

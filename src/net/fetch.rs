@@ -21,6 +21,7 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use super::client::NodeClient;
 use crate::http::files::assignment_url_path;
 use crate::protocol::api::AssignmentRef;
+use crate::protocol::ids::AssignmentId;
 use crate::storage::assignment_file::hash_copy;
 
 /// How hard [`fetch_assignment`] tries.
@@ -71,7 +72,7 @@ pub enum FetchError {
     #[error("assignment {id}: sha256 {sha256:?} is not 64 hex digits")]
     BadRef {
         /// The assignment.
-        id: u64,
+        id: AssignmentId,
         /// What was given.
         sha256: String,
     },
@@ -79,7 +80,7 @@ pub enum FetchError {
     #[error("assignment {id} from {url}: {attempts} transfers failed, the last: {last}")]
     Transfer {
         /// The assignment.
-        id: u64,
+        id: AssignmentId,
         /// Where from.
         url: String,
         /// Attempts made.
@@ -94,7 +95,7 @@ pub enum FetchError {
     )]
     HashMismatch {
         /// The assignment.
-        id: u64,
+        id: AssignmentId,
         /// Where from.
         url: String,
         /// Copies fetched.
@@ -112,7 +113,7 @@ pub enum FetchError {
     #[error("assignment {id}: cannot {op} {path}: {source}")]
     Io {
         /// The assignment.
-        id: u64,
+        id: AssignmentId,
         /// What was being done.
         op: &'static str,
         /// On what.
@@ -183,7 +184,7 @@ pub async fn fetch_assignment(
                 Err(Broken { received, error }) => {
                     fetched.bytes += received;
                     breaks += 1;
-                    tracing::warn!(event = "fetch_broken", assignment = id, %url, received, attempt = breaks, %error);
+                    tracing::warn!(event = "fetch_broken", assignment = %id, %url, received, attempt = breaks, %error);
                     if breaks > opts.retries {
                         return Err(FetchError::Transfer { id, url, attempts: breaks, last: error });
                     }
@@ -207,7 +208,7 @@ pub async fn fetch_assignment(
         }
         wrong += 1;
         tracing::warn!(
-            event = "fetch_hash_mismatch", assignment = id, %url, size, expected_size = aref.size,
+            event = "fetch_hash_mismatch", assignment = %id, %url, size, expected_size = aref.size,
             actual = %hex::encode(actual), attempt = wrong,
         );
         tokio::fs::remove_file(&part).await.map_err(io_err("remove", &part))?;
@@ -241,7 +242,7 @@ struct Broken {
 async fn transfer(
     client: &NodeClient,
     from: &str,
-    id: u64,
+    id: AssignmentId,
     part: &Path,
     have: u64,
     size: u64,
@@ -383,7 +384,7 @@ mod tests {
 
     async fn get(
         _signed: Signed,
-        path: web::Path<u64>,
+        path: web::Path<AssignmentId>,
         req: HttpRequest,
         holder: web::Data<Arc<Holder>>,
     ) -> HttpResponse {
@@ -440,12 +441,12 @@ mod tests {
         let src = dir.path().join("src");
         std::fs::create_dir_all(&src).unwrap();
         let bytes: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
-        std::fs::write(assignment_path(&src, 42), &bytes).unwrap();
+        std::fs::write(assignment_path(&src, AssignmentId(42)), &bytes).unwrap();
         let aref = AssignmentRef {
-            id: 42,
+            id: AssignmentId(42),
             site: "www".into(),
             serial: 1,
-            kind: "content".into(),
+            kind: crate::protocol::assignment::Kind::Content,
             size: size as u64,
             sha256: hex::encode(crate::protocol::crypto::sha256(&bytes)),
         };
@@ -470,12 +471,15 @@ mod tests {
         let (dir, holder, aref) = setup(vec![Serve::CutAfter(100_000)], size);
         let (url, server) = start_holder(holder.clone()).await;
         let client = NodeClient::new(SECRET, NodeId(5), Duration::from_secs(20));
-        let dest = assignment_path(dir.path(), 42);
+        let dest = assignment_path(dir.path(), AssignmentId(42));
         let got = fetch_assignment(&client, &url, &aref, &dest, &opts()).await.unwrap();
         assert_eq!(got.resumed, 1, "{got:?}");
         assert_eq!(got.refetched, 0);
         assert_eq!(got.bytes, size as u64, "the resumed transfer fetched only the rest: {got:?}");
-        assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(assignment_path(&holder.dir, 42)).unwrap());
+        assert_eq!(
+            std::fs::read(&dest).unwrap(),
+            std::fs::read(assignment_path(&holder.dir, AssignmentId(42))).unwrap()
+        );
         let ranges = holder.ranges.lock().unwrap().clone();
         assert_eq!(ranges, vec![None, Some("bytes=100000-".to_string())]);
         assert!(!part_path(&dest).exists());
@@ -487,16 +491,19 @@ mod tests {
         let (dir, holder, aref) = setup(vec![Serve::Tampered], 50_000);
         let (url, server) = start_holder(holder.clone()).await;
         let client = NodeClient::new(SECRET, NodeId(5), Duration::from_secs(20));
-        let dest = assignment_path(dir.path(), 42);
+        let dest = assignment_path(dir.path(), AssignmentId(42));
         let got = fetch_assignment(&client, &url, &aref, &dest, &opts()).await.unwrap();
         assert_eq!(got.refetched, 1, "{got:?}");
         assert_eq!(holder.calls.load(Ordering::SeqCst), 2);
-        assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(assignment_path(&holder.dir, 42)).unwrap());
+        assert_eq!(
+            std::fs::read(&dest).unwrap(),
+            std::fs::read(assignment_path(&holder.dir, AssignmentId(42))).unwrap()
+        );
 
         // A holder that always serves a damaged copy: a bounded number of tries, then the error.
         let (dir2, holder2, aref2) = setup(vec![Serve::Tampered; 10], 50_000);
         let (url2, server2) = start_holder(holder2.clone()).await;
-        let dest2 = assignment_path(dir2.path(), 42);
+        let dest2 = assignment_path(dir2.path(), AssignmentId(42));
         let err = fetch_assignment(&client, &url2, &aref2, &dest2, &opts()).await.unwrap_err();
         assert!(matches!(err, FetchError::HashMismatch { attempts: 3, .. }), "{err}");
         assert_eq!(holder2.calls.load(Ordering::SeqCst), 3);
@@ -510,7 +517,7 @@ mod tests {
         let (dir, holder, aref) = setup(vec![Serve::Endless; 10], 50_000);
         let (url, server) = start_holder(holder.clone()).await;
         let client = NodeClient::new(SECRET, NodeId(5), Duration::from_secs(20));
-        let dest = assignment_path(dir.path(), 42);
+        let dest = assignment_path(dir.path(), AssignmentId(42));
         let err = fetch_assignment(&client, &url, &aref, &dest, &opts()).await.unwrap_err();
         assert!(err.to_string().contains("more than the 50000 bytes"), "{err}");
         assert!(matches!(err, FetchError::Transfer { attempts: 4, .. }), "{err}");
@@ -518,9 +525,12 @@ mod tests {
         // The same holder serving properly afterwards is fetched from.
         let (dir2, holder2, aref2) = setup(vec![Serve::Endless], 50_000);
         let (url2, server2) = start_holder(holder2.clone()).await;
-        let dest2 = assignment_path(dir2.path(), 42);
+        let dest2 = assignment_path(dir2.path(), AssignmentId(42));
         fetch_assignment(&client, &url2, &aref2, &dest2, &opts()).await.unwrap();
-        assert_eq!(std::fs::read(&dest2).unwrap(), std::fs::read(assignment_path(&holder2.dir, 42)).unwrap());
+        assert_eq!(
+            std::fs::read(&dest2).unwrap(),
+            std::fs::read(assignment_path(&holder2.dir, AssignmentId(42))).unwrap()
+        );
         server.stop(false).await;
         server2.stop(false).await;
     }
@@ -532,8 +542,8 @@ mod tests {
         let resp = awc::Client::new().get(format!("{url}/node/v1/assignments/42")).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
         let client = NodeClient::new(SECRET, NodeId(5), Duration::from_secs(20));
-        aref.id = 43;
-        let dest = assignment_path(dir.path(), 43);
+        aref.id = AssignmentId(43);
+        let dest = assignment_path(dir.path(), AssignmentId(43));
         let err = fetch_assignment(&client, &url, &aref, &dest, &opts()).await.unwrap_err();
         assert!(err.to_string().contains("404"), "{err}");
         server.stop(false).await;

@@ -24,9 +24,10 @@ use super::webhook::{deliver, Delivery};
 use super::{append_history, RunEnded};
 use crate::protocol::assignment::Command;
 use crate::protocol::crypto::ContentKey;
+use crate::protocol::ids::{AssignmentId, RunId};
 use crate::storage::assignment_file::{assignment_path, AssignmentFile};
 use crate::storage::db::Db;
-use crate::storage::records::{JobKind, RunState, SnapshotRecord};
+use crate::storage::records::{HistoryKind, JobKind, RunState, SnapshotRecord};
 
 /// The webhook's JSON body.
 #[derive(Debug, Clone, Serialize)]
@@ -36,7 +37,7 @@ pub struct Invalidation {
     /// The release now live.
     pub serial: u64,
     /// The run that put it live.
-    pub run: u64,
+    pub run: RunId,
     /// The changed URLs.
     pub urls: Vec<String>,
 }
@@ -129,7 +130,7 @@ impl CacheInvalidator {
     }
 
     /// The assignment whose paths a run changed, if any.
-    fn assignment_of(&self, run: &crate::storage::records::RunRecord) -> Option<u64> {
+    fn assignment_of(&self, run: &crate::storage::records::RunRecord) -> Option<AssignmentId> {
         match run.kind {
             JobKind::Publish | JobKind::Restore | JobKind::Remove => run.content_assignment,
             // What the release left behind had changed (for a switch forward,
@@ -206,10 +207,10 @@ impl Handler<RunEnded> for CacheInvalidator {
         .into_actor(self)
         .map(move |res, act, _| match res {
             Err(e) => {
-                tracing::warn!(event = "cache_failed", run = run_id, site = %run.site, error = %e);
+                tracing::warn!(event = "cache_failed", run = run_id.0, site = %run.site, error = %e);
                 append_history(
                     &act.db,
-                    "cache_failed",
+                    HistoryKind::CacheFailed,
                     format!("changed paths of run {run_id} unknown, caches not invalidated: {e}"),
                     Some(run_id),
                     Some(&run.site),
@@ -230,8 +231,8 @@ impl Handler<RunEnded> for CacheInvalidator {
                 if !failed.is_empty() {
                     msg.push_str(&format!("; {} failed: {}", failed.len(), failed.join("; ")));
                 }
-                let kind = if ok { "cache_purged" } else { "cache_failed" };
-                tracing::info!(event = kind, run = run_id, site = %run.site, urls = urls.len(), purged, not_cached, failed = failed.len());
+                let kind = if ok { HistoryKind::CachePurged } else { HistoryKind::CacheFailed };
+                tracing::info!(event = kind.name(), run = run_id.0, site = %run.site, urls = urls.len(), purged, not_cached, failed = failed.len());
                 append_history(&act.db, kind, msg, Some(run_id), Some(&run.site));
             }
         })

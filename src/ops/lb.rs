@@ -32,7 +32,7 @@ use super::{append_history, RunEnded};
 use crate::protocol::api::ServerOutcome;
 use crate::protocol::ids::NodeId;
 use crate::storage::db::Db;
-use crate::storage::records::{GroupRecord, RunRecord, RunState, ServerRecord, SiteRecord};
+use crate::storage::records::{GroupRecord, HistoryKind, RunRecord, RunState, ServerRecord, SiteRecord};
 
 /// Out of rotation, or in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -215,10 +215,10 @@ impl LoadBalancer {
             Ok(detail) => {
                 t.state = Some(req.action);
                 let (kind, verb) = match req.action {
-                    LbAction::Out => ("lb_out", "out of rotation"),
-                    LbAction::In => ("lb_in", "back in rotation"),
+                    LbAction::Out => (HistoryKind::LbOut, "out of rotation"),
+                    LbAction::In => (HistoryKind::LbIn, "back in rotation"),
                 };
-                tracing::info!(event = kind, server = %req.server, lb_server = %req.lb_server, site = %req.site, reason = %req.reason, %detail);
+                tracing::info!(event = kind.name(), server = %req.server, lb_server = %req.lb_server, site = %req.site, reason = %req.reason, %detail);
                 append_history(
                     &self.db,
                     kind,
@@ -231,7 +231,7 @@ impl LoadBalancer {
                 tracing::warn!(event = "lb_failed", server = %req.server, lb_server = %req.lb_server, action = req.action.as_str(), %error);
                 append_history(
                     &self.db,
-                    "lb_failed",
+                    HistoryKind::LbFailed,
                     format!(
                         "server {} ({}) not taken {} by {driver}: {error}",
                         req.server,

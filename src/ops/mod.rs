@@ -27,25 +27,26 @@ use actix::{Actor, Recipient};
 use crate::config::{Config, ConfigError};
 
 use crate::clock::unix_ms;
+use crate::protocol::ids::RunId;
 use crate::storage::db::Db;
-use crate::storage::records::{HistoryRecord, RunRecord};
+use crate::storage::records::{HistoryKind, HistoryRecord, RunRecord};
 
 pub use crate::actors::ccm::RunEnded;
 
 /// Appends an entry to the CCM's history.
-pub fn append_history(db: &Db, kind: &str, message: String, run: Option<u64>, site: Option<&str>) {
+pub fn append_history(db: &Db, kind: HistoryKind, message: String, run: Option<RunId>, site: Option<&str>) {
     let result = db.next("history").and_then(|id| {
         db.table::<HistoryRecord>()?.put(&HistoryRecord {
             id,
             at_ms: unix_ms(),
-            kind: kind.into(),
+            kind,
             message,
             run,
             site: site.map(Into::into),
         })
     });
     if let Err(e) = result {
-        tracing::error!(error = %e, kind, "cannot append to the history");
+        tracing::error!(error = %e, kind = kind.name(), "cannot append to the history");
     }
 }
 

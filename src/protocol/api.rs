@@ -41,8 +41,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::assignment::Kind;
 use super::crypto::{Digest, MacKey};
-use super::ids::NodeId;
+use super::ids::{AssignmentId, NodeId, RunId};
 
 /// Header with the sender's node id (`0` for the CCM).
 pub const NODE_HEADER: &str = "x-cmover-node";
@@ -163,13 +164,13 @@ pub struct SegmentReport {
 pub struct AssignmentRef {
     /// Cluster-wide id of this assignment file (content, commit and abort
     /// assignments of one run have different ids).
-    pub id: u64,
+    pub id: AssignmentId,
     /// The site.
     pub site: String,
     /// The release serial it concerns.
     pub serial: u64,
-    /// `content`, `commit`, `abort` or `rollback`.
-    pub kind: String,
+    /// What it does.
+    pub kind: Kind,
     /// Size of the file in bytes.
     pub size: u64,
     /// SHA-256 of the whole file, hex.
@@ -184,9 +185,9 @@ pub struct Notify {
     /// Base URL of a holder (`http://host:port`) to fetch it from.
     pub fetch_from: String,
     /// The run it belongs to.
-    pub run: u64,
+    pub run: RunId,
     /// The servers of the notified segment that must receive it (the
-    /// content group's members there); empty means every member.
+    /// run's targets there); a notify that names none is refused.
     pub targets: Vec<NodeId>,
     /// The job's bandwidth limit, bytes per second: fetches of this
     /// assignment go no faster.
@@ -205,7 +206,7 @@ pub struct NotLeader {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NextHopRequest {
     /// The assignment the asker now holds.
-    pub assignment: u64,
+    pub assignment: AssignmentId,
 }
 
 /// A leader to notify.
@@ -245,9 +246,9 @@ pub enum ServerOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentResult {
     /// The assignment.
-    pub assignment: u64,
+    pub assignment: AssignmentId,
     /// The run.
-    pub run: u64,
+    pub run: RunId,
     /// The segment.
     pub segment: String,
     /// Its leader.

@@ -156,7 +156,7 @@ fn invalid(msg: impl Into<String>) -> FormatError {
 }
 
 /// What an assignment does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// Build a new release from commands and data (into `incoming/`).
@@ -188,6 +188,12 @@ impl Kind {
             4 => Kind::Rollback,
             value => return Err(DecodeError::Invalid { what: "kind", value: u64::from(value) }.into()),
         })
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::ids::NodeId;
+use super::ids::{NodeId, RunId};
 
 /// A site is left alone this long after one of its runs ended.
 pub const SETTLE_MS: u64 = 5_000;
@@ -56,19 +56,19 @@ pub struct CatchUp {
     /// (group, server) seen lagging at the last check.
     lagging: BTreeSet<(String, NodeId)>,
     /// Runs in progress → their site.
-    running: BTreeMap<u64, String>,
+    running: BTreeMap<RunId, String>,
     /// Site → when its last run ended, Unix ms.
     settled: BTreeMap<String, u64>,
 }
 
 impl CatchUp {
     /// Run `run` of `site` began.
-    pub fn run_began(&mut self, run: u64, site: &str) {
+    pub fn run_began(&mut self, run: RunId, site: &str) {
         self.running.insert(run, site.to_owned());
     }
 
     /// Run `run` ended at `now_ms`.
-    pub fn run_ended(&mut self, run: u64, now_ms: u64) {
+    pub fn run_ended(&mut self, run: RunId, now_ms: u64) {
         if let Some(site) = self.running.remove(&run) {
             self.settled.insert(site, now_ms);
         }
@@ -149,16 +149,16 @@ mod tests {
         assert_eq!(c.check(3_000, &unpublished), vec![]);
 
         let lagging = group(&[(2, true, 2)], 3);
-        c.run_began(7, "www");
+        c.run_began(RunId(7), "www");
         c.check(10_000, &lagging);
         assert_eq!(c.check(12_000, &lagging), vec![], "a run of the site is in progress");
-        c.run_ended(7, 12_500);
+        c.run_ended(RunId(7), 12_500);
         c.check(13_000, &lagging);
         assert_eq!(c.check(15_000, &lagging), vec![], "settling after the run");
         c.check(17_600, &lagging);
         assert_eq!(c.check(19_600, &lagging), vec![Need::Synchronize("web".into())]);
         // Another site's run does not hold this one back.
-        c.run_began(8, "shop");
+        c.run_began(RunId(8), "shop");
         assert_eq!(c.check(21_600, &lagging), vec![Need::Synchronize("web".into())]);
     }
 }

@@ -19,6 +19,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::protocol::assignment::Kind;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -61,8 +62,8 @@ pub struct Applied {
     pub site: String,
     /// The release serial it concerned.
     pub serial: u64,
-    /// `content`, `commit`, `abort` or `rollback`.
-    pub kind: String,
+    /// What it did.
+    pub kind: Kind,
     /// When, Unix milliseconds.
     pub at_ms: u64,
 }
@@ -212,8 +213,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 mod tests {
     use super::*;
 
-    fn applied(serial: u64, kind: &str) -> Applied {
-        Applied { site: "www".into(), serial, kind: kind.into(), at_ms: 5 }
+    fn applied(serial: u64, kind: Kind) -> Applied {
+        Applied { site: "www".into(), serial, kind, at_ms: 5 }
     }
 
     #[test]
@@ -221,16 +222,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = AgentState::open(dir.path()).unwrap();
         assert_eq!(s.applied(7), None);
-        s.record_applied(7, applied(3, "content")).unwrap();
+        s.record_applied(7, applied(3, Kind::Content)).unwrap();
         s.record_held(7, [9; 32]).unwrap();
         s.record_held(8, [1; 32]).unwrap();
         s.forget_held(&[8]).unwrap();
         drop(s);
         let s = AgentState::open(dir.path()).unwrap();
-        assert_eq!(s.applied(7), Some(applied(3, "content")));
+        assert_eq!(s.applied(7), Some(applied(3, Kind::Content)));
         assert_eq!(s.held_hash(7), Some([9; 32]));
         assert_eq!(s.held_hash(8), None);
-        s.record_applied(8, applied(2, "rollback")).unwrap();
+        s.record_applied(8, applied(2, Kind::Rollback)).unwrap();
         drop(s);
         let s = AgentState::open(dir.path()).unwrap();
         assert_eq!(s.all_applied().len(), 2);
@@ -244,10 +245,10 @@ mod tests {
         {
             let mut st = s.lock();
             for id in 0..KEEP_RECORDS as u64 {
-                st.applied.insert(id, applied(id, "content"));
+                st.applied.insert(id, applied(id, Kind::Content));
             }
         }
-        s.record_applied(KEEP_RECORDS as u64, applied(0, "commit")).unwrap();
+        s.record_applied(KEEP_RECORDS as u64, applied(0, Kind::Commit)).unwrap();
         assert_eq!(s.all_applied().len(), KEEP_RECORDS);
         assert_eq!(s.applied(0), None);
     }

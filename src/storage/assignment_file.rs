@@ -17,6 +17,7 @@ use crate::protocol::assignment::{
     cipher_for, decode_body, Command, DataRef, FormatError, Header, SectionReader, HEADER_LEN, TRAILER_LEN,
 };
 use crate::protocol::crypto::{ChunkCipher, ContentKey, Sha256};
+use crate::protocol::ids::AssignmentId;
 
 /// Extension of a stored assignment copy.
 pub const EXTENSION: &str = "cma";
@@ -24,7 +25,7 @@ pub const EXTENSION: &str = "cma";
 /// Where the copy of assignment `id` is stored in `dir` (`<id>.cma`): the
 /// one place that knows the name, for the CCM that creates it, the node
 /// API that serves it and the agents that fetch and apply it.
-pub fn assignment_path(dir: &Path, id: u64) -> PathBuf {
+pub fn assignment_path(dir: &Path, id: AssignmentId) -> PathBuf {
     dir.join(format!("{id}.{EXTENSION}"))
 }
 

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::protocol::ids::{AssignmentSerial, JobId, NodeId};
+use crate::protocol::ids::{AssignmentId, AssignmentSerial, JobId, NodeId, RunId};
 
 /// Version of the database layout; bumped when tables change incompatibly.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -82,7 +82,14 @@ macro_rules! u64_key {
     )*};
 }
 
-u64_key!(u64 => |v: &u64| *v, NodeId => |v: &NodeId| v.0, JobId => |v: &JobId| v.0, AssignmentSerial => |v: &AssignmentSerial| v.0);
+u64_key!(
+    u64 => |v: &u64| *v,
+    NodeId => |v: &NodeId| v.0,
+    JobId => |v: &JobId| v.0,
+    RunId => |v: &RunId| v.0,
+    AssignmentId => |v: &AssignmentId| v.0,
+    AssignmentSerial => |v: &AssignmentSerial| v.0,
+);
 
 impl Key for String {
     fn to_bytes(&self) -> Vec<u8> {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::db::Record;
 use super::pack::PackSummary;
 use crate::protocol::api::{MemberReport, ServerOutcome};
-use crate::protocol::ids::{JobId, NodeId};
+use crate::protocol::ids::{AssignmentId, JobId, NodeId, RunId};
 pub use crate::protocol::run::{JobKind, PhaseName, Quorum, RunState, SegmentState, Wave};
 use crate::protocol::schedule::{ConflictAction, JobTimes, Retry, Schedule};
 
@@ -208,7 +208,7 @@ pub struct JobRecord {
     /// When it was created, Unix ms.
     pub created_ms: u64,
     /// Its runs, oldest first.
-    pub runs: Vec<u64>,
+    pub runs: Vec<RunId>,
 }
 
 /// `true`, the serde default of `enabled` fields.
@@ -256,7 +256,7 @@ pub struct SegmentProgress {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     /// Its id.
-    pub id: u64,
+    pub id: RunId,
     /// The job.
     pub job: JobId,
     /// The site.
@@ -282,9 +282,9 @@ pub struct RunRecord {
     #[serde(default)]
     pub needed: usize,
     /// The content assignment's id.
-    pub content_assignment: Option<u64>,
+    pub content_assignment: Option<AssignmentId>,
     /// The commit (or abort) assignment's id.
-    pub control_assignment: Option<u64>,
+    pub control_assignment: Option<AssignmentId>,
     /// What went into the content assignment.
     pub summary: Option<PackSummary>,
     /// Phases, in order.
@@ -324,8 +324,8 @@ impl RunRecord {
 impl Record for RunRecord {
     const TABLE: &'static str = "runs";
     const VERSION: u64 = 1;
-    type Key = u64;
-    fn key(&self) -> u64 {
+    type Key = RunId;
+    fn key(&self) -> RunId {
         self.id
     }
 }
@@ -334,7 +334,7 @@ impl Record for RunRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssignmentRecord {
     /// Cluster-wide id.
-    pub id: u64,
+    pub id: AssignmentId,
     /// The site.
     pub site: String,
     /// The release serial.
@@ -342,7 +342,7 @@ pub struct AssignmentRecord {
     /// Which wave it is for.
     pub kind: Wave,
     /// The run.
-    pub run: u64,
+    pub run: RunId,
     /// Size in bytes.
     pub size: u64,
     /// SHA-256 of the file, hex.
@@ -354,8 +354,8 @@ pub struct AssignmentRecord {
 impl Record for AssignmentRecord {
     const TABLE: &'static str = "assignments";
     const VERSION: u64 = 1;
-    type Key = u64;
-    fn key(&self) -> u64 {
+    type Key = AssignmentId;
+    fn key(&self) -> AssignmentId {
         self.id
     }
 }
@@ -370,9 +370,9 @@ pub struct SnapshotRecord {
     /// The job.
     pub job: JobId,
     /// The run.
-    pub run: u64,
+    pub run: RunId,
     /// The content assignment.
-    pub assignment: u64,
+    pub assignment: AssignmentId,
     /// When it went live, Unix ms.
     pub at_ms: u64,
     /// What changed.
@@ -388,6 +388,156 @@ impl Record for SnapshotRecord {
     }
 }
 
+/// What a line of the history log tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryKind {
+    /// A run started.
+    RunStarted,
+    /// A run's commit went on after a CCM restart.
+    RunResumed,
+    /// An admin asked to cancel a run.
+    CancelRequested,
+    /// A run's release went live.
+    Committed,
+    /// A rollback run switched servers back.
+    RolledBack,
+    /// A switch run switched servers.
+    Switched,
+    /// A run had nothing to do.
+    Unchanged,
+    /// A run was cancelled.
+    Cancelled,
+    /// A run failed (aborted).
+    RunFailed,
+    /// A due job did not start.
+    RunRefused,
+    /// A due job met a run in progress.
+    Conflict,
+    /// The CCM's shadow copy was not brought along.
+    ShadowFailed,
+    /// A checkpoint was made.
+    CheckpointCreated,
+    /// A checkpoint was deleted.
+    CheckpointDeleted,
+    /// A server reported for the first time.
+    ServerDiscovered,
+    /// A segment has a new leader.
+    LeaderChanged,
+    /// A setting changed.
+    SettingsChanged,
+    /// A server was taken out of the load balancer's rotation.
+    LbOut,
+    /// A server was put back in rotation.
+    LbIn,
+    /// The load balancer could not be driven.
+    LbFailed,
+    /// Caches were purged of changed URLs.
+    CachePurged,
+    /// A cache purge or webhook failed.
+    CacheFailed,
+    /// An admin account was created.
+    UserCreated,
+    /// An admin account was deleted.
+    UserDeleted,
+    /// A site was created.
+    SiteCreated,
+    /// A site changed.
+    SiteChanged,
+    /// A site was deleted.
+    SiteDeleted,
+    /// A content group was created.
+    GroupCreated,
+    /// A content group changed.
+    GroupChanged,
+    /// A content group was deleted.
+    GroupDeleted,
+    /// A job was created.
+    JobCreated,
+    /// A job changed.
+    JobChanged,
+    /// A job was deleted.
+    JobDeleted,
+}
+
+impl HistoryKind {
+    /// Every kind.
+    pub const ALL: [HistoryKind; 33] = [
+        HistoryKind::RunStarted,
+        HistoryKind::RunResumed,
+        HistoryKind::CancelRequested,
+        HistoryKind::Committed,
+        HistoryKind::RolledBack,
+        HistoryKind::Switched,
+        HistoryKind::Unchanged,
+        HistoryKind::Cancelled,
+        HistoryKind::RunFailed,
+        HistoryKind::RunRefused,
+        HistoryKind::Conflict,
+        HistoryKind::ShadowFailed,
+        HistoryKind::CheckpointCreated,
+        HistoryKind::CheckpointDeleted,
+        HistoryKind::ServerDiscovered,
+        HistoryKind::LeaderChanged,
+        HistoryKind::SettingsChanged,
+        HistoryKind::LbOut,
+        HistoryKind::LbIn,
+        HistoryKind::LbFailed,
+        HistoryKind::CachePurged,
+        HistoryKind::CacheFailed,
+        HistoryKind::UserCreated,
+        HistoryKind::UserDeleted,
+        HistoryKind::SiteCreated,
+        HistoryKind::SiteChanged,
+        HistoryKind::SiteDeleted,
+        HistoryKind::GroupCreated,
+        HistoryKind::GroupChanged,
+        HistoryKind::GroupDeleted,
+        HistoryKind::JobCreated,
+        HistoryKind::JobChanged,
+        HistoryKind::JobDeleted,
+    ];
+
+    /// Its name, as the API, the UI and the logs say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            HistoryKind::RunStarted => "run_started",
+            HistoryKind::RunResumed => "run_resumed",
+            HistoryKind::CancelRequested => "cancel_requested",
+            HistoryKind::Committed => "committed",
+            HistoryKind::RolledBack => "rolled_back",
+            HistoryKind::Switched => "switched",
+            HistoryKind::Unchanged => "unchanged",
+            HistoryKind::Cancelled => "cancelled",
+            HistoryKind::RunFailed => "run_failed",
+            HistoryKind::RunRefused => "run_refused",
+            HistoryKind::Conflict => "conflict",
+            HistoryKind::ShadowFailed => "shadow_failed",
+            HistoryKind::CheckpointCreated => "checkpoint_created",
+            HistoryKind::CheckpointDeleted => "checkpoint_deleted",
+            HistoryKind::ServerDiscovered => "server_discovered",
+            HistoryKind::LeaderChanged => "leader_changed",
+            HistoryKind::SettingsChanged => "settings_changed",
+            HistoryKind::LbOut => "lb_out",
+            HistoryKind::LbIn => "lb_in",
+            HistoryKind::LbFailed => "lb_failed",
+            HistoryKind::CachePurged => "cache_purged",
+            HistoryKind::CacheFailed => "cache_failed",
+            HistoryKind::UserCreated => "user_created",
+            HistoryKind::UserDeleted => "user_deleted",
+            HistoryKind::SiteCreated => "site_created",
+            HistoryKind::SiteChanged => "site_changed",
+            HistoryKind::SiteDeleted => "site_deleted",
+            HistoryKind::GroupCreated => "group_created",
+            HistoryKind::GroupChanged => "group_changed",
+            HistoryKind::GroupDeleted => "group_deleted",
+            HistoryKind::JobCreated => "job_created",
+            HistoryKind::JobChanged => "job_changed",
+            HistoryKind::JobDeleted => "job_deleted",
+        }
+    }
+}
+
 /// One line of the history log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryRecord {
@@ -395,12 +545,12 @@ pub struct HistoryRecord {
     pub id: u64,
     /// When, Unix ms.
     pub at_ms: u64,
-    /// `run_started`, `committed`, `aborted`, `segment_changed`, `server_failed`…
-    pub kind: String,
+    /// What happened.
+    pub kind: HistoryKind,
     /// For people.
     pub message: String,
     /// The run, if any.
-    pub run: Option<u64>,
+    pub run: Option<RunId>,
     /// The site, if any.
     pub site: Option<String>,
 }
@@ -491,5 +641,20 @@ mod tests {
         assert_eq!(Quorum::Percent(50.0).needed(5), 3);
         assert_eq!(Quorum::Percent(100.0).needed(5), 5);
         assert_eq!(Quorum::Percent(0.0).needed(5), 0);
+    }
+
+    #[test]
+    fn history_kinds_are_stored_under_the_names_the_api_and_ui_filter_by() {
+        for kind in HistoryKind::ALL {
+            let json = serde_json::to_value(kind).unwrap();
+            assert_eq!(json, serde_json::Value::from(kind.name()), "{kind:?}");
+            assert_eq!(serde_json::from_value::<HistoryKind>(json).unwrap(), kind);
+        }
+        let names: std::collections::BTreeSet<_> = HistoryKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(names.len(), HistoryKind::ALL.len(), "two kinds share a name");
+        // A line written when kinds were strings still reads.
+        let old = r#"{"id":3,"at_ms":1,"kind":"committed","message":"m","run":7,"site":"www"}"#;
+        let h: HistoryRecord = serde_json::from_str(old).unwrap();
+        assert_eq!((h.kind, h.run), (HistoryKind::Committed, Some(RunId(7))));
     }
 }

@@ -20,7 +20,7 @@ use cmover::protocol::api::{
     AssignmentRef, HopTarget, NextHop, NextHopRequest, SegmentReport, SegmentResult,
 };
 use cmover::protocol::crypto::ContentKey;
-use cmover::protocol::ids::{AssignmentSerial, JobId, NodeId};
+use cmover::protocol::ids::{AssignmentId, AssignmentSerial, JobId, NodeId};
 use cmover::protocol::paths::SiteName;
 use cmover::storage::assignment_file::assignment_path;
 use cmover::storage::assignment_file::hash_copy;
@@ -42,13 +42,13 @@ pub struct CcmState {
     /// Every segment result, in arrival order.
     pub results: Vec<SegmentResult>,
     /// Next hops to hand out per assignment, in order; then none.
-    pub hops: HashMap<u64, VecDeque<HopTarget>>,
+    pub hops: HashMap<AssignmentId, VecDeque<HopTarget>>,
     /// Who asked for a next hop, per assignment.
-    pub asked: HashMap<u64, Vec<NodeId>>,
+    pub asked: HashMap<AssignmentId, Vec<NodeId>>,
     /// Assignments to serve damaged on the next GET.
-    pub tamper_once: HashSet<u64>,
+    pub tamper_once: HashSet<AssignmentId>,
     /// GETs per assignment.
-    pub gets: HashMap<u64, u32>,
+    pub gets: HashMap<AssignmentId, u32>,
 }
 
 type Ccm = web::Data<Arc<Mutex<CcmState>>>;
@@ -73,7 +73,12 @@ async fn report(signed: Signed, ccm: Ccm) -> HttpResponse {
     HttpResponse::Ok().finish()
 }
 
-async fn assignment(_signed: Signed, id: web::Path<u64>, req: HttpRequest, ccm: Ccm) -> HttpResponse {
+async fn assignment(
+    _signed: Signed,
+    id: web::Path<AssignmentId>,
+    req: HttpRequest,
+    ccm: Ccm,
+) -> HttpResponse {
     let id = id.into_inner();
     let (dir, tamper) = {
         let mut s = ccm.lock().unwrap();
@@ -138,7 +143,8 @@ impl FakeCcm {
     /// Waits for `n` results of assignment `id`.
     pub async fn results_of(&self, id: u64, n: usize) -> Vec<SegmentResult> {
         self.wait_for(&format!("{n} results of assignment {id}"), |s| {
-            let r: Vec<SegmentResult> = s.results.iter().filter(|r| r.assignment == id).cloned().collect();
+            let r: Vec<SegmentResult> =
+                s.results.iter().filter(|r| r.assignment == AssignmentId(id)).cloned().collect();
             (r.len() >= n).then_some(r)
         })
         .await
@@ -146,8 +152,17 @@ impl FakeCcm {
 
     /// The reference of assignment `id` in its directory.
     pub fn aref(&self, id: u64, site: &str, kind: &str, serial: u64) -> AssignmentRef {
-        let (size, hash) = hash_copy(&assignment_path(&self.state().dir, id)).unwrap();
-        AssignmentRef { id, site: site.into(), serial, kind: kind.into(), size, sha256: hex::encode(hash) }
+        let (size, hash) = hash_copy(&assignment_path(&self.state().dir, AssignmentId(id))).unwrap();
+        let kind = serde_json::from_value(serde_json::Value::from(kind))
+            .expect("content, commit, abort or rollback");
+        AssignmentRef {
+            id: AssignmentId(id),
+            site: site.into(),
+            serial,
+            kind,
+            size,
+            sha256: hex::encode(hash),
+        }
     }
 
     /// Packs `tree` as a full release `serial` of `site`, encrypted with the
@@ -184,7 +199,7 @@ impl FakeCcm {
             min_compression_gain: 0.05,
             encrypt: Some((ContentKey::from_secret(secret).unwrap(), [7; 32])),
         };
-        pack(old, new, &assignment_path(&dir, id), &opts).unwrap();
+        pack(old, new, &assignment_path(&dir, AssignmentId(id)), &opts).unwrap();
     }
 
     /// Writes a header-only assignment `id` of `kind` for release `serial` of `site`.
@@ -192,7 +207,8 @@ impl FakeCcm {
         use cmover::protocol::assignment::{encode_control, Header};
         let header =
             Header::control(kind, SiteName::new(site).unwrap(), AssignmentSerial(serial), JobId(1), 0);
-        std::fs::write(assignment_path(&self.state().dir, id), encode_control(&header)).unwrap();
+        std::fs::write(assignment_path(&self.state().dir, AssignmentId(id)), encode_control(&header))
+            .unwrap();
     }
 
     /// Stops the server.

@@ -45,8 +45,8 @@ use crate::protocol::time::Time;
 use crate::storage::checkpoint::{CheckpointInfo, Checkpoints};
 use crate::storage::db::{Db, DbError};
 use crate::storage::records::{
-    AssignmentRecord, GroupRecord, JobKind, JobRecord, Phase, Policy, RunRecord, RunState, SegmentProgress,
-    SegmentRecord, SegmentState, SettingRecord, SiteRecord, SnapshotRecord,
+    AssignmentRecord, GroupRecord, HistoryKind, JobKind, JobRecord, Phase, Policy, RunRecord, RunState,
+    SegmentProgress, SegmentRecord, SegmentState, SettingRecord, SiteRecord, SnapshotRecord,
 };
 use crate::storage::releases::{SiteOptions, SiteRoot};
 
@@ -116,7 +116,7 @@ impl CcmError {
 
 /// Runs job `job` now; answers the new run's id once it is recorded.
 #[derive(Message)]
-#[rtype(result = "Result<u64, CcmError>")]
+#[rtype(result = "Result<RunId, CcmError>")]
 pub struct RunJob {
     /// The job.
     pub job: JobId,
@@ -127,7 +127,7 @@ pub struct RunJob {
 /// Cancels run `run` unless it is already committing.
 #[derive(Message)]
 #[rtype(result = "Result<(), CcmError>")]
-pub struct CancelRun(pub u64);
+pub struct CancelRun(pub RunId);
 
 /// Answers the runs in progress.
 #[derive(Message)]
@@ -138,7 +138,7 @@ pub struct ActiveRuns;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ActiveRun {
     /// The run.
-    pub id: u64,
+    pub id: RunId,
     /// The servers it sends to (a catch-up run: only those that lag).
     pub targets: Vec<NodeId>,
 }
@@ -163,7 +163,7 @@ pub struct RunBegan {
     /// Its job.
     pub job: JobId,
     /// The run.
-    pub run: u64,
+    pub run: RunId,
     /// Its site.
     pub site: String,
 }
@@ -196,7 +196,7 @@ pub struct NextHopAsked {
     /// The leader.
     pub node: NodeId,
     /// The assignment.
-    pub assignment: u64,
+    pub assignment: AssignmentId,
 }
 
 /// A segment's result for an assignment arrived.
@@ -218,7 +218,7 @@ pub struct Shutdown;
 /// The path of assignment file `id`, if the CCM made it.
 #[derive(Message)]
 #[rtype(result = "Option<PathBuf>")]
-pub struct AssignmentPath(pub u64);
+pub struct AssignmentPath(pub AssignmentId);
 
 /// A run being driven.
 struct Driven {
@@ -328,7 +328,7 @@ impl Ccm {
         ContentKey::from_secret(&self.secret).ok()
     }
 
-    fn history(&self, kind: &str, message: String, run: Option<u64>, site: Option<&str>) {
+    fn history(&self, kind: HistoryKind, message: String, run: Option<RunId>, site: Option<&str>) {
         crate::ops::append_history(&self.db, kind, message, run, site);
     }
 
@@ -338,13 +338,13 @@ impl Ccm {
                 .put(run)
                 .and_then(|_| if durable { self.db.flush() } else { Ok(()) });
         if let Err(e) = &result {
-            tracing::error!(run = run.id, error = %e, "cannot save the run");
+            tracing::error!(run = run.id.0, error = %e, "cannot save the run");
         }
         result
     }
 
     /// Plans and starts a run of `job_id`; `reason` says why.
-    fn start_run(&mut self, job_id: JobId, reason: &str, ctx: &mut Context<Self>) -> Result<u64, CcmError> {
+    fn start_run(&mut self, job_id: JobId, reason: &str, ctx: &mut Context<Self>) -> Result<RunId, CcmError> {
         let job = table::<JobRecord>(&self.db)
             .get(&job_id)?
             .ok_or(CcmError::NotFound { what: "job", name: job_id.to_string() })?;
@@ -369,9 +369,9 @@ impl Ccm {
         if let Some(other) = busy {
             metrics::counter!("cmover_conflicts_total", "node" => crate::metrics::CCM).increment(1);
             let r = &other.record;
-            return Err(CcmError::RunInProgress { run: RunId(r.id), site: r.site.clone(), job: r.job });
+            return Err(CcmError::RunInProgress { run: r.id, site: r.site.clone(), job: r.job });
         }
-        let id = self.db.next("run")?;
+        let id = RunId(self.db.next("run")?);
         for to in &self.began {
             to.do_send(RunBegan { job: job.id, run: id, site: site.name.clone() });
         }
@@ -391,22 +391,22 @@ impl Ccm {
         }
         let record = new_record(id, &job, reason, &plan);
         let what = describe(&job, &plan);
-        let run = Run::start(RunId(id), plan, self.run_config());
+        let run = Run::start(id, plan, self.run_config());
         let mut d = Driven { run, record, written: None, job, assignment: None, timer: None };
         sync(&mut d);
         if !d.run.state().is_final() {
             // A run the API acknowledges is on disk.
             self.save(&d.record, true)?;
             self.history(
-                "run_started",
+                HistoryKind::RunStarted,
                 format!("run {id} of job {} {what}", d.job.id),
                 Some(id),
                 Some(&site.name),
             );
-            tracing::info!(event = "run_started", run = id, job = d.job.id.0, kind = d.job.kind.name(), reason, site = %site.name, serial = d.record.serial);
+            tracing::info!(event = "run_started", run = id.0, job = d.job.id.0, kind = d.job.kind.name(), reason, site = %site.name, serial = d.record.serial);
         }
-        self.runs.insert(RunId(id), d);
-        self.process(RunId(id), ctx);
+        self.runs.insert(id, d);
+        self.process(id, ctx);
         Ok(id)
     }
 
@@ -484,7 +484,7 @@ impl Ccm {
         .map(move |res, act, ctx| {
             let _ = std::fs::remove_dir_all(act.work_dir(id));
             match res {
-                Ok((aid, created)) => act.packed(id, AssignmentId(aid), created, ctx),
+                Ok((aid, created)) => act.packed(id, aid, created, ctx),
                 Err(e) => act.feed(id, ctx, |run, _| run.handle_failed(format!("packing failed: {e}"))),
             }
         })
@@ -498,8 +498,8 @@ impl Ccm {
         id: RunId,
         plan: &Plan,
         job: &JobRecord,
-    ) -> Result<(u64, PathBuf, work::Prepare, crate::storage::pack::PackOptions), String> {
-        let aid = self.db.next("assignment").map_err(|e| e.to_string())?;
+    ) -> Result<(AssignmentId, PathBuf, work::Prepare, crate::storage::pack::PackOptions), String> {
+        let aid = AssignmentId(self.db.next("assignment").map_err(|e| e.to_string())?);
         let name = SiteName::new(&job.site).map_err(|e| e.to_string())?;
         let key = if job.policy.encrypt.unwrap_or(self.config.ccm.encrypt) {
             let mut salt = [0u8; 32];
@@ -550,16 +550,16 @@ impl Ccm {
             return self.feed(id, ctx, |run, now| run.handle_packed(now, aid, summary.commands));
         }
         let rec = AssignmentRecord {
-            id: aid.0,
+            id: aid,
             site: d.record.site.clone(),
             serial: d.record.serial,
             kind: Wave::Content,
-            run: id.0,
+            run: id,
             size: created.size,
             sha256: created.sha256,
             created_ms: unix_ms(),
         };
-        d.record.content_assignment = Some(aid.0);
+        d.record.content_assignment = Some(aid);
         if let Err(e) = table::<AssignmentRecord>(&self.db).put(&rec) {
             return self.feed(id, ctx, |run, _| run.handle_failed(e.to_string()));
         }
@@ -578,7 +578,7 @@ impl Ccm {
         };
         let Ok(name) = SiteName::new(&site) else { return };
         let msg = CreateControl {
-            id: aid.0,
+            id: aid,
             kind: wave_kind(wave),
             site: name,
             serial: AssignmentSerial(serial),
@@ -598,11 +598,11 @@ impl Ccm {
                     }
                 };
                 let rec = AssignmentRecord {
-                    id: aid.0,
+                    id: aid,
                     site,
                     serial,
                     kind: wave,
-                    run: id.0,
+                    run: id,
                     size: created.size,
                     sha256: created.sha256,
                     created_ms: unix_ms(),
@@ -611,7 +611,7 @@ impl Ccm {
                     tracing::error!(error = %e, "cannot record the assignment");
                 }
                 let Some(d) = act.runs.get_mut(&id) else { return };
-                d.record.control_assignment = Some(aid.0);
+                d.record.control_assignment = Some(aid);
                 d.assignment = Some(rec);
                 act.by_assignment.insert(aid, id);
                 act.feed(id, ctx, |run, now| run.handle_assignment_made(now, wave, aid));
@@ -644,7 +644,7 @@ impl Ccm {
                 id: rec.id,
                 site: rec.site.clone(),
                 serial: rec.serial,
-                kind: wave_kind(rec.kind).name().into(),
+                kind: wave_kind(rec.kind),
                 size: rec.size,
                 sha256: rec.sha256.clone(),
             },
@@ -663,7 +663,7 @@ impl Ccm {
         };
         let client = self.client.clone();
         let segment = target.segment.clone();
-        tracing::info!(event = "notify", run = id.0, assignment = notify.assignment.id, segment = %segment, leader = %target.leader, from = "ccm");
+        tracing::info!(event = "notify", run = id.0, assignment = notify.assignment.id.0, segment = %segment, leader = %target.leader, from = "ccm");
         async move { client.post_json::<_, serde_json::Value>(&target.url, "/node/v1/notify", &notify).await }
             .into_actor(self)
             .map(move |res: Result<serde_json::Value, ClientError>, act, ctx| {
@@ -684,7 +684,7 @@ impl Ccm {
             site: site.clone(),
             serial,
             job: d.record.job,
-            run: id.0,
+            run: id,
             assignment: content,
             at_ms: 0,
             summary: d.record.summary.clone(),
@@ -702,9 +702,9 @@ impl Ccm {
                 if let Err(e) = res {
                     tracing::error!(event = "shadow_failed", site = %site, serial, error = %e);
                     act.history(
-                        "shadow_failed",
+                        HistoryKind::ShadowFailed,
                         format!("shadow copy of {site} not updated: {e}"),
-                        Some(id.0),
+                        Some(id),
                         Some(&site),
                     );
                 }
@@ -734,7 +734,7 @@ impl Ccm {
         let run = &mut d.record;
         run.finished_ms = Some(unix_ms());
         let (kind, message) = ending(run);
-        tracing::info!(event = kind, run = run.id, site = %run.site, serial = run.serial, failed = ?run.failed_servers, error = ?run.error);
+        tracing::info!(event = kind.name(), run = run.id.0, site = %run.site, serial = run.serial, failed = ?run.failed_servers, error = ?run.error);
         self.history(kind, message, Some(run.id), Some(&run.site));
         let _ = self.save(run, true);
         crate::ops::run_metrics(run);
@@ -751,23 +751,23 @@ impl Ccm {
         };
         for record in runs.into_iter().filter(|r| !r.state.is_final()) {
             let Ok(Some(job)) = table::<JobRecord>(&self.db).get(&record.job) else {
-                tracing::error!(run = record.id, "the job of a run in flight is gone");
+                tracing::error!(run = record.id.0, "the job of a run in flight is gone");
                 continue;
             };
-            tracing::warn!(event = "run_recovered", run = record.id, state = ?record.state);
-            let id = RunId(record.id);
+            tracing::warn!(event = "run_recovered", run = record.id.0, state = ?record.state);
+            let id = record.id;
             let plan = recovered_plan(&self.db, &record, &job);
             let saved = Saved {
                 state: record.state,
-                content: record.content_assignment.map(AssignmentId),
+                content: record.content_assignment,
                 applied: record.applied.clone(),
             };
             let run = Run::recover(id, plan, self.run_config(), saved);
             if run.state() == RunState::Committing {
                 self.history(
-                    "run_resumed",
+                    HistoryKind::RunResumed,
                     format!("run {id}: commit resumed after a restart"),
-                    Some(id.0),
+                    Some(id),
                     Some(&record.site),
                 );
             }
@@ -781,7 +781,7 @@ impl Ccm {
 }
 
 /// A run's record as it starts.
-fn new_record(id: u64, job: &JobRecord, reason: &str, plan: &Plan) -> RunRecord {
+fn new_record(id: RunId, job: &JobRecord, reason: &str, plan: &Plan) -> RunRecord {
     RunRecord {
         id,
         job: job.id,
@@ -872,18 +872,18 @@ fn paths(p: &[String]) -> String {
 }
 
 /// The history event and message of a run that ended.
-fn ending(run: &RunRecord) -> (&'static str, String) {
+fn ending(run: &RunRecord) -> (HistoryKind, String) {
     let failed = ids::join(&run.failed_servers);
     match run.state {
         RunState::Committed if run.kind.header_only() => (
-            if run.kind == JobKind::Rollback { "rolled_back" } else { "switched" },
+            if run.kind == JobKind::Rollback { HistoryKind::RolledBack } else { HistoryKind::Switched },
             format!(
                 "{} switched from release {} to {}; failed servers: {failed}",
                 run.site, run.base_serial, run.serial
             ),
         ),
         RunState::Committed if run.kind.catches_up() || run.kind == JobKind::Hot => (
-            "committed",
+            HistoryKind::Committed,
             format!(
                 "release {} of {} sent by a {} run; failed servers: {failed}",
                 run.serial,
@@ -891,18 +891,22 @@ fn ending(run: &RunRecord) -> (&'static str, String) {
                 run.kind.name()
             ),
         ),
-        RunState::Committed if run.failed_servers.is_empty() => {
-            ("committed", format!("release {} of {} is live on every server", run.serial, run.site))
-        }
-        RunState::Committed => {
-            ("committed", format!("release {} of {} is live; failed servers: {failed}", run.serial, run.site))
-        }
+        RunState::Committed if run.failed_servers.is_empty() => (
+            HistoryKind::Committed,
+            format!("release {} of {} is live on every server", run.serial, run.site),
+        ),
+        RunState::Committed => (
+            HistoryKind::Committed,
+            format!("release {} of {} is live; failed servers: {failed}", run.serial, run.site),
+        ),
         RunState::Unchanged if run.kind.catches_up() => {
-            ("unchanged", format!("every server of {} is in sync", run.group))
+            (HistoryKind::Unchanged, format!("every server of {} is in sync", run.group))
         }
-        RunState::Unchanged => ("unchanged", format!("nothing to publish for {}", run.site)),
-        RunState::Cancelled => ("cancelled", format!("run {} cancelled; nothing went live", run.id)),
-        _ => ("run_failed", run.error.clone().unwrap_or_else(|| "failed".into())),
+        RunState::Unchanged => (HistoryKind::Unchanged, format!("nothing to publish for {}", run.site)),
+        RunState::Cancelled => {
+            (HistoryKind::Cancelled, format!("run {} cancelled; nothing went live", run.id))
+        }
+        _ => (HistoryKind::RunFailed, run.error.clone().unwrap_or_else(|| "failed".into())),
     }
 }
 
@@ -949,7 +953,7 @@ impl Actor for Ccm {
 }
 
 impl Handler<RunJob> for Ccm {
-    type Result = Result<u64, CcmError>;
+    type Result = Result<RunId, CcmError>;
 
     fn handle(&mut self, msg: RunJob, ctx: &mut Context<Self>) -> Self::Result {
         self.start_run(msg.job, &msg.reason, ctx)
@@ -960,10 +964,10 @@ impl Handler<CancelRun> for Ccm {
     type Result = Result<(), CcmError>;
 
     fn handle(&mut self, msg: CancelRun, ctx: &mut Context<Self>) -> Self::Result {
-        let id = RunId(msg.0);
+        let id = msg.0;
         let now = self.now();
         let Some(d) = self.runs.get_mut(&id) else {
-            return match table::<RunRecord>(&self.db).get(&id.0)? {
+            return match table::<RunRecord>(&self.db).get(&id)? {
                 Some(r) => Err(CcmError::RunOver { run: id, state: r.state }),
                 None => Err(CcmError::NotFound { what: "run", name: id.to_string() }),
             };
@@ -977,7 +981,12 @@ impl Handler<CancelRun> for Ccm {
             // A cancel survives a restart (recovery then aborts the run).
             self.save(&record, true)?;
             tracing::info!(event = "run_cancelled", run = id.0);
-            self.history("cancel_requested", format!("run {id}: cancel requested"), Some(id.0), Some(&site));
+            self.history(
+                HistoryKind::CancelRequested,
+                format!("run {id}: cancel requested"),
+                Some(id),
+                Some(&site),
+            );
         }
         self.process(id, ctx);
         Ok(())
@@ -991,7 +1000,7 @@ impl Handler<ActiveRuns> for Ccm {
         MessageResult(
             self.runs
                 .iter()
-                .map(|(id, d)| ActiveRun { id: id.0, targets: d.run.plan().targets.clone() })
+                .map(|(id, d)| ActiveRun { id: *id, targets: d.run.plan().targets.clone() })
                 .collect(),
         )
     }
@@ -1005,7 +1014,12 @@ impl Handler<SetTreeOrder> for Ccm {
         table::<SettingRecord>(&self.db).put(&SettingRecord { name: "tree_order".into(), value })?;
         self.db.flush()?;
         let order = ids::join(&msg.0);
-        self.history("settings_changed", format!("static order of group leaders: {order}"), None, None);
+        self.history(
+            HistoryKind::SettingsChanged,
+            format!("static order of group leaders: {order}"),
+            None,
+            None,
+        );
         self.planner.do_send(SetOrder(msg.0));
         Ok(())
     }
@@ -1053,7 +1067,7 @@ impl Handler<CreateCheckpoint> for Ccm {
                             format!("; deleted checkpoints {}", ids::join(&pruned))
                         };
                         act.history(
-                            "checkpoint_created",
+                            HistoryKind::CheckpointCreated,
                             format!(
                                 "checkpoint {} of {} at release {} ({} files, {} bytes){pruned}",
                                 info.id, info.site, info.serial, info.files, info.bytes
@@ -1087,7 +1101,7 @@ impl Handler<SegmentReported> for Ccm {
         let (leader_changed, discovered) = store::record_segment(&self.db, &report)?;
         for (id, name) in discovered {
             self.history(
-                "server_discovered",
+                HistoryKind::ServerDiscovered,
                 format!("server {id} ({name}) in segment {}", report.segment),
                 None,
                 None,
@@ -1095,7 +1109,7 @@ impl Handler<SegmentReported> for Ccm {
         }
         if leader_changed {
             self.history(
-                "leader_changed",
+                HistoryKind::LeaderChanged,
                 format!("segment {} is led by {}", report.segment, report.leader),
                 None,
                 None,
@@ -1119,16 +1133,16 @@ impl Handler<NextHopAsked> for Ccm {
     fn handle(&mut self, msg: NextHopAsked, ctx: &mut Context<Self>) -> Self::Result {
         let now = self.now();
         let none = MessageResult(NextHop { target: None });
-        let Some(&id) = self.by_assignment.get(&AssignmentId(msg.assignment)) else { return none };
+        let Some(&id) = self.by_assignment.get(&msg.assignment) else { return none };
         let Some(d) = self.runs.get_mut(&id) else { return none };
-        if d.run.assignment() != Some(AssignmentId(msg.assignment)) {
+        if d.run.assignment() != Some(msg.assignment) {
             return none;
         }
         let from = d.run.leader_url(msg.node).map(str::to_owned);
         let next = d.run.handle_next_hop(now, msg.node);
         let target = match (next, from) {
             (Some(t), Some(from)) => self.runs.get(&id).and_then(|d| self.notify_of(d, &t, from)).map(|notify| {
-                tracing::info!(event = "next_hop", run = id.0, assignment = msg.assignment, from = %msg.node, to = %t.leader, segment = %t.segment);
+                tracing::info!(event = "next_hop", run = id.0, assignment = msg.assignment.0, from = %msg.node, to = %t.leader, segment = %t.segment);
                 HopTarget { node: t.leader, url: t.url.clone(), notify }
             }),
             _ => None,
@@ -1143,7 +1157,7 @@ impl Handler<SegmentResultReceived> for Ccm {
 
     fn handle(&mut self, msg: SegmentResultReceived, ctx: &mut Context<Self>) -> Self::Result {
         let r = msg.result;
-        let aid = AssignmentId(r.assignment);
+        let aid = r.assignment;
         // A late or repeated report for a wave that is over: acknowledged, ignored.
         let Some(&id) = self.by_assignment.get(&aid) else { return Ok(()) };
         let now = self.now();
@@ -1154,7 +1168,7 @@ impl Handler<SegmentResultReceived> for Ccm {
         if d.run.wave() == Wave::Content && r.delivery.is_some() {
             d.record.segments.entry(r.segment.clone()).or_default().delivery = r.delivery;
         }
-        tracing::info!(event = "segment_result", run = id.0, assignment = r.assignment, segment = %r.segment, leader = %msg.node,
+        tracing::info!(event = "segment_result", run = id.0, assignment = r.assignment.0, segment = %r.segment, leader = %msg.node,
             succeeded = r.servers.values().filter(|o| **o == crate::protocol::api::ServerOutcome::Succeeded).count(), servers = r.servers.len());
         self.process(id, ctx);
         Ok(())
