@@ -75,6 +75,29 @@ fn the_cli_drives_a_demo_cluster() {
     assert!(text.contains("Committed") && text.contains("release 1 of shop"), "{text}");
     assert_live(&dir, "shop", &shop);
 
+    // A site for two of the four servers: `run show` names exactly those as
+    // targets and as the servers it went live on; the others hold nothing of it.
+    let edge = tmp.path().join("edge");
+    std::fs::create_dir_all(&edge).unwrap();
+    std::fs::write(edge.join("index.html"), "<h1>edge</h1>\n").unwrap();
+    ok(&url, &token, &["site", "add", "edge", "--staging", edge.to_str().unwrap()]);
+    ok(&url, &token, &["group", "add", "edgeweb", "--site", "edge", "--servers", "1,3"]);
+    let text = ok(&url, &token, &["job", "add", "--site", "edge", "--group", "edgeweb", "--name", "edge"]);
+    let edge_job: String = text.split_whitespace().nth(1).unwrap().to_owned();
+    let text = ok(&url, &token, &["job", "run", &edge_job, "--wait"]);
+    assert!(text.contains("Committed"), "{text}");
+    let runs: serde_json::Value =
+        serde_json::from_str(&ok(&url, &token, &["run", "list", "--json", "--site", "edge"])).unwrap();
+    let run = runs[0]["id"].as_u64().expect("the edge run is listed").to_string();
+    let text = ok(&url, &token, &["run", "show", &run]);
+    assert!(text.contains("targets: 1, 3\n"), "{text}");
+    assert!(text.contains("went live on: 1, 3\n"), "{text}");
+    assert!(text.contains("failed: none"), "{text}");
+    for id in [2, 4] {
+        let site = dir.join(format!("agents/{id}/sites/edge"));
+        assert!(!site.exists(), "server {id} is not a target but has {}", site.display());
+    }
+
     // Runs, as a table and as JSON.
     let text = ok(&url, &token, &["run", "list"]);
     assert!(text.lines().next().unwrap().starts_with("RUN"), "{text}");

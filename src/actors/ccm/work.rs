@@ -2,18 +2,61 @@
 //! content assignment is built from, and bringing the shadow copy along
 //! once servers went live.
 
+use std::io;
 use std::path::{Path, PathBuf};
+
+use thiserror::Error;
 
 use crate::protocol::crypto::ContentKey;
 use crate::protocol::ids::AssignmentSerial;
-use crate::protocol::paths::SitePath;
+use crate::protocol::paths::{PathError, SitePath};
 use crate::protocol::run::{SiteUpdate, Source};
-use crate::storage::assignment_file::AssignmentFile;
-use crate::storage::checkpoint::Checkpoints;
-use crate::storage::releases::SiteRoot;
+use crate::storage::assignment_file::{AssignmentError, AssignmentFile};
+use crate::storage::checkpoint::{CheckpointError, Checkpoints};
+use crate::storage::releases::{ReleaseError, SiteRoot};
+use crate::storage::tree::ScanError;
+
+/// Why the trees of a run or the shadow copy could not be made.
+#[derive(Debug, Error)]
+pub enum WorkError {
+    /// A path the job names is not a path inside the site.
+    #[error("path {path:?} of the job: {source}")]
+    JobPath {
+        /// The path as the job gives it.
+        path: String,
+        /// Why it is refused.
+        source: PathError,
+    },
+    /// The live tree could not be linked.
+    #[error(transparent)]
+    Tree(#[from] ScanError),
+    /// A directory could not be made.
+    #[error("cannot create {}: {source}", path.display())]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// A checkpoint could not be read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The content assignment could not be read.
+    #[error(transparent)]
+    Assignment(#[from] AssignmentError),
+    /// The shadow copy's releases refused the change.
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+    /// The blocking task stopped before it finished.
+    #[error("the CCM's work task stopped: {error}")]
+    Stopped {
+        /// How.
+        error: String,
+    },
+}
 
 /// Builds the new tree of a run (in a blocking task); returns its root.
-pub type Prepare = Box<dyn FnOnce() -> Result<PathBuf, String> + Send>;
+pub type Prepare = Box<dyn FnOnce() -> Result<PathBuf, WorkError> + Send>;
 
 /// Where a run's old and new trees come from.
 pub struct Trees {
@@ -34,12 +77,15 @@ pub struct Trees {
 }
 
 /// A tree of hard links to `paths` of `live` (`keep`) or to all but them.
-fn subtree(live: &Path, dest: &Path, paths: &[String], keep: bool) -> Result<(), String> {
+fn subtree(live: &Path, dest: &Path, paths: &[String], keep: bool) -> Result<(), WorkError> {
     let paths = paths
         .iter()
-        .map(|p| SitePath::new(p.trim_matches('/')).map_err(|e| format!("path '{p}': {e}")))
+        .map(|p| {
+            SitePath::new(p.trim_matches('/'))
+                .map_err(|source| WorkError::JobPath { path: p.clone(), source })
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    crate::storage::tree::link_subtree(live, dest, &paths, keep).map_err(|e| e.to_string())
+    Ok(crate::storage::tree::link_subtree(live, dest, &paths, keep)?)
 }
 
 /// The old tree (what the servers hold: the live tree for a delta, nothing
@@ -56,9 +102,11 @@ pub fn trees(source: Source, base: u64, t: Trees) -> (PathBuf, Prepare) {
             Box::new(move || {
                 let _ = std::fs::remove_dir_all(&work);
                 if let Some(parent) = work.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+                    std::fs::create_dir_all(parent)
+                        .map_err(|source| WorkError::Io { path: parent.to_owned(), source })?;
                 }
-                checkpoints.extract(&site, id, &work).map(|_| work).map_err(|e| e.to_string())
+                checkpoints.extract(&site, id, &work)?;
+                Ok(work)
             }),
         ),
         Source::Staging | Source::Held => (held, Box::new(move || Ok(staging))),
@@ -73,16 +121,16 @@ pub fn update_shadow(
     serial: u64,
     content: &Path,
     key: Option<&ContentKey>,
-) -> Result<(), String> {
+) -> Result<(), WorkError> {
     match update {
         SiteUpdate::SwitchTo => {
-            shadow.rollback_to(AssignmentSerial(serial)).map(|_| ()).map_err(|e| e.to_string())
+            shadow.rollback_to(AssignmentSerial(serial))?;
         }
         SiteUpdate::Apply => {
-            let file = AssignmentFile::open(content, key).map_err(|e| e.to_string())?;
-            shadow.apply(&file).map_err(|e| e.to_string())?;
-            shadow.commit(AssignmentSerial(serial)).map_err(|e| e.to_string())?;
-            Ok(())
+            let file = AssignmentFile::open(content, key)?;
+            shadow.apply(&file)?;
+            shadow.commit(AssignmentSerial(serial))?;
         }
     }
+    Ok(())
 }
