@@ -206,6 +206,18 @@ pub enum Wave {
     Switch,
 }
 
+impl Wave {
+    /// Its name, as records and people say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Wave::Content => "content",
+            Wave::Commit => "commit",
+            Wave::Abort => "abort",
+            Wave::Switch => "switch",
+        }
+    }
+}
+
 /// A segment's stage in a wave, as run records show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]

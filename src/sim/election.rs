@@ -267,7 +267,8 @@ struct Sim<'a> {
     window_start: Time,
 }
 
-fn random_inputs(rng: &mut ChaCha8Rng) -> PriorityInputs {
+/// Random election inputs (most nodes without an administrator preference).
+pub(crate) fn random_inputs(rng: &mut ChaCha8Rng) -> PriorityInputs {
     let mut r = || rng.random_range(0..=100u8);
     let preference = r();
     let (cpu, disk, network, reliability, freshness) = (r(), r(), r(), r(), r());

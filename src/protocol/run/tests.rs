@@ -378,3 +378,10 @@ fn recovery_resumes_a_commit_and_aborts_the_rest() {
     let run = Run::recover(RunId(1), p, RunConfig::default(), saved);
     assert_eq!(run.state(), RunState::Failed);
 }
+
+#[test]
+fn a_wave_is_named_as_its_records_store_it() {
+    for wave in [Wave::Content, Wave::Commit, Wave::Abort, Wave::Switch] {
+        assert_eq!(serde_json::to_value(wave).unwrap(), serde_json::Value::from(wave.name()));
+    }
+}

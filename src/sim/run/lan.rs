@@ -18,13 +18,14 @@ use super::world::World;
 use super::{Fault, Holding, RunSimConfig};
 use crate::protocol::api::ServerOutcome;
 use crate::protocol::control::{ControlMsg, MemberInfo};
-use crate::protocol::election::{self, Elector, ElectorConfig, Event, PriorityInputs};
+use crate::protocol::election::{self, Elector, ElectorConfig, Event};
 use crate::protocol::ids::{AssignmentSerial, NodeId};
 use crate::protocol::mctp::{
     self, Message, Payload, Receiver, ReceiverEvent, Sender, SenderEvent, SessionId,
 };
 use crate::protocol::reports::{self, Collector, Reporter};
 use crate::protocol::time::Time;
+use crate::sim::election::random_inputs;
 use crate::sim::net::{Delivery, LinkFaults, Network};
 
 /// Assignments a restarted server primes its receiver and reporter with
@@ -117,20 +118,6 @@ pub(super) struct Node {
     /// When its process next has something to do (kept by [`World::drain_node`],
     /// which runs after every input to the process).
     wake: Option<Time>,
-}
-
-fn random_inputs(rng: &mut ChaCha8Rng) -> PriorityInputs {
-    let mut r = || rng.random_range(0..=100u8);
-    let preference = r();
-    let (cpu, disk, network, reliability, freshness) = (r(), r(), r(), r(), r());
-    PriorityInputs {
-        preference: if preference < 80 { 0 } else { preference },
-        cpu,
-        disk,
-        network,
-        reliability,
-        freshness,
-    }
 }
 
 impl Node {

@@ -691,7 +691,10 @@ impl World {
         if !self.plan_targets.contains(&me) {
             self.violate(
                 |v| &mut v.only_targets,
-                format!("server {me} carried out {:?} of a run it is not a target of", wire.wave),
+                format!(
+                    "server {me} carried out the {} wave of a run it is not a target of",
+                    wire.wave.name()
+                ),
             );
         }
         self.dirty.push(i);
