@@ -469,7 +469,7 @@ fn build(config: &Config) -> Result<Parts, AgentError> {
         .map_err(io("start the node HTTP server"))?;
     tracing::info!(
         event = "agent_started", node = %id, segment = %a.segment, http = %http, advertise_http = %advertise_http,
-        data = %data, data_mode = ?d.mode, control_mode = ?config.control.mode, held = held.len(),
+        data = %data, data_mode = d.mode.name(), control_mode = config.control.mode.name(), held = held.len(),
         "agent started"
     );
     Ok(Parts { id, http, data, elector, leader, interpreter, server })

@@ -10,20 +10,54 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use cmover::http::admin_client::{AdminClient, AdminError};
+use cmover::protocol::api::ServerOutcome;
 use cmover::storage::records::{RunRecord, RunState};
 
-/// Where the CCM is and how to authenticate.
-#[derive(Args, Clone)]
+/// Where the CCM is and how to authenticate, as given after a client
+/// subcommand (`cmover job list --ccm URL`). The same options may come
+/// before it (`cmover --ccm URL job list`, [`Connection`]); these win.
+#[derive(Args, Clone, Default)]
+#[command(next_help_heading = "Connection (also before the subcommand)")]
 pub struct Remote {
-    /// The CCM's base URL.
-    #[arg(long, global = true, env = "CMOVER_CCM", default_value = "http://127.0.0.1:7480")]
-    pub ccm: String,
-    /// The admin token (`ccm.admin_token`).
-    #[arg(long, global = true, env = "CMOVER_TOKEN", default_value = "", hide_env_values = true)]
-    pub token: String,
-    /// Print the API's JSON instead of a table.
+    /// The CCM's base URL [env: CMOVER_CCM; default: http://127.0.0.1:7480].
+    #[arg(long, global = true)]
+    pub ccm: Option<String>,
+    /// The admin token (`ccm.admin_token`) [env: CMOVER_TOKEN].
+    #[arg(long, global = true)]
+    pub token: Option<String>,
+    /// Print the API's JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+/// The connection options before any subcommand (`cmover --ccm URL status`),
+/// and the environment.
+#[derive(Args, Clone, Default)]
+#[command(next_help_heading = "Connection of the CCM client commands")]
+pub struct Connection {
+    /// The CCM's base URL.
+    #[arg(long = "ccm", env = "CMOVER_CCM", default_value = "http://127.0.0.1:7480")]
+    pub ccm: String,
+    /// The admin token (`ccm.admin_token`).
+    #[arg(long = "token", env = "CMOVER_TOKEN", default_value = "", hide_env_values = true)]
+    pub token: String,
+    /// Print the API's JSON instead of text (client commands).
+    #[arg(long = "json")]
+    pub json: bool,
+}
+
+impl Connection {
+    /// These options with what was given after the subcommand on top.
+    pub fn with(mut self, after: Remote) -> Connection {
+        if let Some(c) = after.ccm {
+            self.ccm = c;
+        }
+        if let Some(t) = after.token {
+            self.token = t;
+        }
+        self.json |= after.json;
+        self
+    }
 }
 
 #[derive(Subcommand)]
@@ -160,8 +194,14 @@ pub enum JobCmd {
     Add(Box<JobSpecArgs>),
     /// List jobs with their next run time.
     List,
-    /// Show one job.
+    /// Show one job, its last runs and what it does.
     Show {
+        /// Its id.
+        id: u64,
+    },
+    /// What a run of the job would do now (nothing is started): the
+    /// changes against live, the servers, the quorum.
+    Plan {
         /// Its id.
         id: u64,
     },
@@ -270,6 +310,23 @@ pub enum UserCmd {
     List,
 }
 
+/// Filters of `cmover events`.
+#[derive(Args, Clone, Default)]
+pub struct EventsArgs {
+    /// Only this site's.
+    #[arg(long)]
+    pub site: Option<String>,
+    /// Only this run's.
+    #[arg(long)]
+    pub run: Option<u64>,
+    /// Only this kind (e.g. `committed`, `run_failed`).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// At most this many, newest first.
+    #[arg(long, default_value_t = 30)]
+    pub limit: usize,
+}
+
 /// One client command.
 pub enum ClientCmd {
     Site(SiteCmd),
@@ -280,10 +337,11 @@ pub enum ClientCmd {
     Segment(SegmentCmd),
     User(UserCmd),
     Status,
+    Events(EventsArgs),
 }
 
 /// Runs `cmd` against the CCM in `remote`.
-pub fn run(remote: &Remote, cmd: ClientCmd) -> Result<()> {
+pub fn run(remote: &Connection, cmd: ClientCmd) -> Result<()> {
     let client = AdminClient::new(&remote.ccm, &remote.token);
     let system = actix_rt::System::new();
     system.block_on(async move { dispatch(&client, remote.json, cmd).await })
@@ -392,37 +450,53 @@ async fn list(
 
 /// Prints rows under a header, columns aligned.
 fn table(header: &[&str], rows: Vec<Vec<String>>) {
-    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    print!("{}", table_text(header, rows));
+}
+
+/// Rows under a header, columns aligned, a line each.
+fn table_text(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
             width[i] = width[i].max(c.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
         let text: Vec<String> =
             cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = width[i])).collect();
-        println!("{}", text.join("  ").trim_end());
+        out.push_str(text.join("  ").trim_end());
+        out.push('\n');
     };
     line(header.iter().map(|h| h.to_uppercase()).collect());
     for r in rows {
         line(r);
     }
+    out
 }
 
+/// A JSON value for people: `-` for nothing, strings bare, lists joined.
 fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
+        Value::Array(a) if a.is_empty() => "none".into(),
+        Value::Array(a) => a.iter().map(s).collect::<Vec<_>>().join(", "),
         v => v.to_string(),
     }
 }
 
 fn when(ms: &Value) -> String {
-    match ms.as_u64() {
-        Some(ms) => {
-            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-        }
-        None => "-".into(),
+    local_v(ms)
+}
+
+/// A quorum as the API writes it, for people: `all`, `3`, `75%`.
+fn quorum_text(q: &Value) -> String {
+    match (q["type"].as_str(), &q["value"]) {
+        (Some("count"), v) => s(v),
+        (Some("percent"), v) => format!("{}%", s(v)),
+        (Some(t), _) => t.to_owned(),
+        (None, v) => s(v),
     }
 }
 
@@ -443,6 +517,7 @@ async fn dispatch(c: &AdminClient, json_out: bool, cmd: ClientCmd) -> Result<()>
         ClientCmd::Segment(SegmentCmd::List) => segments(c, json_out).await,
         ClientCmd::User(cmd) => user(c, json_out, cmd).await,
         ClientCmd::Status => status(c, json_out).await,
+        ClientCmd::Events(a) => events(c, json_out, a).await,
     }
 }
 
@@ -481,11 +556,12 @@ async fn group(c: &AdminClient, json_out: bool, cmd: GroupCmd) -> Result<()> {
             if json_out {
                 return print_value(true, &v);
             }
-            println!("content group {name} of site {site} created: servers {servers:?}, quorum {q}");
+            let list: Vec<String> = servers.iter().map(u64::to_string).collect();
+            println!("content group {name} of site {site} created: servers {}, quorum {q}", list.join(", "));
         }
         GroupCmd::List => {
             list(c, json_out, "/api/v1/groups", &["group", "site", "servers", "quorum"], |x| {
-                vec![s(&x["name"]), s(&x["site"]), s(&x["servers"]), s(&x["quorum"])]
+                vec![s(&x["name"]), s(&x["site"]), s(&x["servers"]), quorum_text(&x["quorum"])]
             })
             .await?;
         }
@@ -531,7 +607,19 @@ async fn job(c: &AdminClient, json_out: bool, cmd: JobCmd) -> Result<()> {
             .await?;
         }
         JobCmd::Show { id } => {
-            print_value(json_out, &call(c, "GET", &format!("/api/v1/jobs/{id}"), None).await?)?
+            let v = call(c, "GET", &format!("/api/v1/jobs/{id}"), None).await?;
+            if json_out {
+                return print_value(true, &v);
+            }
+            let runs = call(c, "GET", &format!("/api/v1/runs?job={id}&limit=5"), None).await?;
+            print!("{}", job_text(&v, &runs));
+        }
+        JobCmd::Plan { id } => {
+            let v = call(c, "GET", &format!("/api/v1/jobs/{id}/plan"), None).await?;
+            if json_out {
+                return print_value(true, &v);
+            }
+            print!("{}", plan_text(&v));
         }
         JobCmd::Run { id, wait } => {
             let v = call(c, "POST", &format!("/api/v1/jobs/{id}/run"), None).await?;
@@ -586,24 +674,12 @@ async fn run_cmd(c: &AdminClient, json_out: bool, cmd: RunCmd) -> Result<()> {
         }
         RunCmd::Show { id } => {
             let v = call(c, "GET", &format!("/api/v1/runs/{id}"), None).await?;
-            if !json_out {
-                if let Ok(rec) = serde_json::from_value::<RunRecord>(v.clone()) {
-                    use cmover::protocol::ids::join as ids;
-                    println!(
-                        "run {} of job {} ({}): {:?}, release {} of {}\n  targets: {}\n  went live on: {}\n  failed: {}",
-                        rec.id,
-                        rec.job,
-                        rec.kind.name(),
-                        rec.state,
-                        rec.serial,
-                        rec.site,
-                        ids(&rec.targets),
-                        ids(&rec.went_live()),
-                        ids(&rec.failed_servers)
-                    );
-                }
+            if json_out {
+                return print_value(true, &v);
             }
-            print_value(json_out, &v)?
+            let rec: RunRecord =
+                serde_json::from_value(v).context("the CCM's run record is not what this cmover reads")?;
+            print!("{}", run_text(&rec));
         }
         RunCmd::Wait { id } => return wait_run(c, json_out, id).await,
         RunCmd::Cancel { id } => {
@@ -634,16 +710,17 @@ async fn wait_run(c: &AdminClient, json_out: bool, run: u64) -> Result<()> {
         match c.run(run).await {
             Ok(r) => {
                 transient = 0;
-                let total = r.applied.len().max(r.switched.len()).max(r.segments.len());
+                // Steady: every target counts once, done when its part of
+                // the wave in progress is over.
+                let total = r.targets.len().max(r.applied.len());
                 let done = match r.state {
                     RunState::Committing | RunState::Aborting => r.switched.len(),
-                    _ if r.state.is_final() => r.switched.len().max(r.applied.len()),
+                    _ if r.state.is_final() => total,
                     _ => r.applied.len(),
                 };
                 bar.set_length(total as u64);
-                bar.set_position(done as u64);
-                let bytes = r.summary.as_ref().map_or(0, |s| s.assignment_bytes);
-                bar.set_message(format!("{:?}, {}", r.state, bytesize::ByteSize::b(bytes)));
+                bar.set_position(done.min(total) as u64);
+                bar.set_message(progress_words(&r));
                 if r.state.is_final() {
                     break r;
                 }
@@ -663,26 +740,298 @@ async fn wait_run(c: &AdminClient, json_out: bool, run: u64) -> Result<()> {
     if json_out {
         println!("{}", serde_json::to_string_pretty(&rec)?);
     } else {
-        let ok =
-            rec.switched.values().filter(|o| **o == cmover::protocol::api::ServerOutcome::Succeeded).count();
         let bytes = rec.summary.as_ref().map_or(0, |s| s.assignment_bytes);
         println!(
-            "run {} of job {} ({}): {:?}, release {} of {}, {} servers switched, {} sent; failed servers: {:?}",
+            "run {} of job {} ({}): {}, release {} of {}, {} servers switched, {} sent; failed servers: {}",
             rec.id,
             rec.job,
             rec.kind.name(),
             rec.state,
             rec.serial,
             rec.site,
-            ok,
+            rec.went_live().len(),
             bytesize::ByteSize::b(bytes),
-            rec.failed_servers.iter().map(|s| s.0).collect::<Vec<_>>()
+            join(&rec.failed_servers)
         );
     }
     match rec.state {
         RunState::Committed | RunState::Unchanged => Ok(()),
-        state => bail!("run {} ended {:?}: {}", rec.id, state, rec.error.unwrap_or_default()),
+        state => {
+            bail!("run {} ended {state}: {}", rec.id, rec.error.unwrap_or_else(|| "no error recorded".into()))
+        }
     }
+}
+
+/// The bar's words: the state, and bytes moved so far of the assignment.
+fn progress_words(r: &RunRecord) -> String {
+    let total = r.summary.as_ref().map_or(0, |s| s.assignment_bytes);
+    let moved: u64 = r.segments.values().filter_map(|p| p.delivery.map(|d| d.bytes)).sum();
+    let segments = r.segments.len().max(1) as u64;
+    if total == 0 {
+        return r.state.to_string();
+    }
+    format!(
+        "{}, {} of {} per segment",
+        r.state,
+        bytesize::ByteSize::b(moved / segments),
+        bytesize::ByteSize::b(total)
+    )
+}
+
+/// Ids for people: `1, 2, 4` or `none`.
+fn join<T: std::fmt::Display>(items: &[T]) -> String {
+    cmover::protocol::ids::join(items)
+}
+
+/// A time for people, in the local time zone: `2026-12-02 13:04:05`.
+fn local(ms: u64) -> String {
+    use chrono::TimeZone;
+    match chrono::Local.timestamp_millis_opt(ms as i64) {
+        chrono::LocalResult::Single(t) => t.format("%Y-%m-%d %H:%M:%S").to_string(),
+        _ => format!("{ms} ms after 1970"),
+    }
+}
+
+fn local_v(ms: &Value) -> String {
+    ms.as_u64().map_or_else(|| "-".into(), local)
+}
+
+/// A duration for people, as the API and the UI write them: `412ms`,
+/// `1.4s`, `2m 5s`, `3h 2m`.
+pub fn duration(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms}ms"),
+        1_000..=59_999 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..=3_599_999 => format!("{}m {}s", ms / 60_000, ms % 60_000 / 1000),
+        _ => format!("{}h {}m", ms / 3_600_000, ms % 3_600_000 / 60_000),
+    }
+}
+
+/// A run record for people (`cmover run show`).
+fn run_text(r: &RunRecord) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let since =
+        |ms: Option<u64>| ms.map_or("-".into(), |m| format!("+{}", duration(m.saturating_sub(r.started_ms))));
+    let _ = writeln!(t, "run {} of job {} ({}, {}): {}", r.id, r.job, r.kind.name(), r.reason, r.state);
+    let base =
+        if r.base_serial == 0 { "full".to_string() } else { format!("from release {}", r.base_serial) };
+    let _ = writeln!(t, "  site {}, group {}, release {} ({base})", r.site, r.group, r.serial);
+    let took = r.finished_ms.map_or("running".into(), |f| duration(f.saturating_sub(r.started_ms)));
+    let _ = writeln!(t, "  started {}, took {took}", local(r.started_ms));
+    if let Some(s) = &r.summary {
+        let _ = writeln!(
+            t,
+            "  content: {} new, {} changed ({} as deltas), {} removed, {} renamed; {} of data, assignment {}",
+            s.files_new,
+            s.files_changed,
+            s.files_patched,
+            s.removed,
+            s.files_renamed,
+            bytesize::ByteSize::b(s.data_raw_bytes),
+            bytesize::ByteSize::b(s.assignment_bytes)
+        );
+    }
+    let _ = writeln!(t, "  targets: {}", join(&r.targets));
+    if r.needed > 0 {
+        let _ = writeln!(t, "  quorum: ≥ {} of {}", r.needed, r.targets.len());
+    }
+    let _ = writeln!(t, "  went live on: {}", join(&r.went_live()));
+    let _ = writeln!(t, "  failed: {}", join(&r.failed_servers));
+    let phases: Vec<String> =
+        r.phases.iter().map(|p| format!("{} {}", p.name.name(), since(Some(p.at_ms)))).collect();
+    if !phases.is_empty() {
+        let _ = writeln!(t, "  phases: {}", phases.join(", "));
+    }
+    if let Some(e) = &r.error {
+        let _ = writeln!(t, "  error: {e}");
+    }
+    if !r.segments.is_empty() {
+        let _ = writeln!(t);
+        let mut rows = Vec::new();
+        for (name, p) in &r.segments {
+            let c = r.control_segments.get(name);
+            let d = p.delivery;
+            rows.push(vec![
+                name.clone(),
+                p.leader.map_or("-".into(), |l| l.to_string()),
+                p.state.name().into(),
+                since(p.notified_ms),
+                since(p.reported_ms),
+                d.map_or("-".into(), |d| bytesize::ByteSize::b(d.bytes).to_string()),
+                d.map_or("-".into(), |d| format!("{}/{}", d.frames_sent, d.frames_needed)),
+                d.map_or("-".into(), |d| d.passes.to_string()),
+                c.map_or("-".into(), |c| c.state.name().into()),
+                since(c.and_then(|c| c.reported_ms)),
+            ]);
+        }
+        let header = [
+            "segment",
+            "leader",
+            "content",
+            "notified",
+            "reported",
+            "bytes",
+            "frames",
+            "passes",
+            "commit",
+            "commit reported",
+        ];
+        t.push_str(&table_text(&header, rows));
+    }
+    let mut problems = Vec::new();
+    for (wave, outcomes) in [("content", &r.applied), ("commit", &r.switched)] {
+        for (s, o) in outcomes.iter() {
+            match o {
+                ServerOutcome::Failed { error } => problems.push(format!("  server {s} ({wave}): {error}")),
+                ServerOutcome::Silent => problems.push(format!("  server {s} ({wave}): no report")),
+                ServerOutcome::Succeeded => {}
+            }
+        }
+    }
+    if !problems.is_empty() {
+        let _ = writeln!(t, "\nproblems:\n{}", problems.join("\n"));
+    }
+    t
+}
+
+/// A job for people (`cmover job show`): what it is, when it runs, its last runs.
+fn job_text(j: &Value, runs: &Value) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let kind = j["kind"].as_str().unwrap_or("?");
+    let name = j["name"].as_str().filter(|n| !n.is_empty()).map_or(String::new(), |n| format!(" \"{n}\""));
+    let _ =
+        writeln!(t, "job {}{name}: {kind} site {} on group {}", s(&j["id"]), s(&j["site"]), s(&j["group"]));
+    if let Ok(k) = serde_json::from_value::<cmover::storage::records::JobKind>(j["kind"].clone()) {
+        let _ = writeln!(t, "  {}", k.summary());
+    }
+    let sched = &j["schedule"];
+    let schedule = match sched["type"].as_str() {
+        Some("every") => format!("every {}", duration(sched["interval_ms"].as_u64().unwrap_or(0))),
+        Some("cron") => format!("cron {}", s(&sched["expr"])),
+        Some("once") => format!("once at {}", local_v(&sched["at_ms"])),
+        Some("on_change") => {
+            format!(
+                "when staging changes (after {} quiet)",
+                duration(sched["debounce_ms"].as_u64().unwrap_or(0))
+            )
+        }
+        _ => "only when run by hand".into(),
+    };
+    let enabled = if j["enabled"].as_bool() == Some(false) { " (disabled)" } else { "" };
+    let _ = writeln!(t, "  schedule: {schedule}{enabled}; next run: {}", local_v(&j["next_run_ms"]));
+    let params = &j["params"];
+    for (key, what) in
+        [("serial", "release"), ("checkpoint", "checkpoint"), ("extra_servers", "extra servers")]
+    {
+        if !params[key].is_null() {
+            let _ = writeln!(t, "  {what}: {}", s(&params[key]));
+        }
+    }
+    if let Some(p) = params["paths"].as_array().filter(|p| !p.is_empty()) {
+        let p: Vec<String> = p.iter().map(s).collect();
+        let _ = writeln!(t, "  paths: {}", p.join(", "));
+    }
+    let all = j["runs"].as_array().map_or(0, Vec::len);
+    let _ = writeln!(t, "  runs: {all}");
+    let list = runs.as_array().cloned().unwrap_or_default();
+    if !list.is_empty() {
+        let rows = list
+            .iter()
+            .map(|r| {
+                let took = match (r["started_ms"].as_u64(), r["finished_ms"].as_u64()) {
+                    (Some(a), Some(b)) => duration(b.saturating_sub(a)),
+                    _ => "running".into(),
+                };
+                let failed: Vec<String> =
+                    r["failed_servers"].as_array().into_iter().flatten().map(s).collect();
+                vec![
+                    s(&r["id"]),
+                    s(&r["state"]),
+                    s(&r["serial"]),
+                    local_v(&r["started_ms"]),
+                    took,
+                    if failed.is_empty() { "none".into() } else { failed.join(", ") },
+                ]
+            })
+            .collect();
+        let _ = writeln!(t, "\nlast runs:");
+        t.push_str(&table_text(&["run", "state", "release", "started", "took", "failed"], rows));
+    }
+    t
+}
+
+/// A job plan for people (`cmover job plan`).
+fn plan_text(p: &Value) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let _ = writeln!(t, "job {} ({}): {}", s(&p["job"]), s(&p["kind"]), s(&p["description"]));
+    if p["runnable"].as_bool() == Some(true) && p["blocked"].is_null() {
+        let _ = writeln!(t, "  a run now would start");
+    } else {
+        let _ = writeln!(t, "  a run now would not go ahead: {}", s(&p["blocked"]));
+    }
+    if !p["serial"].is_null() {
+        let base = match p["base_serial"].as_u64() {
+            Some(0) | None => "full".into(),
+            Some(b) => format!("from release {b}"),
+        };
+        let _ = writeln!(t, "  release {} ({base})", s(&p["serial"]));
+    }
+    let ids = |v: &Value| {
+        let l: Vec<String> = v.as_array().into_iter().flatten().map(s).collect();
+        if l.is_empty() {
+            "none".to_string()
+        } else {
+            l.join(", ")
+        }
+    };
+    if !p["quorum"].as_str().unwrap_or("").is_empty() {
+        let _ = writeln!(t, "  targets: {}", ids(&p["targets"]));
+        let _ = writeln!(t, "  offline: {}", ids(&p["offline"]));
+        let _ = writeln!(t, "  quorum: {}", s(&p["quorum"]));
+    }
+    let c = &p["changes"];
+    if c.is_object() {
+        let n = |k: &str| c[k].as_u64().unwrap_or(0);
+        let _ = writeln!(
+            t,
+            "  changes against live: {} new, {} changed, {} removed, {} moved, {} new directories, {} symlinks, {} mode or time changes",
+            n("files_new"),
+            n("files_changed"),
+            n("removed"),
+            n("files_renamed"),
+            n("dirs_new"),
+            n("symlinks"),
+            n("attr_changes")
+        );
+        for path in c["paths"].as_array().into_iter().flatten() {
+            let _ = writeln!(t, "    {}", s(path));
+        }
+        if n("more") > 0 {
+            let _ = writeln!(t, "    … and {} more", n("more"));
+        }
+    }
+    t
+}
+
+/// The history (`cmover events`), newest first.
+async fn events(c: &AdminClient, json_out: bool, a: EventsArgs) -> Result<()> {
+    let mut q = format!("/api/v1/events?limit={}", a.limit);
+    if let Some(s) = &a.site {
+        q.push_str(&format!("&site={s}"));
+    }
+    if let Some(r) = a.run {
+        q.push_str(&format!("&run={r}"));
+    }
+    if let Some(k) = &a.kind {
+        q.push_str(&format!("&kind={k}"));
+    }
+    list(c, json_out, &q, &["when", "event", "site", "run", "what"], |x| {
+        vec![local_v(&x["at_ms"]), s(&x["kind"]), s(&x["site"]), s(&x["run"]), s(&x["message"])]
+    })
+    .await
 }
 
 async fn checkpoint(c: &AdminClient, json_out: bool, cmd: CheckpointCmd) -> Result<()> {

@@ -196,6 +196,16 @@ pub enum DataChannelMode {
     Unicast,
 }
 
+impl DataChannelMode {
+    /// Its name in the configuration and the logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataChannelMode::Multicast => "multicast",
+            DataChannelMode::Unicast => "unicast",
+        }
+    }
+}
+
 /// `[data]`: the data channel (MCTP and job status reports).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -259,6 +269,16 @@ pub enum ControlMode {
     Multicast,
     /// A static list of unicast peers, for networks without multicast.
     Unicast,
+}
+
+impl ControlMode {
+    /// Its name in the configuration and the logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ControlMode::Multicast => "multicast",
+            ControlMode::Unicast => "unicast",
+        }
+    }
 }
 
 /// `[control]`.

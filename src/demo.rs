@@ -55,7 +55,7 @@ pub enum DemoError {
         problem: String,
     },
     /// The live tree is not what was published: a bug.
-    #[error("live tree differs from {expected}: {diffs:?}")]
+    #[error("live tree differs from {expected}: {}", diffs.join("; "))]
     Mismatch {
         /// What it should equal.
         expected: String,
@@ -364,7 +364,7 @@ async fn publish(c: &LocalCluster, job: u64, staging: &Path, out: &mut impl Writ
         }
         RunState::Committed => {}
         _ => {
-            writeln!(out, "Run {run} {:?}: {}", r.state, r.error.as_deref().unwrap_or("no reason given"))?;
+            writeln!(out, "Run {run} {}: {}", r.state, r.error.as_deref().unwrap_or("no reason given"))?;
             return Ok(());
         }
     }
@@ -378,11 +378,16 @@ async fn publish(c: &LocalCluster, job: u64, staging: &Path, out: &mut impl Writ
             None => "?".into(),
         };
         let leader = p.leader.map_or("?".into(), |l| l.to_string());
-        writeln!(out, "  {name}: leader {leader} fetched it from {from}, multicast it to its members")?;
+        // On 127.0.0.1 the data channel is a unicast fan-out: multicast
+        // needs a network of its own (a namespace, see the README).
+        writeln!(
+            out,
+            "  {name}: leader {leader} fetched it from {from}, sent it to each of its members (unicast fan-out on 127.0.0.1)"
+        )?;
     }
     writeln!(out, "Run {run}: release {} is live on {} servers in {secs:.2} s.", r.serial, c.agents.len())?;
     if !r.failed_servers.is_empty() {
-        writeln!(out, "  failed servers: {:?}", r.failed_servers)?;
+        writeln!(out, "  failed servers: {}", crate::protocol::ids::join(&r.failed_servers))?;
     }
     for id in c.agents.keys() {
         if !r.failed_servers.iter().any(|f| f.0 == *id) {

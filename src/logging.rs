@@ -5,6 +5,8 @@
 //! config's `log.level`. Long-running processes log to stdout; one-shot tools
 //! log to stderr so their own output on stdout stays clean.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -33,7 +35,12 @@ pub fn init(
             EnvFilter::try_new(config_level).map_err(|e| format!("log.level {config_level:?}: {e}"))?
         }
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour codes only for a terminal, never into a file or a pipe.
+    let ansi = match target {
+        LogTarget::Stdout => std::io::stdout().is_terminal(),
+        LogTarget::Stderr => std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
     let result = match (format, target) {
         (LogFormat::Json, LogTarget::Stdout) => builder.json().with_writer(std::io::stdout).try_init(),
         (LogFormat::Json, LogTarget::Stderr) => builder.json().with_writer(std::io::stderr).try_init(),

@@ -18,7 +18,10 @@ use cmover::storage::releases::{Outcome, SiteRoot};
 mod client_cli;
 mod sim_cli;
 
-use client_cli::{CheckpointCmd, ClientCmd, GroupCmd, JobCmd, Remote, RunCmd, SegmentCmd, SiteCmd, UserCmd};
+use client_cli::{
+    CheckpointCmd, ClientCmd, Connection, EventsArgs, GroupCmd, JobCmd, Remote, RunCmd, SegmentCmd, SiteCmd,
+    UserCmd,
+};
 
 /// A client command with the CCM to talk to.
 #[derive(clap::Args)]
@@ -33,14 +36,16 @@ struct Client<C: Subcommand> {
 #[command(name = "cmover", version, about = "Content Mover: publish web content to many servers, atomically")]
 struct Cli {
     /// Configuration file (TOML); defaults apply without one.
-    #[arg(long, global = true, env = "CMOVER_CONFIG")]
+    #[arg(long, global = true, env = "CMOVER_CONFIG", help_heading = "Global options")]
     config: Option<PathBuf>,
     /// Log format (overrides log.format).
-    #[arg(long, global = true, value_enum)]
+    #[arg(long, global = true, value_enum, help_heading = "Global options")]
     log_format: Option<LogFormat>,
     /// Log filter (overrides RUST_LOG and log.level), e.g. `debug`.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     log_level: Option<String>,
+    #[command(flatten)]
+    connection: Connection,
     #[command(subcommand)]
     command: Command,
 }
@@ -185,6 +190,13 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// The history: runs, changes of sites, groups and jobs, conflicts; newest first, local times.
+    Events {
+        #[command(flatten)]
+        filter: EventsArgs,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Subcommand)]
@@ -309,6 +321,7 @@ fn run(mut cli: Cli) -> Result<()> {
         Command::Segment(c) => Some((c.remote, ClientCmd::Segment(c.cmd))),
         Command::User(c) => Some((c.remote, ClientCmd::User(c.cmd))),
         Command::Status { remote } => Some((remote, ClientCmd::Status)),
+        Command::Events { filter, remote } => Some((remote, ClientCmd::Events(filter))),
         other => {
             cli.command = other;
             None
@@ -317,7 +330,7 @@ fn run(mut cli: Cli) -> Result<()> {
     if let Some((remote, cmd)) = client {
         logging::init(LogFormat::Pretty, cli.log_level.as_deref(), "warn", LogTarget::Stderr)
             .map_err(anyhow::Error::msg)?;
-        return client_cli::run(&remote, cmd);
+        return client_cli::run(&cli.connection.clone().with(remote), cmd);
     }
     let config = load_config(cli.config.as_ref())?;
     let demo = matches!(cli.command, Command::Demo { offline: false, .. });
@@ -326,10 +339,9 @@ fn run(mut cli: Cli) -> Result<()> {
     // their own results on stdout and log only warnings, to stderr.
     let (target, level) = match cli.command {
         Command::Agent | Command::Ccm => (LogTarget::Stdout, config.log.level.as_str()),
-        // The cluster demo shows the election, the tree hops and the commit.
-        Command::Demo { offline: false, .. } => {
-            (LogTarget::Stderr, "warn,cmover::actors::ccm=info,cmover::actors::elector=info")
-        }
+        // The cluster demo shows the documented events: the election, the
+        // tree hops, the multicast, the builds and the commit.
+        Command::Demo { offline: false, .. } => (LogTarget::Stderr, "warn,cmover=info"),
         _ => (LogTarget::Stderr, "warn"),
     };
     logging::init(format, cli.log_level.as_deref(), level, target).map_err(anyhow::Error::msg)?;
@@ -420,7 +432,8 @@ fn run(mut cli: Cli) -> Result<()> {
         | Command::Checkpoint(_)
         | Command::Segment(_)
         | Command::User(_)
-        | Command::Status { .. } => unreachable!("client commands are handled above"),
+        | Command::Status { .. }
+        | Command::Events { .. } => unreachable!("client commands are handled above"),
     }
 }
 

@@ -154,7 +154,7 @@ pub fn describe(site_root: &Path, outcome: &Outcome) -> String {
         ),
         Outcome::Committed { serial, pruned } if pruned.is_empty() => format!("release {serial} is live in {root}/live"),
         Outcome::Committed { serial, pruned } => {
-            format!("release {serial} is live in {root}/live (deleted old releases {pruned:?})")
+            format!("release {serial} is live in {root}/live (deleted old releases {})", crate::protocol::ids::join(pruned))
         }
         Outcome::Aborted { serial } => format!("discarded release {serial} from {root}/incoming"),
         Outcome::RolledBack { from, to } => format!("rolled back {root}/live from release {from} to release {to}"),

@@ -200,6 +200,10 @@ async fn every_route_answers_good_and_bad_calls_and_is_documented() {
     let group = |name: &str, servers: Value| json!({"name": name, "site": "www", "servers": servers});
     w.hit("POST", "/groups", "/groups", Some(group("web", json!([1, 2]))), 201).await;
     w.hit("POST", "/groups", "/groups", Some(group("empty", json!([]))), 400).await;
+    // A server no leader has reported is refused, naming the field and the id.
+    let v = w.hit("POST", "/groups", "/groups", Some(group("typo", json!([1, 99]))), 400).await;
+    assert_eq!(v["field"], "servers", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("server 99 is not known"), "{v}");
     w.hit("GET", "/groups", "/groups", None, 200).await;
     w.hit("GET", "/groups", "/groups?limit=abc", None, 400).await;
     w.hit("GET", "/groups/{name}", "/groups/web", None, 200).await;
@@ -255,6 +259,16 @@ async fn every_route_answers_good_and_bad_calls_and_is_documented() {
     let v = w.hit("PUT", "/jobs/{id}", &format!("/jobs/{publish}"), Some(every), 200).await;
     assert!(v["next_run_ms"].as_u64().is_some(), "an interval job has a next run: {v}");
     w.hit("PUT", "/jobs/{id}", &format!("/jobs/{publish}"), Some(job("hot", json!({}))), 400).await;
+    // The plan of a run before it starts: the diff against live, the
+    // targets, the quorum as a count, what the kind does.
+    let v = w.hit("GET", "/jobs/{id}/plan", &format!("/jobs/{publish}/plan"), None, 200).await;
+    assert_eq!(v["runnable"], true, "{v}");
+    assert_eq!(v["targets"], json!([1, 2]), "{v}");
+    assert_eq!(v["quorum"], "≥ 1 of 2", "{v}");
+    assert_eq!(v["changes"]["files_new"], 1, "{v}");
+    assert_eq!(v["changes"]["paths"], json!(["+ index.html"]), "{v}");
+    assert!(v["description"].as_str().unwrap().contains("staging"), "{v}");
+    w.hit("GET", "/jobs/{id}/plan", "/jobs/999/plan", None, 404).await;
     w.hit("POST", "/jobs/{id}/cancel", &format!("/jobs/{publish}/cancel"), None, 409).await;
     let v = w.hit("POST", "/jobs/{id}/run", &format!("/jobs/{publish}/run"), None, 202).await;
     let run = v["run"].as_u64().unwrap();
@@ -318,13 +332,17 @@ async fn every_route_answers_good_and_bad_calls_and_is_documented() {
     w.hit("GET", "/events", "/events?limit=20000", None, 400).await;
     w.hit("GET", "/tree-order", "/tree-order", None, 200).await;
     w.hit("GET", "/tree-order", "/tree-order?x=1", None, 400).await;
-    w.hit("PUT", "/tree-order", "/tree-order", Some(json!({"segments": ["seg-2", "seg-1"]})), 200).await;
+    w.hit("PUT", "/tree-order", "/tree-order", Some(json!({"segments": ["seg-1"]})), 200).await;
     w.hit("PUT", "/tree-order", "/tree-order", Some(json!({"segments": ["seg-1", "seg-1"]})), 400).await;
+    // A segment no leader has reported is refused, naming it.
+    let v =
+        w.hit("PUT", "/tree-order", "/tree-order", Some(json!({"segments": ["seg-1", "seg-9"]})), 400).await;
+    assert_eq!(v["field"], "segments[1]", "{v}");
     let v = w.hit("GET", "/tree-order", "/tree-order", None, 200).await;
-    assert_eq!(v["segments"], json!(["seg-2", "seg-1"]));
+    assert_eq!(v["segments"], json!(["seg-1"]));
     w.hit("DELETE", "/groups/{name}", "/groups/web", None, 409).await;
     let v = w.hit("GET", "/settings", "/settings", None, 200).await;
-    assert_eq!(v["tree_order"], json!(["seg-2", "seg-1"]), "{v}");
+    assert_eq!(v["tree_order"], json!(["seg-1"]), "{v}");
     assert!(v["integrations"]["lb"]["driver"].is_string(), "{v}");
     w.hit("GET", "/settings", "/settings?x=1", None, 400).await;
 

@@ -341,13 +341,32 @@ async fn the_rest_api_checks_tokens_and_names_bad_fields() {
     )
     .await;
     assert_eq!(s, 201);
-    admin(
+    // A server nobody has reported is refused; server 9, seen once and now
+    // offline, is accepted.
+    let (s, v) = admin(
         &client,
         "POST",
         format!("{}/api/v1/groups", ccm.url),
         Some(serde_json::json!({"name": "g", "site": "www", "servers": [9]})),
     )
     .await;
+    assert_eq!((s, &v["field"]), (400, &serde_json::json!("servers")), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("server 9 is not known"), "{v}");
+    let gl = NodeClient::new(&w.secret, NodeId(8), Duration::from_secs(10));
+    for members in [&[8, 9][..], &[8]] {
+        let _: serde_json::Value = gl
+            .post_json(&ccm.url, "/node/v1/segment", &report("z", 8, "127.0.0.1:9", members))
+            .await
+            .unwrap();
+    }
+    let (s, v) = admin(
+        &client,
+        "POST",
+        format!("{}/api/v1/groups", ccm.url),
+        Some(serde_json::json!({"name": "g", "site": "www", "servers": [9]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
     let (_, job) = admin(
         &client,
         "POST",

@@ -314,7 +314,7 @@ impl ContentInterpreter {
                         };
                         tracing::info!(
                             event, %node, assignment = id, site = %a.site, serial = a.serial,
-                            ms = done.ms, outcome = ?done.detail, "assignment carried out"
+                            ms = done.ms, outcome = done.detail.as_ref().map(|d| d.to_string()), "assignment carried out"
                         );
                     }
                     if done.live != act.status.live {

@@ -144,6 +144,8 @@ pub struct ElectorActor {
     events: Vec<Recipient<ElectionEvent>>,
     accepted: u64,
     send_errors: u64,
+    /// The segment's members as last logged.
+    logged_members: Vec<NodeId>,
 }
 
 impl ElectorActor {
@@ -168,6 +170,7 @@ impl ElectorActor {
                 events: setup.events,
                 accepted: 0,
                 send_errors: 0,
+                logged_members: Vec::new(),
             };
             actor.listen(ctx);
             actor
@@ -257,7 +260,7 @@ impl ElectorActor {
                 %leader,
                 me = *me,
                 previous = previous.map(|p| p.0),
-                state = ?self.core.state(),
+                state = self.core.state().name(),
                 "leader elected"
             ),
             Event::LeaderLost { leader } => {
@@ -274,17 +277,26 @@ impl ElectorActor {
             Event::MemberLeft { id } => {
                 tracing::info!(event = "member_left", %node, member = %id, "member left")
             }
-            Event::SegmentChanged { members } => tracing::info!(
-                event = "segment_changed",
-                %node,
-                members = members.len(),
-                "segment changed"
-            ),
+            Event::SegmentChanged { members } => {
+                // Only a change of who is in the segment is news; new
+                // details of the same members (their releases) are not.
+                let ids: Vec<NodeId> = members.iter().map(|(id, _)| *id).collect();
+                if ids != self.logged_members {
+                    tracing::info!(
+                        event = "segment_changed",
+                        %node,
+                        members = ids.len(),
+                        ids = %crate::protocol::ids::join(&ids),
+                        "segment changed"
+                    );
+                    self.logged_members = ids;
+                }
+            }
             Event::MemberListChanged { leader, members } => tracing::debug!(
                 event = "member_list",
                 %node,
                 %leader,
-                members = ?members.iter().map(|m| m.0).collect::<Vec<_>>(),
+                members = %crate::protocol::ids::join(members),
                 "member list received"
             ),
             Event::MoveChannel { group, port } => self.move_to(*group, *port, ctx),

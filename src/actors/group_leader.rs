@@ -250,7 +250,7 @@ impl GroupLeader {
         let mut w = lock(&self.shared.waiters);
         w.sent.clear();
         w.collected.clear();
-        tracing::warn!(event = "leadership_lost", node = %self.shared.node, ?stopped, "group leader duties stop");
+        tracing::warn!(event = "leadership_lost", node = %self.shared.node, stopped = %crate::protocol::ids::join(&stopped), "group leader duties stop");
     }
 
     /// Posts a segment report now, or once the one in flight is done.
@@ -561,7 +561,7 @@ async fn multicast(
         }
         tracing::info!(
             event = "reports_pending", node = %shared.node, assignment = id, round,
-            waiting = ?pending.iter().map(|n| n.0).collect::<Vec<_>>(), "members still applying; asking again"
+            waiting = %crate::protocol::ids::join(&pending), "members still applying; asking again"
         );
     }
     for n in pending {
@@ -609,7 +609,7 @@ impl Handler<DistributeAssignment> for GroupLeader {
         let id = n.assignment.id;
         let node = self.shared.node;
         if !self.leading {
-            tracing::info!(event = "notify_refused", %node, assignment = %id, leader = ?self.leader.map(|l| l.0), "not the leader");
+            tracing::info!(event = "notify_refused", %node, assignment = %id, leader = self.leader.map(|l| l.0), "not the leader");
             return Err(NotLeader { leader: self.leader });
         }
         tracing::info!(

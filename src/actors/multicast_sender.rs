@@ -24,7 +24,7 @@ use actix::clock::Instant;
 use actix::prelude::*;
 use bytes::Bytes;
 
-use crate::protocol::ids::{AssignmentSerial, NodeId};
+use crate::protocol::ids::{self, AssignmentSerial, NodeId};
 use crate::protocol::mctp::{
     msg::{frame_header, is_mctp_tag},
     Announce, Dest, FrameSource, Message, Outcome, Payload, Sender, SenderConfig, SenderEvent, SessionId,
@@ -264,13 +264,13 @@ impl MulticastSender {
                     if o.gave_up || !o.completed {
                         tracing::warn!(
                             event = "mctp_gave_up", session = %o.session, assignment = %o.assignment,
-                            passes = o.passes, acked = o.acked.len(), ?silent, ?laggards,
+                            passes = o.passes, acked = o.acked.len(), silent = %ids::join(&silent), laggards = %ids::join(&laggards),
                         );
                     } else {
                         tracing::info!(
                             event = "mctp_done", session = %o.session, assignment = %o.assignment,
                             passes = o.passes, frames_sent = o.frames_sent, frames = o.frames_needed,
-                            acked = o.acked.len(), already_had = o.already_had.len(), ?silent,
+                            acked = o.acked.len(), already_had = o.already_had.len(), silent = %ids::join(&silent),
                         );
                     }
                     self.files.remove(&o.assignment);

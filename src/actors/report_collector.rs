@@ -9,7 +9,7 @@
 use actix::clock::Instant;
 use actix::prelude::*;
 
-use crate::protocol::ids::{AssignmentSerial, NodeId};
+use crate::protocol::ids::{self, AssignmentSerial, NodeId};
 use crate::protocol::reports::{Collector, CollectorConfig, Outcome};
 use crate::protocol::time::Time;
 
@@ -73,10 +73,19 @@ impl ReportCollector {
         while let Some(o) = self.core.poll_event() {
             let silent: Vec<u64> = o.silent.iter().map(|n| n.0).collect();
             let failed: Vec<u64> = o.failed.iter().map(|(n, _)| n.0).collect();
-            tracing::info!(
-                event = "reports_collected", assignment = %o.assignment,
-                succeeded = o.succeeded.len(), ?failed, ?silent, requests = o.requests,
-            );
+            let (failed_count, silent_count) = (failed.len(), silent.len());
+            let (failed, silent) = (ids::join(&failed), ids::join(&silent));
+            if failed_count + silent_count > 0 {
+                tracing::warn!(
+                    event = "reports_collected", assignment = %o.assignment,
+                    succeeded = o.succeeded.len(), failed_count, %failed, silent_count, %silent, requests = o.requests,
+                );
+            } else {
+                tracing::info!(
+                    event = "reports_collected", assignment = %o.assignment,
+                    succeeded = o.succeeded.len(), failed_count, silent_count, requests = o.requests,
+                );
+            }
             if let Some(r) = &self.collected_to {
                 r.do_send(ReportsCollected { outcome: o });
             }

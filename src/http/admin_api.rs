@@ -22,7 +22,7 @@ use super::session::{self, authorize};
 use crate::actors::ccm::{CancelRun, CreateCheckpoint, RunJob, SetTreeOrder};
 use crate::actors::scheduler::JobChanged;
 use crate::clock::unix_ms;
-use crate::protocol::ids::{AssignmentId, JobId, NodeId, RunId};
+use crate::protocol::ids::{self, AssignmentId, JobId, NodeId, RunId};
 use crate::protocol::paths::{SiteName, SitePath};
 use crate::protocol::schedule::{self, JobTimes, Schedule};
 use crate::storage::checkpoint::Checkpoints;
@@ -88,6 +88,7 @@ routes! {
     get "/jobs/{id}" => get_job, "One job", body None, auth true;
     put "/jobs/{id}" => update_job, "Replace a job's definition", body Some("JobInput"), auth true;
     delete "/jobs/{id}" => delete_job, "Delete a job", body None, auth true;
+    get "/jobs/{id}/plan" => plan_job, "What a run of the job would do now (nothing is started)", body None, auth true;
     post "/jobs/{id}/run" => run_job, "Run a job now", body None, auth true;
     post "/jobs/{id}/cancel" => cancel_job, "Cancel a job's run in progress", body None, auth true;
     get "/runs" => list_runs, "List runs, newest first (?job, ?site, ?limit)", body None, auth true;
@@ -432,7 +433,8 @@ async fn delete_site(state: web::Data<CcmState>, name: web::Path<String>) -> Res
         .collect();
     if !groups.is_empty() {
         return Err(ApiError::Conflict(format!(
-            "site {name} is served by content groups {groups:?}; delete them first"
+            "site {name} is served by content groups {}; delete them first",
+            groups.join(", ")
         )));
     }
     table::<SiteRecord>(&state)?.delete(&name)?;
@@ -478,7 +480,17 @@ fn check_quorum(field: &str, q: Quorum) -> Result<(), ApiError> {
     }
 }
 
-fn check_servers(servers: Vec<u64>) -> Result<Vec<NodeId>, ApiError> {
+/// ` (name)` after a job's id when it has a name.
+fn named(name: &str) -> String {
+    if name.is_empty() {
+        String::new()
+    } else {
+        format!(" ({name})")
+    }
+}
+
+/// A group's servers: at least one, each a server some leader has reported.
+fn check_servers(state: &CcmState, servers: Vec<u64>) -> Result<Vec<NodeId>, ApiError> {
     if servers.is_empty() {
         return Err(invalid("servers", "a content group needs at least one server"));
     }
@@ -488,6 +500,18 @@ fn check_servers(servers: Vec<u64>) -> Result<Vec<NodeId>, ApiError> {
     let mut servers: Vec<NodeId> = servers.into_iter().map(NodeId).collect();
     servers.sort();
     servers.dedup();
+    let known = table::<ServerRecord>(state)?;
+    for s in &servers {
+        if known.get(s)?.is_none() {
+            return Err(invalid(
+                "servers",
+                format!(
+                    "server {s} is not known: no group leader has reported it; start its agent \
+                     (agent.id = {s}) or correct the id (see GET /api/v1/servers)"
+                ),
+            ));
+        }
+    }
     Ok(servers)
 }
 
@@ -511,7 +535,7 @@ async fn create_group(
     if table::<SiteRecord>(&state)?.get(&g.site)?.is_none() {
         return Err(invalid("site", format!("site {:?} does not exist; create it first", g.site)));
     }
-    let servers = check_servers(g.servers)?;
+    let servers = check_servers(&state, g.servers)?;
     check_quorum("quorum", g.quorum)?;
     let groups = table::<GroupRecord>(&state)?;
     if groups.get(&g.name)?.is_some() {
@@ -522,7 +546,7 @@ async fn create_group(
     history(
         &state,
         HistoryKind::GroupCreated,
-        format!("content group {} of site {}: {:?}", rec.name, rec.site, rec.servers),
+        format!("content group {} of site {}: servers {}", rec.name, rec.site, ids::join(&rec.servers)),
         Some(&rec.site),
     )?;
     created(&state, rec)
@@ -537,7 +561,7 @@ async fn update_group(
     let groups = table::<GroupRecord>(&state)?;
     let mut rec = groups.get(&name)?.ok_or_else(|| not_found("content group", &*name))?;
     if let Some(s) = change.servers {
-        rec.servers = check_servers(s)?;
+        rec.servers = check_servers(&state, s)?;
     }
     if let Some(q) = change.quorum {
         check_quorum("quorum", q)?;
@@ -547,7 +571,7 @@ async fn update_group(
     history(
         &state,
         HistoryKind::GroupChanged,
-        format!("content group {}: {:?}, quorum {:?}", rec.name, rec.servers, rec.quorum),
+        format!("content group {}: servers {}, quorum {}", rec.name, ids::join(&rec.servers), rec.quorum),
         Some(&rec.site),
     )?;
     // The scheduler's conflict check uses the group's servers.
@@ -564,7 +588,8 @@ async fn delete_group(state: web::Data<CcmState>, name: web::Path<String>) -> Re
         table::<JobRecord>(&state)?.all()?.into_iter().filter(|j| j.group == *name).map(|j| j.id.0).collect();
     if !jobs.is_empty() {
         return Err(ApiError::Conflict(format!(
-            "content group {name} is used by jobs {jobs:?}; delete them first"
+            "content group {name} is used by jobs {}; delete them first",
+            ids::join(&jobs)
         )));
     }
     table::<GroupRecord>(&state)?.delete(&name)?;
@@ -755,7 +780,14 @@ async fn create_job(state: web::Data<CcmState>, body: web::Json<JobInput>) -> Re
     history(
         &state,
         HistoryKind::JobCreated,
-        format!("job {} ({}) {} site {} on group {}", rec.id, rec.name, rec.kind.name(), rec.site, rec.group),
+        format!(
+            "job {}{} {} site {} on group {}",
+            rec.id,
+            named(&rec.name),
+            rec.kind.name(),
+            rec.site,
+            rec.group
+        ),
         Some(&rec.site),
     )?;
     created(&state, view(&state, rec))
@@ -810,6 +842,98 @@ pub struct RunStarted {
 async fn run_job(state: web::Data<CcmState>, id: web::Path<u64>) -> Result<HttpResponse, ApiError> {
     let run = state.ccm.send(RunJob { job: JobId(*id), reason: "manual".into() }).await??;
     Ok(HttpResponse::Accepted().json(RunStarted { run }))
+}
+
+/// `GET /api/v1/jobs/{id}/plan`: what a run of the job would do now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobPlan {
+    /// The job.
+    pub job: JobId,
+    /// Its kind.
+    pub kind: JobKind,
+    /// What a run of that kind does, in one line.
+    pub description: String,
+    /// Whether a run would start now.
+    pub runnable: bool,
+    /// Why it would not (or why it would end at once), for people.
+    pub blocked: Option<String>,
+    /// The release it would make (header-only kinds: make live).
+    pub serial: Option<u64>,
+    /// The release it would be a delta against (0: full; header-only
+    /// kinds: the live one it switches from).
+    pub base_serial: Option<u64>,
+    /// Every server it would send to.
+    pub targets: Vec<NodeId>,
+    /// Of those, the ones offline now.
+    pub offline: Vec<NodeId>,
+    /// Targets that must succeed for the release to go live.
+    pub needed: usize,
+    /// The quorum for people: `≥ 3 of 4`.
+    pub quorum: String,
+    /// A publish: what it would send, against the live release.
+    pub changes: Option<crate::storage::pack::ChangePreview>,
+}
+
+/// Paths a job plan lists at most.
+const PLAN_PATHS: usize = 20;
+
+async fn plan_job(state: web::Data<CcmState>, id: web::Path<u64>) -> Result<HttpResponse, ApiError> {
+    use crate::actors::ccm::PreviewRun;
+    use crate::protocol::run::Start;
+    let p = state.ccm.send(PreviewRun { job: JobId(*id) }).await??;
+    let kind = p.job.kind;
+    let mut plan = JobPlan {
+        job: p.job.id,
+        kind,
+        description: kind.summary().into(),
+        runnable: false,
+        blocked: None,
+        serial: None,
+        base_serial: None,
+        targets: Vec::new(),
+        offline: Vec::new(),
+        needed: 0,
+        quorum: String::new(),
+        changes: None,
+    };
+    let run = match p.plan {
+        Ok(run) => run,
+        Err(e) => {
+            plan.blocked = Some(e.to_string());
+            return ok(plan);
+        }
+    };
+    plan.quorum = format!("≥ {} of {}", run.needed, run.targets.len());
+    plan.blocked = match run.start {
+        Start::Go => p.busy.map(|r| format!("run {r} is in progress on the same servers: a run now would wait")),
+        Start::InSync => Some("every server of the group is in sync: a run would end unchanged".into()),
+        Start::NoServers => Some("the run would have no server to send to".into()),
+        Start::NoQuorum { needed, online } => Some(format!(
+            "only {online} of the targets are online and {needed} are needed: a run would fail at once (offline: {})",
+            ids::join(&run.offline)
+        )),
+    };
+    plan.runnable = run.start == Start::Go;
+    plan.serial = Some(run.serial);
+    plan.base_serial = Some(run.base);
+    plan.targets = run.targets.clone();
+    plan.offline = run.offline.clone();
+    plan.needed = run.needed;
+    if let Some((old, new, filter)) = p.compare {
+        let changes = web::block(move || crate::storage::pack::preview(&old, &new, &filter, PLAN_PATHS))
+            .await
+            .map_err(|e| ApiError::Internal(format!("the diff task stopped: {e}")))?;
+        match changes {
+            Ok(c) => {
+                if c.is_empty() && plan.blocked.is_none() {
+                    plan.blocked = Some("staging equals the live release: a run would end unchanged".into());
+                }
+                plan.changes = Some(c);
+            }
+            Err(e) => plan.blocked = Some(format!("staging cannot be read: {e}")),
+        }
+    }
+    ok(plan)
 }
 
 async fn cancel_job(state: web::Data<CcmState>, id: web::Path<u64>) -> Result<HttpResponse, ApiError> {
@@ -1120,6 +1244,14 @@ async fn set_tree_order(
         }
         if !seen.insert(s) {
             return Err(invalid(&format!("segments[{i}]"), format!("{s:?} is listed twice")));
+        }
+        if table::<SegmentRecord>(&state)?.get(s)?.is_none() {
+            return Err(invalid(
+                &format!("segments[{i}]"),
+                format!(
+                    "segment {s:?} is not known: no group leader has reported it (see GET /api/v1/segments)"
+                ),
+            ));
         }
     }
     state.ccm.send(SetTreeOrder(segments.clone())).await??;

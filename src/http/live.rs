@@ -429,6 +429,7 @@ mod tests {
             summary: None,
             phases: vec![],
             segments: BTreeMap::new(),
+            control_segments: BTreeMap::new(),
             applied: BTreeMap::new(),
             switched: BTreeMap::new(),
             failed_servers: vec![],

@@ -284,6 +284,20 @@ pub enum State {
     Conceding(NodeId),
 }
 
+impl State {
+    /// Its name in logs: `leader_known`, `leader_unknown`, `leader_is_me`,
+    /// `voting_open`, `conceding`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::LeaderKnown(_) => "leader_known",
+            State::LeaderUnknown => "leader_unknown",
+            State::LeaderIsMe => "leader_is_me",
+            State::VotingOpen => "voting_open",
+            State::Conceding(_) => "conceding",
+        }
+    }
+}
+
 /// Counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ElectorStats {

@@ -94,6 +94,27 @@ impl JobKind {
         }
     }
 
+    /// What a run of this kind does, in one line for people.
+    pub fn summary(self) -> &'static str {
+        match self {
+            JobKind::Publish => {
+                "sends what changed in staging since the live release, as a delta, and makes it live \
+                 on every server of the group at once"
+            }
+            JobKind::Replicate => {
+                "sends the whole live release to the group's servers that do not serve it (new or stale ones)"
+            }
+            JobKind::Synchronize => "brings the group's servers that hold an older release to the live one",
+            JobKind::Restore => "makes a checkpoint's content live again as a new release",
+            JobKind::Rollback => "makes the release the live one was built on live again (header only)",
+            JobKind::Switch => "makes a release the servers still hold live (header only)",
+            JobKind::Remove => "deletes the given paths (or all content) as a new release",
+            JobKind::Hot => {
+                "pushes the given paths to more servers outside the group as a hot release, never their live one"
+            }
+        }
+    }
+
     /// True for kinds that make a release the servers already hold live
     /// with a header-only assignment.
     pub fn header_only(self) -> bool {
@@ -128,6 +149,16 @@ pub enum Quorum {
     Count(u32),
     /// At least this percentage of the group (rounded up).
     Percent(f64),
+}
+
+impl std::fmt::Display for Quorum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Quorum::All => f.write_str("all"),
+            Quorum::Count(n) => write!(f, "{n}"),
+            Quorum::Percent(p) => write!(f, "{p}%"),
+        }
+    }
 }
 
 impl Quorum {
@@ -167,6 +198,42 @@ impl RunState {
     /// True once the run is over.
     pub fn is_final(self) -> bool {
         matches!(self, RunState::Committed | RunState::Unchanged | RunState::Failed | RunState::Cancelled)
+    }
+
+    /// Its name, as records and people say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RunState::Packing => "packing",
+            RunState::Distributing => "distributing",
+            RunState::Committing => "committing",
+            RunState::Aborting => "aborting",
+            RunState::Committed => "committed",
+            RunState::Unchanged => "unchanged",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl PhaseName {
+    /// Its name, as records and people say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PhaseName::Check => "check",
+            PhaseName::Pack => "pack",
+            PhaseName::Distribute => "distribute",
+            PhaseName::Commit => "commit",
+            PhaseName::Abort => "abort",
+            PhaseName::Rollback => "rollback",
+            PhaseName::Switch => "switch",
+            PhaseName::Done => "done",
+        }
     }
 }
 
@@ -236,6 +303,17 @@ pub enum SegmentState {
 }
 
 impl SegmentState {
+    /// Its name, as records and people say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SegmentState::Pending => "pending",
+            SegmentState::Notified => "notified",
+            SegmentState::Holding => "holding",
+            SegmentState::Reported => "reported",
+            SegmentState::Failed => "failed",
+        }
+    }
+
     /// The state of a distribution stage.
     pub fn of(stage: &Stage) -> SegmentState {
         match stage {
@@ -407,7 +485,7 @@ pub enum PlanError {
         serial: u64,
     },
     /// A switch to a release that is not held.
-    #[error("release {serial} of site {site} is not held (kept: {kept:?}); publish or restore it instead")]
+    #[error("release {serial} of site {site} is not held (kept: {}); publish or restore it instead", crate::protocol::ids::join(.kept))]
     NotHeld {
         /// The site.
         site: String,
@@ -632,7 +710,7 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum CancelError {
     /// Committing, aborting or over.
-    #[error("run {run} is {state:?}: past the point where it can be cancelled")]
+    #[error("run {run} is {state}: past the point where it can be cancelled")]
     TooLate {
         /// The run.
         run: RunId,
@@ -757,7 +835,7 @@ impl Run {
                 run.control(Wave::Commit, built);
             }
             state => {
-                run.error = Some(format!("the CCM restarted while the run was {state:?}; nothing went live"));
+                run.error = Some(format!("the CCM restarted while the run was {state}; nothing went live"));
                 if run.content.is_some() {
                     run.state = RunState::Aborting;
                     run.actions.push_back(Action::Phase(PhaseName::Abort));

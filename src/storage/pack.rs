@@ -129,6 +129,85 @@ impl std::fmt::Display for PackSummary {
     }
 }
 
+/// What an assignment from `old` to `new` would change, for people to read
+/// before a run: counts, and the first paths with a sign (`+` new, `~`
+/// changed, `-` removed, `>` moved).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ChangePreview {
+    /// New files.
+    pub files_new: u64,
+    /// Changed files.
+    pub files_changed: u64,
+    /// Entries removed (outermost only).
+    pub removed: u64,
+    /// Files moved.
+    pub files_renamed: u64,
+    /// New directories.
+    pub dirs_new: u64,
+    /// New or changed symlinks.
+    pub symlinks: u64,
+    /// Mode or mtime changes.
+    pub attr_changes: u64,
+    /// The first paths, each with its sign.
+    pub paths: Vec<String>,
+    /// Paths not listed.
+    pub more: u64,
+}
+
+impl ChangePreview {
+    /// True when the trees are the same.
+    pub fn is_empty(&self) -> bool {
+        self.files_new
+            + self.files_changed
+            + self.removed
+            + self.files_renamed
+            + self.dirs_new
+            + self.symlinks
+            + self.attr_changes
+            == 0
+    }
+}
+
+/// The changes that turn `old` into `new` (entries `filter` selects), with
+/// at most `first` paths listed. Reads only what the plan must (the hashes
+/// of files whose size is equal and mtime not); writes nothing.
+pub fn preview(
+    old: &Path,
+    new: &Path,
+    filter: &TreeFilter,
+    first: usize,
+) -> Result<ChangePreview, PackError> {
+    if !new.is_dir() {
+        return Err(PackError::Options(format!("new tree {} is not a directory", new.display())));
+    }
+    let old_m = scan(old, filter)?;
+    let new_m = scan(new, filter)?;
+    let cs = delta::plan(&old_m, &new_m, |side, p| {
+        let path = p.under(if side == Side::Old { old } else { new });
+        hash_file(&path).map_err(io_at(&path))
+    })?;
+    let n = |v: usize| v as u64;
+    let mut all = Vec::new();
+    all.extend(cs.added.iter().map(|p| format!("+ {}", p.as_str())));
+    all.extend(cs.changed.iter().map(|p| format!("~ {}", p.as_str())));
+    all.extend(cs.renamed.iter().map(|r| format!("> {} -> {}", r.from.as_str(), r.to.as_str())));
+    all.extend(cs.removed.iter().map(|p| format!("- {}", p.as_str())));
+    all.extend(cs.symlinks.iter().map(|(p, t)| format!("@ {} -> {t}", p.as_str())));
+    let more = all.len().saturating_sub(first) as u64;
+    all.truncate(first);
+    Ok(ChangePreview {
+        files_new: n(cs.added.len()),
+        files_changed: n(cs.changed.len()),
+        removed: n(cs.removed.len()),
+        files_renamed: n(cs.renamed.len()),
+        dirs_new: n(cs.dirs.len()),
+        symlinks: n(cs.symlinks.len()),
+        attr_changes: n(cs.attrs.len()),
+        paths: all,
+        more,
+    })
+}
+
 /// A delta is sent only when it is at most this fraction of the file.
 const DELTA_WORTH: f64 = 0.9;
 
@@ -319,4 +398,39 @@ fn write(
     s.commands = u64::from(header.command_count);
     out.into_inner().map_err(|e| PackError::Io { path: tmp.to_owned(), source: e.into_error() })?;
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_preview_counts_what_a_run_would_change_and_writes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (old, new) = (tmp.path().join("old"), tmp.path().join("new"));
+        fs::create_dir_all(old.join("docs")).unwrap();
+        fs::write(old.join("index.html"), "v1").unwrap();
+        fs::write(old.join("gone.html"), "bye").unwrap();
+        fs::write(old.join("docs/a.html"), "same").unwrap();
+        copy_dir(&old, &new);
+        fs::remove_file(new.join("gone.html")).unwrap();
+        fs::write(new.join("index.html"), "version 2").unwrap();
+        fs::write(new.join("new.html"), "hello").unwrap();
+        let filter = TreeFilter::new(&[], &[]).unwrap();
+        let p = preview(&old, &new, &filter, 2).unwrap();
+        assert_eq!((p.files_new, p.files_changed, p.removed), (1, 1, 1), "{p:?}");
+        assert_eq!(p.paths, vec!["+ new.html".to_string(), "~ index.html".into()]);
+        assert_eq!(p.more, 1);
+        assert!(!p.is_empty());
+        let same = preview(&new, &new, &filter, 10).unwrap();
+        assert!(same.is_empty() && same.paths.is_empty(), "{same:?}");
+        // Nothing was written beside the trees.
+        let mut names: Vec<_> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names, vec!["new", "old"]);
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        super::super::tree::copy_tree(from, to).unwrap();
+    }
 }

@@ -289,8 +289,12 @@ pub struct RunRecord {
     pub summary: Option<PackSummary>,
     /// Phases, in order.
     pub phases: Vec<Phase>,
-    /// Per segment.
+    /// Per segment: the content wave (for header-only kinds, the switch).
     pub segments: BTreeMap<String, SegmentProgress>,
+    /// Per segment: the commit or abort wave, kept apart so the content
+    /// wave's figures (bytes, frames, passes, times) stay after it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub control_segments: BTreeMap<String, SegmentProgress>,
     /// Per server: the content assignment's outcome.
     pub applied: BTreeMap<NodeId, ServerOutcome>,
     /// Per server: the commit's (or abort's) outcome.

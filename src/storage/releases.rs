@@ -235,6 +235,30 @@ pub enum Outcome {
     },
 }
 
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Applied(r) => write!(
+                f,
+                "built release {}: {} commands, {} files written ({} bytes), {} entries carried over",
+                r.serial, r.commands, r.files_written, r.bytes_written, r.carried_over
+            ),
+            Outcome::Committed { serial, pruned } if pruned.is_empty() => {
+                write!(f, "release {serial} is live")
+            }
+            Outcome::Committed { serial, pruned } => {
+                write!(
+                    f,
+                    "release {serial} is live; old releases {} deleted",
+                    crate::protocol::ids::join(pruned)
+                )
+            }
+            Outcome::Aborted { serial } => write!(f, "release {serial} discarded"),
+            Outcome::RolledBack { from, to } => write!(f, "rolled back from release {from} to {to}"),
+        }
+    }
+}
+
 /// One site's directory on a back-end server. See the module docs.
 #[derive(Debug, Clone)]
 pub struct SiteRoot {

@@ -129,15 +129,23 @@ pub fn forward_lines<M: Send + 'static>(
 /// any 127.0.0.1 port, stdin piped; answers it and its output lines.
 pub fn start_demo(dir: &Path) -> (Proc, std::sync::mpsc::Receiver<String>) {
     let mut cmd = Command::new(cmover_bin());
+    // Its log (pretty, for people) goes to a file beside its directory.
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(demo_log(dir)).unwrap();
     cmd.args(["demo", "--segments", "2", "--agents-per-segment", "2", "--http", "127.0.0.1:0", "--dir"])
         .arg(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(log);
     let mut demo = Proc::spawn("the demo", &mut cmd);
     let (tx, rx) = std::sync::mpsc::channel();
     forward_lines(demo.take_stdout(), tx, |line| line);
     (demo, rx)
+}
+
+/// Where [`start_demo`] writes the demo's log.
+pub fn demo_log(dir: &Path) -> std::path::PathBuf {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("demo");
+    dir.with_file_name(format!("{name}.log"))
 }
 
 /// Agent `id`: `cmd agent --config CONFIG --log-format json`, where `cmd`

@@ -38,7 +38,7 @@ pub enum CcmError {
     #[error(transparent)]
     Cancel(#[from] CancelError),
     /// The run is over.
-    #[error("run {run} is over ({state:?})")]
+    #[error("run {run} is over ({state})")]
     RunOver {
         /// The run.
         run: RunId,
@@ -53,6 +53,9 @@ pub enum CcmError {
         /// What went wrong.
         source: Box<WorkError>,
     },
+    /// The content filter (`content.include`/`exclude` and the job's) is wrong.
+    #[error("the content filter: {0}")]
+    Filter(#[from] crate::storage::tree::ScanError),
     /// The database failed.
     #[error(transparent)]
     Db(#[from] DbError),

@@ -17,6 +17,7 @@ mod checkpoint;
 mod error;
 mod leaders;
 mod pack;
+mod preview;
 mod record;
 mod store;
 mod work;
@@ -25,6 +26,7 @@ pub use self::checkpoint::CreateCheckpoint;
 pub use self::error::CcmError;
 pub use self::leaders::{NextHopAsked, SegmentReported, SegmentResultReceived, SetTreeOrder};
 pub use self::pack::PackError;
+pub use self::preview::{Preview, PreviewRun};
 pub use self::work::WorkError;
 
 use std::collections::{BTreeSet, HashMap};
@@ -44,7 +46,7 @@ use crate::protocol::api::CCM_NODE;
 use crate::protocol::crypto::ContentKey;
 use crate::protocol::distribution::DistributionConfig;
 use crate::protocol::ids::{AssignmentId, JobId, NodeId, RunId};
-use crate::protocol::run::{self, Action, Run, RunConfig, Saved, SiteUpdate};
+use crate::protocol::run::{self, Action, Plan, PlanError, Run, RunConfig, Saved, SiteUpdate};
 use crate::protocol::schedule;
 use crate::protocol::time::Time;
 use crate::storage::checkpoint::Checkpoints;
@@ -237,8 +239,9 @@ impl Ccm {
         result
     }
 
-    /// Plans and starts a run of `job_id`; `reason` says why.
-    fn start_run(&mut self, job_id: JobId, reason: &str, ctx: &mut Context<Self>) -> Result<RunId, CcmError> {
+    /// Plans a run of `job_id` as it would start now: the job, its site,
+    /// and the plan (or why the job cannot run now).
+    fn plan_of(&self, job_id: JobId) -> Result<(JobRecord, SiteRecord, Result<Plan, PlanError>), CcmError> {
         let job = table::<JobRecord>(&self.db)
             .get(&job_id)?
             .ok_or(CcmError::NotFound { what: "job", name: job_id.to_string() })?;
@@ -253,16 +256,27 @@ impl Ccm {
             &store::site_view(&self.db, &site, &self.shadow(&site.name))?,
             &store::group_view(&group),
             &store::server_views(&self.db, &site.name)?,
-        )?;
-        // The one conflict rule (protocol::schedule's): same site, a server in common.
-        let mine: BTreeSet<NodeId> = plan.targets.iter().copied().collect();
-        let busy = self.runs.values().find(|d| {
-            let theirs: BTreeSet<NodeId> = d.record.targets.iter().copied().collect();
-            d.record.job == job.id || schedule::conflicts(&d.record.site, &theirs, &site.name, &mine)
-        });
-        if let Some(other) = busy {
+        );
+        Ok((job, site, plan))
+    }
+
+    /// The run in progress that a run of `job` for `targets` of `site`
+    /// would conflict with (the one rule, `protocol::schedule`'s: the same
+    /// job, or the same site and a server in common).
+    fn conflicting(&self, job: JobId, site: &str, targets: &[NodeId]) -> Option<&RunRecord> {
+        let mine: BTreeSet<NodeId> = targets.iter().copied().collect();
+        self.runs.values().map(|d| &d.record).find(|r| {
+            let theirs: BTreeSet<NodeId> = r.targets.iter().copied().collect();
+            r.job == job || schedule::conflicts(&r.site, &theirs, site, &mine)
+        })
+    }
+
+    /// Plans and starts a run of `job_id`; `reason` says why.
+    fn start_run(&mut self, job_id: JobId, reason: &str, ctx: &mut Context<Self>) -> Result<RunId, CcmError> {
+        let (job, site, plan) = self.plan_of(job_id)?;
+        let plan = plan?;
+        if let Some(r) = self.conflicting(job.id, &site.name, &plan.targets) {
             metrics::counter!("cmover_conflicts_total", "node" => crate::metrics::CCM).increment(1);
-            let r = &other.record;
             return Err(CcmError::RunInProgress { run: r.id, site: r.site.clone(), job: r.job });
         }
         let id = RunId(self.db.next("run")?);
@@ -425,7 +439,32 @@ impl Ccm {
         let run = &mut d.record;
         run.finished_ms = Some(unix_ms());
         let (kind, message) = ending(run);
-        tracing::info!(event = kind.name(), run = run.id.0, site = %run.site, serial = run.serial, failed = ?run.failed_servers, error = ?run.error);
+        let failed = crate::protocol::ids::join(&run.failed_servers);
+        let (site, error) = (run.site.as_str(), run.error.as_deref());
+        let (event, n) = (kind.name(), run.failed_servers.len());
+        if matches!(run.state, RunState::Failed) || n > 0 {
+            tracing::warn!(
+                event,
+                run = run.id.0,
+                site,
+                serial = run.serial,
+                state = run.state.name(),
+                failed_count = n,
+                failed,
+                error,
+                "{message}"
+            );
+        } else {
+            tracing::info!(
+                event,
+                run = run.id.0,
+                site,
+                serial = run.serial,
+                state = run.state.name(),
+                failed_count = n,
+                "{message}"
+            );
+        }
         self.history(kind, message, Some(run.id), Some(&run.site));
         let _ = self.save(run, true);
         crate::ops::run_metrics(run);
@@ -445,7 +484,12 @@ impl Ccm {
                 tracing::error!(run = record.id.0, "the job of a run in flight is gone");
                 continue;
             };
-            tracing::warn!(event = "run_recovered", run = record.id.0, state = ?record.state);
+            tracing::warn!(
+                event = "run_recovered",
+                run = record.id.0,
+                state = record.state.name(),
+                "run in flight recovered"
+            );
             let id = record.id;
             let plan = recovered_plan(&self.db, &record, &job);
             let saved = Saved {

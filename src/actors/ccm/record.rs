@@ -8,7 +8,7 @@ use super::Driven;
 use crate::clock::unix_ms;
 use crate::protocol::distribution::Stage;
 use crate::protocol::ids::{self, RunId};
-use crate::protocol::run::{self, Plan};
+use crate::protocol::run::{self, Plan, Wave};
 use crate::storage::db::Db;
 use crate::storage::records::{
     GroupRecord, HistoryKind, JobKind, JobRecord, RunRecord, RunState, SegmentProgress, SegmentState,
@@ -33,6 +33,7 @@ pub(super) fn new_record(id: RunId, job: &JobRecord, reason: &str, plan: &Plan) 
         summary: None,
         phases: Vec::new(),
         segments: BTreeMap::new(),
+        control_segments: BTreeMap::new(),
         applied: BTreeMap::new(),
         switched: BTreeMap::new(),
         failed_servers: Vec::new(),
@@ -155,8 +156,13 @@ pub(super) fn sync(d: &mut Driven) {
         r.error = Some(e.to_owned());
     }
     let Some(dist) = run.distribution() else { return };
+    let wave = if matches!(run.wave(), Wave::Commit | Wave::Abort) {
+        &mut r.control_segments
+    } else {
+        &mut r.segments
+    };
     for e in dist.entries() {
-        let p: &mut SegmentProgress = r.segments.entry(e.target.segment.clone()).or_default();
+        let p: &mut SegmentProgress = wave.entry(e.target.segment.clone()).or_default();
         let state = SegmentState::of(&e.stage);
         if p.state == state && p.leader == Some(e.target.leader) {
             continue;

@@ -385,3 +385,20 @@ fn a_wave_is_named_as_its_records_store_it() {
         assert_eq!(serde_json::to_value(wave).unwrap(), serde_json::Value::from(wave.name()));
     }
 }
+
+#[test]
+fn run_phase_and_segment_states_are_named_as_their_records_store_them() {
+    use RunState::*;
+    for s in [Packing, Distributing, Committing, Aborting, Committed, Unchanged, Failed, Cancelled] {
+        assert_eq!(serde_json::to_value(s).unwrap(), serde_json::Value::from(s.name()));
+        assert_eq!(s.to_string(), s.name());
+    }
+    use PhaseName as P;
+    for p in [P::Check, P::Pack, P::Distribute, P::Commit, P::Abort, P::Rollback, P::Switch, P::Done] {
+        assert_eq!(serde_json::to_value(p).unwrap(), serde_json::Value::from(p.name()));
+    }
+    use SegmentState as S;
+    for s in [S::Pending, S::Notified, S::Holding, S::Reported, S::Failed] {
+        assert_eq!(serde_json::to_value(s).unwrap(), serde_json::Value::from(s.name()));
+    }
+}
