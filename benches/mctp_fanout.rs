@@ -262,6 +262,7 @@ fn mctp_run(
                 path: source.to_path_buf(),
                 hash,
                 targets: peers.iter().map(|(n, _)| *n).collect(),
+                progress: None,
             })
             .await
             .unwrap()

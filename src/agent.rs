@@ -448,6 +448,7 @@ fn build(config: &Config) -> Result<Parts, AgentError> {
             hash_retries: a.fetch_hash_retries,
             retry_delay: a.retry_delay,
             rate_limit: None,
+            progress: None,
         },
         report_interval: a.segment_report_interval,
         retry_delay: a.retry_delay,

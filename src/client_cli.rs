@@ -762,19 +762,24 @@ async fn wait_run(c: &AdminClient, json_out: bool, run: u64) -> Result<()> {
     }
 }
 
-/// The bar's words: the state, and bytes moved so far of the assignment.
+/// The bar's words: the state, and while the content moves, the bytes its
+/// segments' leaders hold so far and how many are still sending.
 fn progress_words(r: &RunRecord) -> String {
-    let total = r.summary.as_ref().map_or(0, |s| s.assignment_bytes);
-    let moved: u64 = r.segments.values().filter_map(|p| p.delivery.map(|d| d.bytes)).sum();
-    let segments = r.segments.len().max(1) as u64;
-    if total == 0 {
+    use cmover::protocol::api::LivePhase;
+    let moving: Vec<_> =
+        r.segments.values().filter(|p| p.reported_ms.is_none()).filter_map(|p| p.live).collect();
+    if moving.is_empty() || r.state != RunState::Distributing {
         return r.state.to_string();
     }
+    let held: u64 = moving.iter().map(|l| l.fetched).sum();
+    let size: u64 = moving.iter().map(|l| l.size).sum();
+    let sending = moving.iter().filter(|l| l.phase == LivePhase::Sending).count();
     format!(
-        "{}, {} of {} per segment",
+        "{}: {} of {} fetched, {sending} of {} segments multicasting",
         r.state,
-        bytesize::ByteSize::b(moved / segments),
-        bytesize::ByteSize::b(total)
+        bytesize::ByteSize::b(held),
+        bytesize::ByteSize::b(size),
+        r.segments.len()
     )
 }
 

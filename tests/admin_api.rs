@@ -247,7 +247,7 @@ async fn every_route_answers_good_and_bad_calls_and_is_documented() {
     let publish = v["id"].as_u64().unwrap();
     let bad_cron = job("publish", json!({"schedule": {"type": "cron", "expr": "every tuesday"}}));
     let v = w.hit("POST", "/jobs", "/jobs", Some(bad_cron), 400).await;
-    assert_eq!(v["field"], "schedule", "{v}");
+    assert_eq!(v["field"], "schedule.expr", "{v}");
     w.hit("POST", "/jobs", "/jobs", Some(job("switch", json!({}))), 400).await;
     w.hit("POST", "/jobs", "/jobs", Some(job("publish", json!({"policy": {"include": ["a[b"]}}))), 400).await;
     w.hit("POST", "/jobs", "/jobs", Some(job("teleport", json!({}))), 400).await;

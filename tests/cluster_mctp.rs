@@ -66,7 +66,7 @@ async fn piggy_backed_announce_and_members_that_already_hold_it() {
     seg.members[0].1.do_send(MarkHeld { assignment: a, hash });
     let targets: Vec<_> = seg.members.iter().map(|(n, _, _)| *n).collect();
     seg.leader
-        .send(SendAssignment { assignment: a, path: source.clone(), hash, targets })
+        .send(SendAssignment { assignment: a, path: source.clone(), hash, targets, progress: None })
         .await
         .unwrap()
         .unwrap();

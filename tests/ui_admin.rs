@@ -297,7 +297,7 @@ async fn a_failed_login_and_a_bad_cron_expression_show_their_errors() {
     b.fill("#job-form [data-field='schedule.expr']", "61 * * * *").await;
     b.click("#job-save").await;
     let shown = b
-        .until("the schedule error", "document.querySelector('[data-error-for=schedule]').textContent")
+        .until("the cron error", "document.querySelector('[data-error-for=\"schedule.expr\"]').textContent")
         .await;
     // The very message of the API, beside the schedule's fields.
     let (status, api) = c
@@ -310,16 +310,16 @@ async fn a_failed_login_and_a_bad_cron_expression_show_their_errors() {
         .await
         .unwrap();
     assert_eq!(status, 400, "{api}");
-    assert_eq!(api["field"], "schedule");
+    assert_eq!(api["field"], "schedule.expr");
     assert_eq!(shown, api["error"], "the UI shows the API's message");
     assert!(shown.as_str().unwrap().contains("cron expression"), "{shown}");
     let beside = b
         .eval(
-            "document.querySelector('[data-error-for=schedule]').closest('fieldset')
+            "document.querySelector('[data-error-for=\"schedule.expr\"]').closest('.field')
                .contains(document.querySelector('[data-field=\"schedule.expr\"]'))",
         )
         .await;
-    assert_eq!(beside, json!(true), "the message sits with the cron field");
+    assert_eq!(beside, json!(true), "the message sits right under the cron field");
     b.shot("bad-cron").await;
     let jobs = c.admin.ok("GET", "/api/v1/jobs", None).await.unwrap();
     assert_eq!(jobs, json!([]), "no job was stored");
@@ -374,4 +374,139 @@ async fn the_page_follows_the_server_within_two_seconds() {
     eprintln!("UI staleness over {} changes: median {median:?}, worst {worst:?}", stale.len());
     assert!(worst <= Duration::from_secs(2), "the page lagged the CCM by {worst:?}: {stale:?}");
     t.finish(&[]).await;
+}
+
+/// Multicast at 1 MB/s, so that the content takes seconds to move.
+fn slower_multicast(_id: u64, c: &mut cmover::config::Config) {
+    c.mctp.rate = bytesize::ByteSize::mb(1);
+    c.mctp.rate_max = bytesize::ByteSize::mb(1);
+    c.mctp.rate_min = bytesize::ByteSize::kb(500);
+}
+
+#[actix_rt::test]
+async fn the_run_page_shows_progress_while_data_moves_and_keeps_the_content_figures() {
+    init_logs();
+    let Some(mut b) = Browser::start("progress").await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let staging = common::cluster::staging(tmp.path(), 5, 8);
+    let mut opts = ClusterOptions::new(&tmp.path().join("cluster"), 2, 2);
+    opts.tweak_agent = Some(slower_multicast);
+    let c = LocalCluster::start(opts).await.unwrap();
+    c.wait_segments(LIMIT).await.unwrap();
+    c.admin.ok("POST", "/api/v1/users", Some(json!({ "name": USER, "password": PASSWORD }))).await.unwrap();
+    c.admin.create_site("www", &staging).await.unwrap();
+    c.admin.create_group("web", "www", &c.ids(), Quorum::All).await.unwrap();
+    let job = c.admin.create_job("www", "web", "publish").await.unwrap();
+    let url = c.url();
+    login(&b, &url).await;
+    let run = c.admin.run_job(job).await.unwrap();
+    b.goto(&format!("{url}/#/runs/{run}")).await;
+
+    // While the content moves: a segment's progress, and a member's, before anything is live.
+    let seen = b
+        .until(
+            "progress while the content moves",
+            "(() => { const live = [...document.querySelectorAll('#segments-table td[data-live]')]
+                 .filter(td => td.dataset.live !== '' && Number(td.dataset.live) < 100);
+               const state = document.querySelector('#run-state')?.dataset.state;
+               const servers = document.querySelectorAll('#run-servers td[data-live]:not([data-live=\"\"])').length;
+               return live.length && servers && state === 'distributing'
+                 ? [live.map(td => td.textContent), document.querySelector('#run-took').textContent] : null; })()",
+        )
+        .await;
+    let text = seen.to_string();
+    assert!(text.contains("sending") && text.contains("%"), "{text}");
+    assert!(text.contains("running for"), "{text}");
+    b.shot("run-progress").await;
+
+    // After the commit the content wave's bytes, frames and passes stay,
+    // and the commit wave shows beside them.
+    assert_eq!(run_page_result(&b).await, "committed");
+    let rows = b
+        .until(
+            "the content wave's figures after the commit",
+            "(() => { const rows = [...document.querySelectorAll('#segments-table tr[data-segment]')]
+                 .map(r => [...r.children].map(td => td.textContent));
+               return rows.length === 2 && rows.every(c => c[6].includes('MiB') && c[7].includes('/')
+                 && c[8] !== '—' && c[10] === 'reported') ? rows : null; })()",
+        )
+        .await;
+    assert_eq!(rows.as_array().unwrap().len(), 2, "{rows}");
+    assert_every_server_green(&b, 4).await;
+    b.shot("run-after-commit").await;
+    b.assert_no_console_errors(&[]).await;
+    b.close().await;
+    c.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_job_shows_its_plan_and_runs_a_server_its_page_and_an_unknown_server_is_refused() {
+    let Some(mut t) = setup("pages", 1, 2).await else { return };
+    let (b, c, staging) = (&mut t.b, &t.c, t.staging.clone());
+    c.admin.create_site("www", &staging).await.unwrap();
+    c.admin.create_group("web", "www", &c.ids(), Quorum::All).await.unwrap();
+    let job = c.admin.create_job("www", "web", "publish").await.unwrap();
+    let url = c.url();
+    login(b, &url).await;
+
+    // Before it runs: what a run would send, to whom, with which quorum.
+    b.goto(&format!("{url}/#/jobs/{job}")).await;
+    b.until("the plan", "document.querySelector('#plan-verdict')?.dataset.runnable === 'true'").await;
+    let changes = b.until("the changes", "document.querySelector('#plan-changes')?.textContent").await;
+    assert!(changes.as_str().unwrap().contains("+ index.html"), "{changes}");
+    assert!(changes.as_str().unwrap().contains("2 new"), "{changes}");
+    assert_eq!(b.eval("document.querySelector('#plan-quorum').textContent").await, json!("≥ 2 of 2"));
+    let targets = b.eval("document.querySelector('#plan-targets').textContent").await;
+    assert!(
+        targets.as_str().unwrap().contains("(1)") && targets.as_str().unwrap().contains("(2)"),
+        "{targets}"
+    );
+    b.shot("job-plan").await;
+
+    // After a run: the job lists it, and a run now would change nothing.
+    let run = c.admin.run_job(job).await.unwrap();
+    assert_eq!(c.admin.wait_run(run, LIMIT).await.unwrap().state, RunState::Committed);
+    b.goto(&format!("{url}/#/jobs")).await;
+    b.goto(&format!("{url}/#/jobs/{job}")).await;
+    b.until(
+        "the job's run",
+        &format!("document.querySelector('#job-runs-table tr[data-run=\"{run}\"]')?.textContent.includes('committed')"),
+    )
+    .await;
+    let verdict =
+        b.until("the plan after the run", "document.querySelector('#plan-verdict')?.textContent").await;
+    assert!(verdict.as_str().unwrap().contains("staging equals the live release"), "{verdict}");
+
+    // A server's page: what it holds, its segment, its runs.
+    b.goto(&format!("{url}/#/servers/2")).await;
+    let held =
+        b.until("the releases it holds", "document.querySelector('#server-releases')?.textContent").await;
+    assert_eq!(held, json!("www: release 1"));
+    b.until("its run", &format!("document.querySelector('#server-runs tr[data-run=\"{run}\"]')")).await;
+    b.shot("server").await;
+
+    // The group form: a server no leader has reported is refused beside the servers.
+    b.goto(&format!("{url}/#/sites")).await;
+    b.fill("#group-form [name=name]", "typo").await;
+    b.until(
+        "the site in the group form",
+        "document.querySelector('#group-form [name=site]').value === 'www'",
+    )
+    .await;
+    b.eval(
+        "(() => { const l = document.createElement('label');
+           l.innerHTML = '<input type=\"checkbox\" value=\"99\" checked> 99';
+           document.querySelector('#group-form .checks').append(l);
+           document.querySelector('#group-form button[type=submit]').click(); return true; })()",
+    )
+    .await;
+    let error = b
+        .until(
+            "the servers error",
+            "document.querySelector('#group-form [data-error-for=servers]').textContent",
+        )
+        .await;
+    assert!(error.as_str().unwrap().contains("server 99 is not known"), "{error}");
+    assert_eq!(c.admin.call("GET", "/api/v1/groups/typo", None).await.unwrap().0, 404, "nothing was stored");
+    t.finish(&["400", "404"]).await;
 }

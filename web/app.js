@@ -61,7 +61,29 @@ const bytes = n => {
   while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
   return (i ? n.toFixed(1) : n) + ' ' + u[i];
 };
-const duration = ms => (ms < 1000 ? ms + ' ms' : (ms / 1000).toFixed(ms < 10000 ? 2 : 1) + ' s');
+// One duration format everywhere (the CLI writes the same): 412ms, 1.4s, 2m 5s, 3h 2m.
+const duration = ms => {
+  ms = Math.max(0, Math.round(ms));
+  if (ms < 1000) return ms + 'ms';
+  if (ms < 60000) return (ms / 1000).toFixed(1) + 's';
+  if (ms < 3600000) return Math.floor(ms / 60000) + 'm ' + Math.floor((ms % 60000) / 1000) + 's';
+  return Math.floor(ms / 3600000) + 'h ' + Math.floor((ms % 3600000) / 60000) + 'm';
+};
+// A leader's progress with the content, as it last reported it.
+const PHASE_WORDS = { fetching: 'fetching', forwarding: 'passing on', sending: 'sending', applying: 'applying' };
+const livePercent = l => {
+  if (!l) return null;
+  if (l.phase === 'fetching') return l.size ? Math.floor((100 * l.fetched) / l.size) : 0;
+  if (l.phase === 'sending') return l.frames ? Math.floor((100 * (l.frames - l.missing)) / l.frames) : 0;
+  return 100;
+};
+const liveText = l => {
+  if (!l) return '—';
+  const pct = livePercent(l);
+  if (l.phase === 'fetching') return `fetching ${pct} % (${bytes(l.fetched)} of ${bytes(l.size)})`;
+  if (l.phase === 'sending') return `sending ${pct} %, pass ${l.passes + 1}, ${l.receiving} of ${l.targets} receiving`;
+  return PHASE_WORDS[l.phase] || l.phase;
+};
 const lines = text => text.split('\n').map(s => s.trim()).filter(Boolean);
 const serverName = id => {
   const s = S.ov && S.ov.servers.find(x => x.id === Number(id));
@@ -137,6 +159,10 @@ async function act(fn) {
 
 // ---- forms ------------------------------------------------------------------
 
+// The message for a quorum of N with no N.
+const NEED_N = kind => (kind === 'percent' ? 'Give N: the percentage of the servers that must go live (1 to 100).'
+  : 'Give N: how many servers must go live (at least 1).');
+
 let fieldSeq = 0;
 
 // A labelled input with its error slot; `field` is the API's field name.
@@ -208,6 +234,7 @@ const routes = [
   [/^\/jobs\/(\d+)$/, 'jobs', m => viewJobForm(Number(m[1]))],
   [/^\/runs$/, 'runs', viewRuns],
   [/^\/runs\/(\d+)$/, 'runs', m => viewRun(Number(m[1]))],
+  [/^\/servers\/(\d+)$/, 'overview', m => viewServer(Number(m[1]))],
   [/^\/releases$/, 'releases', viewReleases],
   [/^\/events$/, 'events', viewEvents],
   [/^\/settings$/, 'settings', viewSettings],
@@ -340,7 +367,7 @@ function viewLogin() {
 function serverRow(s) {
   const releases = Object.entries(s.live || {}).map(([site, n]) => `${site}: ${n}`).join(', ');
   return h('div', { class: 'server', 'data-server': s.id, 'data-state': s.state },
-    h('span', {}, h('b', {}, s.name), ' ', h('span', { class: 'muted' }, '#' + s.id),
+    h('span', {}, h('a', { href: '#/servers/' + s.id, class: 'server-link' }, h('b', {}, s.name)), ' ', h('span', { class: 'muted' }, '#' + s.id),
       h('div', { class: 'releases', 'data-releases': '' }, releases || 'no release yet')),
     badge(s.state));
 }
@@ -447,6 +474,7 @@ function viewSites() {
   const quorumValue = () => {
     const k = gQuorumKind.value;
     if (k === 'all') return { type: 'all' };
+    if (gQuorum.value.trim() === '') throw { field: 'quorum.value', message: NEED_N(k) };
     return { type: k, value: Number(gQuorum.value) };
   };
   groupForm.addEventListener('submit', async ev => {
@@ -727,6 +755,7 @@ function viewJobForm(id) {
       compress_include: lines(f.cinclude.value), compress_exclude: lines(f.cexclude.value),
     };
     if (f.quorum.value === 'all') policy.quorum = { type: 'all' };
+    else if (f.quorum.value && f.quorumN.value.trim() === '') throw { field: 'policy.quorum.value', message: NEED_N(f.quorum.value) };
     else if (f.quorum.value) policy.quorum = { type: f.quorum.value, value: Number(f.quorumN.value) };
     if (f.encrypt.value) policy.encrypt = f.encrypt.value === 'true';
     if (f.bandwidth.value) policy.bandwidth = Number(f.bandwidth.value);
@@ -787,8 +816,20 @@ function viewJobForm(id) {
   };
   sync();
   let loaded = !id;
-  const el = h('section', {}, h('h1', {}, id ? `Job ${id}` : 'New job'), form);
+  const planBox = h('div', { class: 'panel', id: 'job-plan' }, h('h2', {}, 'What a run would do now'), h('p', { class: 'muted' }, 'Loading…'));
+  const runsBox = h('div', { class: 'panel', id: 'job-runs' }, h('h2', {}, 'Runs'), h('p', { class: 'muted' }, 'Loading…'));
+  const el = h('section', {}, h('h1', {}, id ? `Job ${id}` : 'New job'), id ? [planBox, runsBox] : null, form);
   if (id) {
+    api('GET', `/jobs/${id}/plan`).then(p => planBox.replaceChildren(h('h2', {}, 'What a run would do now'), planView(p)),
+      e => planBox.replaceChildren(h('h2', {}, 'What a run would do now'), h('p', { class: 'error' }, e.message)));
+    api('GET', `/runs?job=${id}&limit=10`).then(rs => runsBox.replaceChildren(h('h2', {}, 'Runs'), rs.length
+      ? h('div', { class: 'table-wrap' }, h('table', { id: 'job-runs-table' },
+        h('thead', {}, h('tr', {}, h('th', {}, 'Run'), h('th', {}, 'State'), h('th', {}, 'Release'), h('th', {}, 'Started'), h('th', {}, 'Took'), h('th', {}, 'Failed servers'))),
+        h('tbody', {}, rs.map(r => h('tr', { 'data-run': r.id },
+          h('td', {}, h('a', { href: '#/runs/' + r.id }, 'Run ' + r.id)), h('td', {}, badge(r.state)), h('td', {}, r.serial || '—'),
+          h('td', {}, when(r.started_ms)), h('td', {}, r.finished_ms ? duration(r.finished_ms - r.started_ms) : 'running'),
+          h('td', {}, r.failed_servers.length ? r.failed_servers.map(serverName).join(', ') : 'none'))))))
+      : h('p', { class: 'muted' }, 'It has not run yet.')), e => toast(e.message, true));
     act(async () => {
       const j = await api('GET', '/jobs/' + id);
       const wait = () => (S.ov ? Promise.resolve() : new Promise(r => setTimeout(r, 100)).then(wait));
@@ -805,6 +846,61 @@ function viewJobForm(id) {
       else if (!id && !f.site.options.length) fillSites();
     },
   };
+}
+
+// What GET /jobs/{id}/plan says, for people.
+function planView(p) {
+  const c = p.changes;
+  const list = ids => (ids.length ? ids.map(serverName).join(', ') : 'none');
+  return h('div', {},
+    h('p', {}, h('b', {}, p.kind), ': ', p.description),
+    h('p', { id: 'plan-verdict', 'data-runnable': String(p.runnable && !p.blocked) },
+      p.runnable && !p.blocked ? 'A run now would start.' : 'A run now would not go ahead: ' + p.blocked),
+    p.quorum ? h('dl', { class: 'kv' },
+      h('dt', {}, 'Release'), h('dd', {}, p.serial ? `${p.serial} (${p.base_serial ? 'from ' + p.base_serial : 'full'})` : '—'),
+      h('dt', {}, 'Servers'), h('dd', { id: 'plan-targets' }, list(p.targets)),
+      h('dt', {}, 'Offline'), h('dd', {}, list(p.offline)),
+      h('dt', {}, 'Quorum'), h('dd', { id: 'plan-quorum' }, p.quorum)) : null,
+    c ? h('div', { id: 'plan-changes' },
+      h('p', {}, `Against the live release: ${c.files_new} new, ${c.files_changed} changed, ${c.removed} removed, ` +
+        `${c.files_renamed} moved, ${c.dirs_new} new directories, ${c.symlinks} symlinks, ${c.attr_changes} mode or time changes.`),
+      c.paths.length ? h('ul', { class: 'mono' }, c.paths.map(x => h('li', {}, x)), c.more ? h('li', {}, `… and ${c.more} more`) : null) : null)
+      : null);
+}
+
+// One server: what it holds, where it is, its recent runs.
+function viewServer(id) {
+  const el = h('section', { id: 'server-page' }, h('h1', {}, 'Server ' + id), h('p', { class: 'muted' }, 'Loading…'));
+  let runs = [];
+  const render = () => {
+    const s = S.ov && S.ov.servers.find(x => x.id === id);
+    if (!s) {
+      el.replaceChildren(h('h1', {}, 'Server ' + id), h('p', {}, 'No leader has reported server ' + id + '. ', h('a', { href: '#/' }, 'Overview')));
+      return;
+    }
+    const seg = S.ov.segments.find(g => g.name === s.segment);
+    const held = Object.entries(s.live || {});
+    el.replaceChildren(
+      h('div', { class: 'row' }, h('h1', {}, `${s.name} (${s.id}) `, badge(s.state))),
+      h('div', { class: 'panel' }, h('dl', { class: 'kv' },
+        h('dt', {}, 'Segment'), h('dd', { id: 'server-segment' }, s.segment, seg ? (seg.leader === s.id ? ' (its leader)' : ` (leader: ${serverName(seg.leader)})`) : ''),
+        h('dt', {}, 'Location'), h('dd', {}, seg && seg.location ? seg.location : '—'),
+        h('dt', {}, 'State'), h('dd', {}, s.state),
+        h('dt', {}, 'Releases held'), h('dd', { id: 'server-releases' }, held.length ? held.map(([site, n]) => `${site}: release ${n}`).join(', ') : 'none yet'),
+        seg && seg.leader === s.id ? [h('dt', {}, 'Free disk'), h('dd', {}, bytes(seg.disk_free)), h('dt', {}, 'CPU cores'), h('dd', {}, seg.cpus)] : null)),
+      h('div', { class: 'panel' }, h('h2', {}, 'Recent runs'), runs.length
+        ? h('div', { class: 'table-wrap' }, h('table', { id: 'server-runs' },
+          h('thead', {}, h('tr', {}, h('th', {}, 'Run'), h('th', {}, 'Site'), h('th', {}, 'Run state'), h('th', {}, 'Here'))),
+          h('tbody', {}, runs.map(r => h('tr', { 'data-run': r.id },
+            h('td', {}, h('a', { href: '#/runs/' + r.id }, 'Run ' + r.id)), h('td', {}, r.site), h('td', {}, badge(r.state)),
+            h('td', {}, r.failed_servers.includes(id) ? 'failed' : FINAL.includes(r.state) ? 'ok' : 'in progress'))))))
+        : h('p', { class: 'muted' }, 'No recent run was for this server.')),
+      h('p', { class: 'muted' }, 'To add a server: start `cmover agent` on it with its own agent.id and the segment\'s ' +
+        'settings (see config.example.toml); its segment\'s leader reports it within a membership round, and it can then join a content group.'));
+  };
+  api('GET', '/runs?limit=100').then(rs => { runs = rs.filter(r => (r.targets || []).includes(id)).slice(0, 20); render(); },
+    e => toast(e.message, true));
+  return { el, overview() { render(); } };
 }
 
 // ---- runs -----------------------------------------------------------------------------
@@ -903,11 +999,17 @@ function viewRun(id) {
       return h('div', { class: 'phase', 'data-phase': p.name }, h('b', {}, p.name), '+' + duration(p.at_ms - r.started_ms), ' · ', duration(Math.max(0, end - p.at_ms)));
     });
     const group = S.ov && S.ov.groups.find(g => g.name === r.group);
+    // Bytes the segments' leaders hold of the content so far, while it moves.
+    const lives = Object.values(r.segments).filter(p => p.live && !p.reported_ms).map(p => p.live);
+    const moving = !done && lives.length
+      ? `${bytes(lives.reduce((n, l) => n + l.fetched, 0))} of ${bytes(lives.reduce((n, l) => n + l.size, 0))} fetched by ${lives.length} leader${lives.length === 1 ? '' : 's'}`
+      : null;
     // Exactly the run's targets (older records: the group); nobody else was sent anything.
     const targets = r.targets && r.targets.length ? r.targets : (group ? group.servers : []);
     const ids = new Set([...targets, ...Object.keys(r.applied).map(Number), ...Object.keys(r.switched).map(Number)]);
     const aborted = r.phases.some(p => p.name === 'abort');
     const segOf = sid => (S.ov && S.ov.servers.find(s => s.id === sid) || {}).segment || '—';
+    const segLive = sid => { const p = r.segments[segOf(sid)]; return p && !p.reported_ms ? p.live : null; };
     const servers = [...ids].sort((a, b) => a - b).map(sid => {
       const a = r.applied[sid], s = r.switched[sid];
       const failed = (a && a.status !== 'succeeded') || (s && s.status !== 'succeeded') || r.failed_servers.includes(sid);
@@ -915,7 +1017,9 @@ function viewRun(id) {
       const outcome = failed ? 'failed' : ok ? 'ok' : 'pending';
       return h('tr', { 'data-server': sid, 'data-outcome': outcome },
         h('td', {}, serverName(sid)), h('td', {}, segOf(sid)),
-        h('td', {}, badge(outcomeState(a) === 'pending' && done ? 'unchanged' : outcomeState(a), a ? a.status : (done ? 'not sent' : 'pending'))),
+        h('td', { 'data-live': !a && !done && segLive(sid) ? livePercent(segLive(sid)) : '' },
+          !a && !done && segLive(sid) ? badge('applying', liveText(segLive(sid)))
+            : badge(outcomeState(a) === 'pending' && done ? 'unchanged' : outcomeState(a), a ? a.status : (done ? 'not sent' : 'pending'))),
         h('td', {}, badge(outcomeState(s), s ? s.status : 'pending')),
         h('td', {}, badge(failed ? 'failed' : ok ? 'online' : 'applying', failed ? 'failed' : ok ? 'live' : 'waiting')));
     });
@@ -932,7 +1036,8 @@ function viewRun(id) {
         h('dt', {}, 'Release'), h('dd', {}, r.serial ? `${r.serial} (from ${r.base_serial || 'nothing'})` : '—'),
         h('dt', {}, 'Job'), h('dd', {}, h('a', { href: '#/jobs/' + r.job }, '#' + r.job), ', ', r.reason),
         h('dt', {}, 'Started'), h('dd', {}, when(r.started_ms)),
-        h('dt', {}, 'Took'), h('dd', {}, r.finished_ms ? duration(r.finished_ms - r.started_ms) : 'running…'),
+        h('dt', {}, 'Took'), h('dd', { id: 'run-took' }, r.finished_ms ? duration(r.finished_ms - r.started_ms) : 'running for ' + duration(Date.now() - r.started_ms)),
+        moving ? [h('dt', {}, 'Moved'), h('dd', { id: 'run-moved' }, moving)] : null,
         r.summary ? [h('dt', {}, 'Content'), h('dd', {}, `${r.summary.files_new} new, ${r.summary.files_changed} changed (${r.summary.files_patched} as deltas), ` +
           `${r.summary.removed} removed; ${bytes(r.summary.data_raw_bytes)} of data`)] : null),
       h('h3', {}, 'Phases'), h('div', { class: 'timeline', id: 'timeline' }, phases)),
@@ -941,7 +1046,7 @@ function viewRun(id) {
       h('div', { class: 'panel' }, h('h2', {}, 'Segments'), h('div', { class: 'table-wrap' }, h('table', { id: 'segments-table' },
         h('thead', {}, h('tr', {}, h('th', {}, 'Segment'), h('th', {}, 'Leader'), h('th', {}, 'State'), h('th', {}, 'Fetched from'),
           h('th', {}, 'Notified'), h('th', {}, 'Reported'), h('th', {}, 'Bytes'), h('th', {}, 'Frames'), h('th', {}, 'Passes'),
-          h('th', {}, 'Commit'), h('th', {}, 'Commit reported'))),
+          h('th', {}, 'Progress'), h('th', {}, 'Commit'), h('th', {}, 'Commit reported'))),
         h('tbody', {}, Object.entries(r.segments).map(([name, p]) => h('tr', { 'data-segment': name },
           h('td', {}, name), h('td', {}, p.leader ? serverName(p.leader) : '—'), h('td', {}, badge(p.state || 'pending')),
           h('td', {}, p.fetched_from ? serverName(p.fetched_from) : (p.state && p.state !== 'pending' ? 'CCM' : '—')),
@@ -950,8 +1055,13 @@ function viewRun(id) {
           h('td', {}, p.delivery ? bytes(p.delivery.bytes) : '—'),
           h('td', {}, p.delivery ? `${p.delivery.frames_sent} / ${p.delivery.frames_needed}` : '—'),
           h('td', {}, p.delivery ? p.delivery.passes : '—'),
+          h('td', { 'data-live': p.live && !p.reported_ms ? livePercent(p.live) : '' },
+            p.reported_ms ? 'done' : (p.live ? liveText(p.live) : '—')),
           ...((c) => [h('td', { 'data-commit-state': c ? c.state : '' }, c ? badge(c.state) : '—'),
-            h('td', {}, c && c.reported_ms ? '+' + duration(c.reported_ms - r.started_ms) : '—')])((r.control_segments || {})[name]))))))),
+            h('td', {}, c && c.reported_ms ? '+' + duration(c.reported_ms - r.started_ms) : '—')])((r.control_segments || {})[name])))))),
+        h('p', { class: 'muted', id: 'segment-states' }, 'Pending: its leader is not notified yet. Notified: its leader was told ' +
+          'to fetch the assignment. Holding: its leader has the copy and passes it on to other leaders and its members. ' +
+          'Reported: its leader reported every target\'s result. Failed: given up.')),
       h('div', { class: 'panel' }, h('h2', {}, 'Servers'), h('div', { class: 'table-wrap' }, h('table', { id: 'run-servers' },
         h('thead', {}, h('tr', {}, h('th', {}, 'Server'), h('th', {}, 'Segment'), h('th', {}, 'Content'), h('th', {}, 'Commit'), h('th', {}, 'Result'))),
         h('tbody', {}, servers)))),
@@ -1015,7 +1125,8 @@ function viewReleases() {
     body.replaceChildren(
       h('div', { class: 'panel' }, h('h2', {}, 'Releases'),
         h('p', {}, 'Live release: ', h('b', { id: 'live-release' }, live || 'none'), ' ',
-          h('button', { type: 'button', id: 'rollback', disabled: !live, onclick: () => start(`Roll back ${site.value}?`,
+          h('button', { type: 'button', id: 'rollback', disabled: !snaps.some(x => x.serial < live),
+            title: snaps.some(x => x.serial < live) ? '' : 'Nothing to roll back to: the live release is the site\'s first.', onclick: () => start(`Roll back ${site.value}?`,
             `Every server of ${group.value} goes back to the release before ${live}, all at once.`, 'Roll back', 'rollback') }, 'Roll back')),
         snaps.length ? h('div', { class: 'table-wrap' }, h('table', { id: 'releases-table' },
           h('thead', {}, h('tr', {}, h('th', {}, 'Release'), h('th', {}, 'Went live'), h('th', {}, 'Run'), h('th', {}, ''))),

@@ -37,13 +37,13 @@ use tokio::sync::oneshot;
 use super::content_interpreter::{ApplyAssignment, GetInterpreterStatus, InterpreterStatus};
 use super::elector::ElectionEvent;
 use super::multicast_receiver::MarkHeld;
-use super::multicast_sender::{AssignmentSent, RegisterMember, SendAssignment};
+use super::multicast_sender::{AssignmentSent, PassCounters, RegisterMember, SendAssignment};
 use super::report_collector::{CollectReports, ReportsCollected};
 use crate::net::client::NodeClient;
 use crate::net::fetch::{fetch_assignment, FetchOptions};
 use crate::protocol::api::{
-    DeliveryStats, MemberReport, NextHop, NextHopRequest, NodeStatus, NotLeader, Notify, SegmentReport,
-    SegmentResult, ServerOutcome,
+    DeliveryStats, LivePhase, LiveProgress, MemberReport, NextHop, NextHopRequest, NodeStatus, NotLeader,
+    Notify, ProgressReport, SegmentReport, SegmentResult, ServerOutcome,
 };
 use crate::protocol::control::MemberInfo;
 use crate::protocol::election::Event;
@@ -336,21 +336,96 @@ fn segment_report(shared: &Shared, own: &InterpreterStatus, location: String, ht
     }
 }
 
+/// How often a leader tells the CCM how far it is with an assignment
+/// (only when something moved; a job shorter than this sends nothing).
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// How far one assignment's job is, written by the fetch and the multicast
+/// sender, read by [`report_progress`].
+#[derive(Debug, Default)]
+struct Tracker {
+    phase: std::sync::atomic::AtomicU8,
+    fetched: Arc<std::sync::atomic::AtomicU64>,
+    mctp: Arc<PassCounters>,
+}
+
+impl Tracker {
+    fn set(&self, phase: LivePhase) {
+        self.phase.store(phase as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn now(&self, size: u64, targets: usize) -> LiveProgress {
+        use std::sync::atomic::Ordering::Relaxed;
+        let phase = match self.phase.load(Relaxed) {
+            p if p == LivePhase::Forwarding as u8 => LivePhase::Forwarding,
+            p if p == LivePhase::Sending as u8 => LivePhase::Sending,
+            p if p == LivePhase::Applying as u8 => LivePhase::Applying,
+            _ => LivePhase::Fetching,
+        };
+        let fetched = if phase == LivePhase::Fetching { self.fetched.load(Relaxed) } else { size };
+        LiveProgress {
+            phase,
+            fetched,
+            size,
+            frames: self.mctp.frames.load(Relaxed),
+            passes: self.mctp.pass.load(Relaxed),
+            missing: self.mctp.missing.load(Relaxed),
+            receiving: self.mctp.active.load(Relaxed),
+            targets: targets as u32,
+        }
+    }
+}
+
+/// Tells the CCM how far the job is, every [`PROGRESS_EVERY`] that
+/// something moved, until the job is over (the caller drops it).
+async fn report_progress(shared: &Shared, notify: &Notify, t: &Tracker) -> std::convert::Infallible {
+    let mut last = None;
+    loop {
+        tokio::time::sleep(PROGRESS_EVERY).await;
+        let progress = t.now(notify.assignment.size, notify.targets.len());
+        if last == Some(progress) {
+            continue;
+        }
+        last = Some(progress);
+        let report = ProgressReport {
+            assignment: notify.assignment.id,
+            run: notify.run,
+            segment: shared.segment.clone(),
+            leader: shared.node,
+            progress,
+        };
+        let r: Result<serde_json::Value, _> =
+            shared.client.post_json(&shared.ccm_url, "/node/v1/progress", &report).await;
+        if let Err(e) = r {
+            tracing::debug!(event = "progress_failed", node = %shared.node, assignment = %report.assignment, error = %e);
+        }
+    }
+}
+
 /// One assignment's job: fetch, forward, deliver, report. Returns the
 /// result it reported.
 async fn run_job(shared: Rc<Shared>, notify: Notify) -> SegmentResult {
     let id = notify.assignment.id;
     let node = shared.node;
     let targets = notify.targets.clone();
-    let (servers, delivery) = match fetch(&shared, &notify).await {
-        Ok(hash) => {
-            forward(&shared, id).await;
-            deliver(&shared, id, hash, &targets).await
+    let tracker = Tracker::default();
+    let work = async {
+        match fetch(&shared, &notify, &tracker).await {
+            Ok(hash) => {
+                tracker.set(LivePhase::Forwarding);
+                forward(&shared, id).await;
+                tracker.set(LivePhase::Sending);
+                deliver(&shared, id, hash, &targets, &tracker).await
+            }
+            Err(error) => {
+                let error = format!("group leader {node} could not fetch assignment {id}: {error}");
+                (targets.iter().map(|t| (*t, ServerOutcome::Failed { error: error.clone() })).collect(), None)
+            }
         }
-        Err(error) => {
-            let error = format!("group leader {node} could not fetch assignment {id}: {error}");
-            (targets.iter().map(|t| (*t, ServerOutcome::Failed { error: error.clone() })).collect(), None)
-        }
+    };
+    let (servers, delivery) = tokio::select! {
+        done = work => done,
+        never = report_progress(&shared, &notify, &tracker) => match never {},
     };
     let result = SegmentResult {
         assignment: id,
@@ -386,7 +461,7 @@ async fn run_job(shared: Rc<Shared>, notify: Notify) -> SegmentResult {
 }
 
 /// Makes sure a verified copy is held; returns its SHA-256.
-async fn fetch(shared: &Shared, notify: &Notify) -> Result<[u8; 32], String> {
+async fn fetch(shared: &Shared, notify: &Notify, tracker: &Tracker) -> Result<[u8; 32], String> {
     let a = &notify.assignment;
     let expected: [u8; 32] = hex::decode(&a.sha256)
         .ok()
@@ -397,7 +472,11 @@ async fn fetch(shared: &Shared, notify: &Notify) -> Result<[u8; 32], String> {
         tracing::info!(event = "fetched", node = %shared.node, assignment = %a.id, bytes = 0, held = true, "copy already held");
         return Ok(expected);
     }
-    let opts = FetchOptions { rate_limit: notify.rate_limit, ..shared.fetch.clone() };
+    let opts = FetchOptions {
+        rate_limit: notify.rate_limit,
+        progress: Some(tracker.fetched.clone()),
+        ..shared.fetch.clone()
+    };
     let got = fetch_assignment(&shared.client, &notify.fetch_from, a, &dest, &opts)
         .await
         .map_err(|e| e.to_string())?;
@@ -463,6 +542,7 @@ async fn deliver(
     id: AssignmentId,
     hash: [u8; 32],
     targets: &[NodeId],
+    tracker: &Tracker,
 ) -> (BTreeMap<NodeId, ServerOutcome>, Option<DeliveryStats>) {
     let path = assignment_path(&shared.assignments, id);
     let me = shared.node;
@@ -478,7 +558,8 @@ async fn deliver(
             Err(e) => ServerOutcome::Failed { error: format!("the content interpreter is not running: {e}") },
         })
     };
-    let (own, (mut servers, delivery)) = tokio::join!(here, multicast(shared, id.0, hash, &path, others));
+    let (own, (mut servers, delivery)) =
+        tokio::join!(here, multicast(shared, id.0, hash, &path, others, tracker));
     if let Some(own) = own {
         servers.insert(me, own);
     }
@@ -491,6 +572,7 @@ async fn multicast(
     hash: [u8; 32],
     path: &std::path::Path,
     others: Vec<NodeId>,
+    tracker: &Tracker,
 ) -> (BTreeMap<NodeId, ServerOutcome>, Option<DeliveryStats>) {
     let mut out = BTreeMap::new();
     if others.is_empty() {
@@ -499,7 +581,13 @@ async fn multicast(
     let assignment = AssignmentSerial(id);
     let (tx, rx) = oneshot::channel();
     lock(&shared.waiters).sent.insert(assignment, tx);
-    let send = SendAssignment { assignment, path: path.to_owned(), hash, targets: others.clone() };
+    let send = SendAssignment {
+        assignment,
+        path: path.to_owned(),
+        hash,
+        targets: others.clone(),
+        progress: Some(tracker.mctp.clone()),
+    };
     let failed_all =
         |error: String| others.iter().map(|n| (*n, ServerOutcome::Failed { error: error.clone() })).collect();
     match shared.sender.send(send).await {
@@ -512,6 +600,7 @@ async fn multicast(
     let Ok(sent) = rx.await else {
         return (failed_all("the multicast session was dropped".into()), None);
     };
+    tracker.set(LivePhase::Applying);
     let delivery = Some(DeliveryStats {
         bytes: 0,
         frames_needed: sent.frames_needed,

@@ -19,6 +19,7 @@ use std::fs::File;
 use std::io::{self, IoSliceMut};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use actix::clock::Instant;
 use actix::prelude::*;
@@ -49,6 +50,22 @@ pub struct SendAssignment {
     pub hash: [u8; 32],
     /// Members that must receive it.
     pub targets: Vec<NodeId>,
+    /// Where to keep the session's progress (for the leader's reports).
+    pub progress: Option<std::sync::Arc<PassCounters>>,
+}
+
+/// How far a session is, updated as it starts and at the end of each pass:
+/// the leader reads it for its progress reports to the CCM.
+#[derive(Debug, Default)]
+pub struct PassCounters {
+    /// Frames in the assignment.
+    pub frames: AtomicU32,
+    /// Passes ended.
+    pub pass: AtomicU32,
+    /// Frames still missing at some target after the last pass.
+    pub missing: AtomicU32,
+    /// Targets still receiving.
+    pub active: AtomicU32,
 }
 
 /// Registers a member's unicast address for fan-out and unicast messages (command).
@@ -102,6 +119,8 @@ pub struct MulticastSender {
     start: Instant,
     timer: DriverTimer,
     files: HashMap<AssignmentSerial, File>,
+    /// Progress of the sessions, by assignment.
+    progress: HashMap<AssignmentSerial, std::sync::Arc<PassCounters>>,
     current: Option<(SessionId, AssignmentSerial)>,
     sent_to: Option<Recipient<AssignmentSent>>,
     reports_to: Option<Recipient<ReportDatagram>>,
@@ -231,6 +250,7 @@ impl MulticastSender {
             start: Instant::now(),
             timer: DriverTimer::default(),
             files: HashMap::new(),
+            progress: HashMap::new(),
             current: None,
             sent_to,
             reports_to,
@@ -243,9 +263,20 @@ impl MulticastSender {
             match ev {
                 SenderEvent::Started { session, assignment, size, frames, targets } => {
                     self.current = Some((session, assignment));
+                    if let Some(p) = self.progress.get(&assignment) {
+                        p.frames.store(frames, Ordering::Relaxed);
+                        p.missing.store(frames, Ordering::Relaxed);
+                        p.active.store(targets as u32, Ordering::Relaxed);
+                    }
                     tracing::info!(event = "mctp_start", %session, %assignment, size, frames, targets);
                 }
                 SenderEvent::PassEnded { session, pass, sent, missing, active, rate } => {
+                    let current = self.current.filter(|(s, _)| *s == session).map(|(_, a)| a);
+                    if let Some(p) = current.and_then(|a| self.progress.get(&a)) {
+                        p.pass.store(pass, Ordering::Relaxed);
+                        p.missing.store(missing, Ordering::Relaxed);
+                        p.active.store(active as u32, Ordering::Relaxed);
+                    }
                     tracing::info!(event = "mctp_pass", %session, pass, sent, missing, active, rate);
                 }
                 SenderEvent::Finished(o) => {
@@ -274,6 +305,12 @@ impl MulticastSender {
                         );
                     }
                     self.files.remove(&o.assignment);
+                    if let Some(p) = self.progress.remove(&o.assignment) {
+                        p.pass.store(o.passes, Ordering::Relaxed);
+                        p.active.store(0, Ordering::Relaxed);
+                        let missing = o.laggards.iter().map(|(_, m)| *m).max().unwrap_or(0);
+                        p.missing.store(missing, Ordering::Relaxed);
+                    }
                     self.current = None;
                     if let Some(r) = &self.sent_to {
                         r.do_send(AssignmentSent { outcome: o });
@@ -420,6 +457,9 @@ impl Handler<SendAssignment> for MulticastSender {
         let file = File::open(&msg.path)?;
         let size = file.metadata()?.len();
         self.files.insert(msg.assignment, file);
+        if let Some(p) = msg.progress {
+            self.progress.insert(msg.assignment, p);
+        }
         let now = self.now();
         self.core.send_assignment(now, msg.assignment, size, msg.hash, msg.targets);
         self.drive(ctx);

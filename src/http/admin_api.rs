@@ -720,7 +720,7 @@ pub fn check_job(state: &CcmState, j: &JobInput) -> Result<GroupRecord, ApiError
         SitePath::new(path.trim_matches('/'))
             .map_err(|e| invalid("params.paths", format!("{path:?}: {e}")))?;
     }
-    schedule::validate(&j.schedule).map_err(|e| invalid("schedule", e.to_string()))?;
+    schedule::validate(&j.schedule).map_err(|e| invalid(e.field(), e.to_string()))?;
     let pol = &j.policy;
     if let Some(q) = pol.quorum {
         check_quorum("policy.quorum", q)?;

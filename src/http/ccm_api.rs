@@ -14,10 +14,10 @@ use thiserror::Error;
 
 use super::signed::{Signed, SignedError};
 use crate::actors::ccm::{
-    AssignmentPath, Ccm, CcmError, NextHopAsked, SegmentReported, SegmentResultReceived,
+    AssignmentPath, Ccm, CcmError, NextHopAsked, ProgressReported, SegmentReported, SegmentResultReceived,
 };
 use crate::actors::scheduler::JobChanged;
-use crate::protocol::api::{ErrorBody, NextHopRequest, SegmentReport, SegmentResult};
+use crate::protocol::api::{ErrorBody, NextHopRequest, ProgressReport, SegmentReport, SegmentResult};
 use crate::protocol::ids::AssignmentId;
 use crate::storage::db::{Db, DbError};
 
@@ -141,6 +141,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
                 .route("/segment", web::post().to(node_segment))
                 .route("/next-hop", web::post().to(node_next_hop))
                 .route("/report", web::post().to(node_report))
+                .route("/progress", web::post().to(node_progress))
                 .route("/assignments/{id}", web::get().to(node_assignment)),
         )
         .configure(super::admin_api::config);
@@ -167,6 +168,12 @@ async fn node_next_hop(state: web::Data<CcmState>, signed: Signed) -> Result<Htt
 async fn node_report(state: web::Data<CcmState>, signed: Signed) -> Result<HttpResponse, ApiError> {
     let result: SegmentResult = signed.json().map_err(|e| invalid("body", e.to_string()))?;
     state.ccm.send(SegmentResultReceived { node: signed.node, result }).await??;
+    Ok(HttpResponse::Ok().json(serde_json::json!({})))
+}
+
+async fn node_progress(state: web::Data<CcmState>, signed: Signed) -> Result<HttpResponse, ApiError> {
+    let report: ProgressReport = signed.json().map_err(|e| invalid("body", e.to_string()))?;
+    state.ccm.send(ProgressReported { node: signed.node, report }).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({})))
 }
 

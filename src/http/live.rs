@@ -133,6 +133,10 @@ pub struct SegmentView {
     pub location: String,
     /// When its leader last reported, Unix ms.
     pub updated_ms: u64,
+    /// The leader's CPU cores.
+    pub cpus: u32,
+    /// Free bytes on the leader's data disk.
+    pub disk_free: u64,
 }
 
 /// Reads the overview from the database; `active` are the runs in
@@ -158,6 +162,8 @@ pub fn overview(db: &Db, active: &[ActiveRun]) -> Result<Overview, DbError> {
             leader: s.leader.0,
             location: s.location,
             updated_ms: s.updated_ms,
+            cpus: s.cpus,
+            disk_free: s.disk_free,
         })
         .collect();
     let live_of: BTreeMap<&str, u64> = sites.iter().map(|s| (s.name.as_str(), s.live_serial)).collect();

@@ -37,6 +37,8 @@ pub struct FetchOptions {
     pub retry_delay: Duration,
     /// Largest rate, bytes per second (a job's bandwidth limit).
     pub rate_limit: Option<u64>,
+    /// Where to keep the bytes of the copy held so far (for progress reports).
+    pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for FetchOptions {
@@ -47,6 +49,7 @@ impl Default for FetchOptions {
             hash_retries: 3,
             retry_delay: Duration::from_millis(500),
             rate_limit: None,
+            progress: None,
         }
     }
 }
@@ -332,6 +335,9 @@ async fn transfer(
             .await
             .map_err(|e| broken(received, format!("cannot write {}: {e}", part.display())))?;
         received += chunk.len() as u64;
+        if let Some(p) = &opts.progress {
+            p.store(offset + received, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(rate) = opts.rate_limit.filter(|r| *r > 0) {
             // Bandwidth limit: never ahead of `rate` bytes per second.
             let due = Duration::from_secs_f64(received as f64 / rate as f64);
@@ -462,6 +468,7 @@ mod tests {
             hash_retries: 2,
             retry_delay: Duration::from_millis(10),
             rate_limit: None,
+            progress: None,
         }
     }
 

@@ -260,6 +260,59 @@ pub struct SegmentResult {
     pub delivery: Option<DeliveryStats>,
 }
 
+/// Where a leader is with an assignment, as it reports it while it works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LivePhase {
+    /// Fetching the copy from its holder.
+    #[default]
+    Fetching,
+    /// Holding the copy, passing it on to the next leaders.
+    Forwarding,
+    /// Multicasting it to the segment's targets.
+    Sending,
+    /// Every frame is out; the members apply it and report.
+    Applying,
+}
+
+/// A leader's progress with an assignment, sent now and then while it
+/// moves (`POST /node/v1/progress`); the run page and `job run --wait`
+/// show it. Cheap: a small body at most once a second per segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LiveProgress {
+    /// Where it is.
+    pub phase: LivePhase,
+    /// Bytes of the copy the leader holds.
+    pub fetched: u64,
+    /// The assignment's size.
+    pub size: u64,
+    /// Frames in the assignment (0 before the multicast starts).
+    pub frames: u32,
+    /// Multicast passes ended.
+    pub passes: u32,
+    /// Frames still missing at some target after the last pass.
+    pub missing: u32,
+    /// Targets still receiving.
+    pub receiving: u32,
+    /// Targets of the segment.
+    pub targets: u32,
+}
+
+/// `POST /node/v1/progress`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressReport {
+    /// The assignment.
+    pub assignment: AssignmentId,
+    /// The run.
+    pub run: RunId,
+    /// The segment.
+    pub segment: String,
+    /// Its leader.
+    pub leader: NodeId,
+    /// How far it is.
+    pub progress: LiveProgress,
+}
+
 /// What moving one assignment through a segment's multicast took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct DeliveryStats {

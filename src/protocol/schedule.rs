@@ -157,6 +157,21 @@ pub enum ScheduleError {
     },
 }
 
+impl ScheduleError {
+    /// The API field at fault: the schedule's own field where there is one.
+    pub fn field(&self) -> &'static str {
+        match self {
+            ScheduleError::BadCron { .. } | ScheduleError::CronNeverMatches { .. } => "schedule.expr",
+            ScheduleError::IntervalTooShort { .. } => "schedule.interval_ms",
+            ScheduleError::DebounceTooLong { .. } => "schedule.debounce_ms",
+            ScheduleError::TimeOutOfRange { .. } => "schedule.at_ms",
+            ScheduleError::BadTimeZone { .. } => "time_zone",
+            ScheduleError::TooManyAttempts { .. } => "policy.retry.attempts",
+            ScheduleError::BackoffAboveMax { .. } => "policy.retry.backoff_ms",
+        }
+    }
+}
+
 /// Checks a schedule; the scheduler never fires an invalid one.
 pub fn validate(schedule: &Schedule) -> Result<(), ScheduleError> {
     match schedule {

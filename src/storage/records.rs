@@ -250,6 +250,12 @@ pub struct SegmentProgress {
     pub notified_ms: Option<u64>,
     /// When it reported, Unix ms.
     pub reported_ms: Option<u64>,
+    /// How far its leader is with the content, as it last said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<crate::protocol::api::LiveProgress>,
+    /// When it said so, Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_ms: Option<u64>,
 }
 
 /// A run of a job.

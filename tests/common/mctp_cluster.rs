@@ -238,7 +238,13 @@ impl Segment {
     ) -> (cmover::protocol::mctp::Outcome, cmover::protocol::reports::Outcome) {
         let targets: Vec<NodeId> = self.members.iter().map(|(n, _, _)| *n).collect();
         self.leader
-            .send(SendAssignment { assignment, path: path.to_path_buf(), hash, targets: targets.clone() })
+            .send(SendAssignment {
+                assignment,
+                path: path.to_path_buf(),
+                hash,
+                targets: targets.clone(),
+                progress: None,
+            })
             .await
             .unwrap()
             .unwrap();

@@ -10,12 +10,12 @@ use super::store::{self, table};
 use super::{Ccm, CcmError, Driven};
 use crate::net::client::ClientError;
 use crate::protocol::api::{
-    AssignmentRef, HopTarget, NextHop, Notify, SegmentReport, SegmentResult, ServerOutcome,
+    AssignmentRef, HopTarget, NextHop, Notify, ProgressReport, SegmentReport, SegmentResult, ServerOutcome,
 };
 use crate::protocol::distribution::Target;
 use crate::protocol::ids::{self, AssignmentId, NodeId, RunId};
 use crate::protocol::run::Wave;
-use crate::storage::records::{HistoryKind, SegmentRecord, SettingRecord};
+use crate::storage::records::{HistoryKind, SegmentRecord, SegmentState, SettingRecord};
 
 /// Sets the admin static order of segments (stored; overrides `ccm.tree_order`).
 #[derive(Message)]
@@ -45,6 +45,17 @@ pub struct SegmentResultReceived {
     pub node: NodeId,
     /// The result.
     pub result: SegmentResult,
+}
+
+/// A leader says how far it is with an assignment (the run's record shows
+/// it; nothing is decided on it).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ProgressReported {
+    /// The leader that sent it.
+    pub node: NodeId,
+    /// The report.
+    pub report: ProgressReport,
 }
 
 impl Ccm {
@@ -193,15 +204,47 @@ impl Handler<SegmentResultReceived> for Ccm {
         let Some(&id) = self.by_assignment.get(&aid) else { return Ok(()) };
         let now = self.now();
         let Some(d) = self.runs.get_mut(&id) else { return Ok(()) };
+        // The wave it is for: the last result of the content wave moves the
+        // run on to the commit wave at once.
+        let wave = d.run.wave();
         if !d.run.handle_segment_result(now, aid, &r.segment, &r.servers) {
             return Ok(());
         }
-        if d.run.wave() == Wave::Content && r.delivery.is_some() {
-            d.record.segments.entry(r.segment.clone()).or_default().delivery = r.delivery;
+        if wave == Wave::Content {
+            // Kept for the record after the commit wave (records::RunRecord::segments).
+            let p = d.record.segments.entry(r.segment.clone()).or_default();
+            if r.delivery.is_some() {
+                p.delivery = r.delivery;
+            }
+            if p.state != SegmentState::Reported {
+                p.state = SegmentState::Reported;
+                p.reported_ms = Some(crate::clock::unix_ms());
+            }
         }
         tracing::info!(event = "segment_result", run = id.0, assignment = r.assignment.0, segment = %r.segment, leader = %msg.node,
             succeeded = r.servers.values().filter(|o| **o == ServerOutcome::Succeeded).count(), servers = r.servers.len());
         self.process(id, ctx);
         Ok(())
+    }
+}
+
+impl Handler<ProgressReported> for Ccm {
+    type Result = ();
+
+    fn handle(&mut self, msg: ProgressReported, ctx: &mut Context<Self>) {
+        let r = msg.report;
+        // Only the leader it was sent to, for a content wave in progress.
+        let Some(&id) = self.by_assignment.get(&r.assignment) else { return };
+        let Some(d) = self.runs.get_mut(&id) else { return };
+        if d.run.wave() != Wave::Content || r.leader != msg.node {
+            return;
+        }
+        let Some(p) = d.record.segments.get_mut(&r.segment) else { return };
+        if p.leader != Some(msg.node) {
+            return;
+        }
+        p.live = Some(r.progress);
+        p.live_ms = Some(crate::clock::unix_ms());
+        self.process(id, ctx);
     }
 }

@@ -24,7 +24,9 @@ mod work;
 
 pub use self::checkpoint::CreateCheckpoint;
 pub use self::error::CcmError;
-pub use self::leaders::{NextHopAsked, SegmentReported, SegmentResultReceived, SetTreeOrder};
+pub use self::leaders::{
+    NextHopAsked, ProgressReported, SegmentReported, SegmentResultReceived, SetTreeOrder,
+};
 pub use self::pack::PackError;
 pub use self::preview::{Preview, PreviewRun};
 pub use self::work::WorkError;
