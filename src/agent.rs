@@ -469,7 +469,7 @@ fn build(config: &Config) -> Result<Parts, AgentError> {
     let (_, server) = node_api::serve(listener, NodeAuth::from_secret(&secret, a.api_max_skew), api)
         .map_err(io("start the node HTTP server"))?;
     tracing::info!(
-        event = "agent_started", node = %id, segment = %a.segment, http = %http, advertise_http = %advertise_http,
+        event = "agent_started", node = id.0, segment = %a.segment, http = %http, advertise_http = %advertise_http,
         data = %data, data_mode = d.mode.name(), control_mode = config.control.mode.name(), held = held.len(),
         "agent started"
     );
@@ -490,7 +490,7 @@ pub fn run(config: &Config) -> Result<(), AgentError> {
         }
         let node = agent.id;
         agent.stop().await;
-        tracing::info!(event = "agent_stopped", %node, "agent stopped");
+        tracing::info!(event = "agent_stopped", node = node.0, "agent stopped");
         Ok(())
     })
 }

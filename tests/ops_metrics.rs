@@ -12,6 +12,7 @@ mod common;
 
 use common::cluster::{init_logs, LIMIT};
 use common::ops::get;
+use common::wait::wait_every;
 
 /// Scrapes `url` and parses it; checks every sample is labelled `node`.
 async fn scrape(url: &str, node: &str) -> Scrape {
@@ -47,7 +48,7 @@ async fn metrics_parse_and_move_during_a_publish() {
     let tmp = tempfile::tempdir().unwrap();
     let staging = tmp.path().join("staging");
     cmover::corpus::generate(&staging, 5, &cmover::corpus::CorpusSpec::small()).unwrap();
-    let c = LocalCluster::start(ClusterOptions::new(&tmp.path().join("cluster"), 2, 2)).await.unwrap();
+    let mut c = LocalCluster::start(ClusterOptions::new(&tmp.path().join("cluster"), 2, 2)).await.unwrap();
     let segments = c.wait_segments(LIMIT).await.unwrap();
     c.admin.create_site("www", &staging).await.unwrap();
     c.admin.create_group("web", "www", &c.ids(), Quorum::All).await.unwrap();
@@ -95,8 +96,24 @@ async fn metrics_parse_and_move_during_a_publish() {
 
     // Runs that end at their start count too: a synchronize with every
     // server in sync, and a publish whose group's quorum cannot be met (its
-    // only server was never seen), which an alert on failed runs must catch.
-    c.admin.create_group("ghost", "www", &[99], Quorum::All).await.unwrap();
+    // only server is offline), which an alert on failed runs must catch.
+    let gone = [1, 2, 3, 4].into_iter().find(|id| segments.iter().all(|s| s.leader.0 != *id)).unwrap();
+    c.stop_agent(gone).await;
+    wait_every(
+        format!("server {gone} to be offline"),
+        LIMIT,
+        std::time::Duration::from_millis(100),
+        async || {
+            let (_, v) = c.admin.call("GET", &format!("/api/v1/servers/{gone}"), None).await.unwrap();
+            if v["online"] == false {
+                Ok(())
+            } else {
+                Err(v.to_string())
+            }
+        },
+    )
+    .await;
+    c.admin.create_group("ghost", "www", &[gone], Quorum::All).await.unwrap();
     let sync = c.admin.create_job("www", "web", "synchronize").await.unwrap();
     let ghost = c.admin.create_job("www", "ghost", "publish").await.unwrap();
     let r = c.admin.wait_run(c.admin.run_job(sync).await.unwrap(), LIMIT).await.unwrap();

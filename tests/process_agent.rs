@@ -117,6 +117,19 @@ async fn two_agent_processes_publish_and_stop_on_sigterm() {
         stopped[1] && stopped[2]
     });
     assert!(all_stopped, "the agents did not log agent_stopped within {DEADLINE:?}:\n{}", log.join("\n"));
+    // The documented events, at the default level, with ids as integers.
+    let events: Vec<serde_json::Value> =
+        log.iter().filter_map(|l| serde_json::from_str(l.split_once(": ").unwrap().1).ok()).collect();
+    for e in ["fetched", "delivered", "mctp_start", "mctp_done", "release_built", "release_live", "reported"]
+    {
+        assert!(events.iter().any(|v| v["fields"]["event"] == e), "no {e} event:\n{}", log.join("\n"));
+    }
+    for v in &events {
+        for key in ["node", "leader", "member", "assignment", "run", "session"] {
+            let f = &v["fields"][key];
+            assert!(f.is_null() || f.is_u64(), "{key} is not an integer in {v}");
+        }
+    }
     for a in &mut agents {
         let status = a.wait_exit(start, DEADLINE);
         assert!(status.success(), "{status}");

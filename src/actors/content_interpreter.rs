@@ -299,7 +299,7 @@ impl ContentInterpreter {
                     if done.replayed {
                         act.status.replayed += 1;
                         tracing::info!(
-                            event = "already_applied", %node, assignment = id, site = %a.site,
+                            event = "already_applied", node = node.0, assignment = id, site = %a.site,
                             serial = a.serial, kind = %a.kind, "assignment already carried out"
                         );
                     } else {
@@ -313,7 +313,7 @@ impl ContentInterpreter {
                             Kind::Rollback => "rolled_back",
                         };
                         tracing::info!(
-                            event, %node, assignment = id, site = %a.site, serial = a.serial,
+                            event, node = node.0, assignment = id, site = %a.site, serial = a.serial,
                             ms = done.ms, outcome = done.detail.as_ref().map(|d| d.to_string()), "assignment carried out"
                         );
                     }
@@ -325,7 +325,7 @@ impl ContentInterpreter {
                 Err(error) => {
                     act.status.failed += 1;
                     metrics::counter!("cmover_apply_failures_total", "node" => act.work.metrics_node.clone()).increment(1);
-                    tracing::warn!(event = "apply_failed", %node, assignment = id, %error, "assignment failed");
+                    tracing::warn!(event = "apply_failed", node = node.0, assignment = id, %error, "assignment failed");
                 }
             }
             let result = result.map(|_| ());
@@ -403,7 +403,13 @@ impl Handler<AssignmentReceived> for ContentInterpreter {
             // DESIGN §4 "Only targets": not this server's to store, apply
             // or report (the receiver never delivers such a session; this
             // is the second lock on the door).
-            tracing::warn!(event = "not_a_target", node = %self.node, assignment = id, from = %leader, "assignment for other servers dropped");
+            tracing::warn!(
+                event = "not_a_target",
+                node = self.node.0,
+                assignment = id,
+                from = leader.0,
+                "assignment for other servers dropped"
+            );
             if let Ok(file) = &msg.result {
                 let _ = std::fs::remove_file(&file.path);
             }
@@ -412,7 +418,7 @@ impl Handler<AssignmentReceived> for ContentInterpreter {
         let file = match msg.result {
             Ok(file) => file,
             Err(error) => {
-                tracing::warn!(event = "receive_failed", node = %self.node, assignment = id, %error);
+                tracing::warn!(event = "receive_failed", node = self.node.0, assignment = id, %error);
                 if let Some(r) = &self.receiver {
                     r.do_send(ReportResult { assignment: msg.assignment, leader, result: Err(error) });
                 }
@@ -424,13 +430,19 @@ impl Handler<AssignmentReceived> for ContentInterpreter {
             .map_err(|e| format!("cannot store assignment {id} at {}: {e}", dest.display()))
             .and_then(|()| self.work.state.record_held(id, file.hash).map_err(|e| e.to_string()));
         if let Err(error) = stored {
-            tracing::warn!(event = "store_failed", node = %self.node, assignment = id, %error);
+            tracing::warn!(event = "store_failed", node = self.node.0, assignment = id, %error);
             if let Some(r) = &self.receiver {
                 r.do_send(ReportResult { assignment: msg.assignment, leader, result: Err(error) });
             }
             return;
         }
-        tracing::info!(event = "received", node = %self.node, assignment = id, from = %leader, size = file.size);
+        tracing::info!(
+            event = "received",
+            node = self.node.0,
+            assignment = id,
+            from = leader.0,
+            size = file.size
+        );
         ctx.spawn(self.apply(id, dest, leader).map(|_, _, _| ()));
     }
 }

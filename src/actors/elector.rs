@@ -199,7 +199,7 @@ impl ElectorActor {
         for to in targets {
             if let Err(e) = self.socket.try_send_to(&datagram, to) {
                 self.send_errors += 1;
-                tracing::debug!(node = %self.core.id(), %to, error = %e, "control datagram not sent");
+                tracing::debug!(node = self.core.id().0, %to, error = %e, "control datagram not sent");
             }
         }
     }
@@ -256,26 +256,26 @@ impl ElectorActor {
         match event {
             Event::LeaderElected { leader, me, previous } => tracing::info!(
                 event = "leader_elected",
-                %node,
-                %leader,
+                node = node.0,
+                leader = leader.0,
                 me = *me,
                 previous = previous.map(|p| p.0),
                 state = self.core.state().name(),
                 "leader elected"
             ),
             Event::LeaderLost { leader } => {
-                tracing::info!(event = "leader_lost", %node, %leader, "leader lost")
+                tracing::info!(event = "leader_lost", node = node.0, leader = leader.0, "leader lost")
             }
             Event::MemberJoined { id, info } => tracing::info!(
                 event = "member_joined",
-                %node,
-                member = %id,
+                node = node.0,
+                member = id.0,
                 name = %info.name,
                 http = %info.http,
                 "member joined"
             ),
             Event::MemberLeft { id } => {
-                tracing::info!(event = "member_left", %node, member = %id, "member left")
+                tracing::info!(event = "member_left", node = node.0, member = id.0, "member left")
             }
             Event::SegmentChanged { members } => {
                 // Only a change of who is in the segment is news; new
@@ -284,7 +284,7 @@ impl ElectorActor {
                 if ids != self.logged_members {
                     tracing::info!(
                         event = "segment_changed",
-                        %node,
+                        node = node.0,
                         members = ids.len(),
                         ids = %crate::protocol::ids::join(&ids),
                         "segment changed"
@@ -294,8 +294,8 @@ impl ElectorActor {
             }
             Event::MemberListChanged { leader, members } => tracing::debug!(
                 event = "member_list",
-                %node,
-                %leader,
+                node = node.0,
+                leader = leader.0,
                 members = %crate::protocol::ids::join(members),
                 "member list received"
             ),
@@ -306,7 +306,7 @@ impl ElectorActor {
     fn move_to(&mut self, group: Ipv4Addr, port: u16, ctx: &mut Context<Self>) {
         let node = self.core.id();
         let Transport::Multicast { interface, .. } = self.transport else {
-            tracing::warn!(event = "channel_move_ignored", %node, %group, port, "unicast mode: control channel move ignored");
+            tracing::warn!(event = "channel_move_ignored", node = node.0, %group, port, "unicast mode: control channel move ignored");
             return;
         };
         match udp::bind_multicast(group, port, interface).and_then(UdpSocket::from_std) {
@@ -314,10 +314,10 @@ impl ElectorActor {
                 self.socket = Arc::new(socket);
                 self.transport = Transport::Multicast { group: SocketAddrV4::new(group, port), interface };
                 self.listen(ctx);
-                tracing::info!(event = "channel_moved", %node, %group, port, "control channel moved");
+                tracing::info!(event = "channel_moved", node = node.0, %group, port, "control channel moved");
             }
             Err(e) => {
-                tracing::error!(event = "channel_move_failed", %node, %group, port, error = %e, "cannot move the control channel; staying")
+                tracing::error!(event = "channel_move_failed", node = node.0, %group, port, error = %e, "cannot move the control channel; staying")
             }
         }
     }
@@ -359,13 +359,13 @@ impl StreamHandler<Incoming> for ElectorActor {
                     }
                 }
             }
-            Err(e) => tracing::debug!(node = %self.core.id(), error = %e, "control socket error"),
+            Err(e) => tracing::debug!(node = self.core.id().0, error = %e, "control socket error"),
         }
         self.drive(ctx);
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
-        tracing::error!(node = %self.core.id(), "control socket closed");
+        tracing::error!(node = self.core.id().0, "control socket closed");
         ctx.stop();
     }
 }
@@ -425,7 +425,7 @@ impl Handler<Shutdown> for ElectorActor {
     type Result = ();
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
-        tracing::info!(event = "elector_stopped", node = %self.core.id(), "elector stopped");
+        tracing::info!(event = "elector_stopped", node = self.core.id().0, "elector stopped");
         ctx.stop();
     }
 }

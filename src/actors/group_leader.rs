@@ -233,7 +233,7 @@ impl GroupLeader {
 
     fn become_leader(&mut self, ctx: &mut Context<Self>) {
         self.leading = true;
-        tracing::info!(event = "leading", node = %self.shared.node, segment = %self.shared.segment, "group leader duties start");
+        tracing::info!(event = "leading", node = self.shared.node.0, segment = %self.shared.segment, "group leader duties start");
         self.report_segment(ctx);
     }
 
@@ -250,7 +250,7 @@ impl GroupLeader {
         let mut w = lock(&self.shared.waiters);
         w.sent.clear();
         w.collected.clear();
-        tracing::warn!(event = "leadership_lost", node = %self.shared.node, stopped = %crate::protocol::ids::join(&stopped), "group leader duties stop");
+        tracing::warn!(event = "leadership_lost", node = self.shared.node.0, stopped = %crate::protocol::ids::join(&stopped), "group leader duties stop");
     }
 
     /// Posts a segment report now, or once the one in flight is done.
@@ -280,10 +280,10 @@ impl GroupLeader {
             match r {
                 Ok(()) => {
                     act.segment_reports += 1;
-                    tracing::info!(event = "segment_reported", %node, segment = %act.shared.segment, members, "segment reported");
+                    tracing::info!(event = "segment_reported", node = node.0, segment = %act.shared.segment, members, "segment reported");
                 }
                 Err(e) => {
-                    tracing::warn!(event = "segment_report_failed", %node, error = %e, "segment report failed; the next one retries")
+                    tracing::warn!(event = "segment_report_failed", node = node.0, error = %e, "segment report failed; the next one retries")
                 }
             }
             if std::mem::take(&mut act.report_again) {
@@ -299,7 +299,7 @@ impl GroupLeader {
             }
             match info.data.parse() {
                 Ok(addr) => self.register.do_send(RegisterMember { node: *id, addr }),
-                Err(_) => tracing::warn!(event = "bad_data_address", member = %id, data = %info.data),
+                Err(_) => tracing::warn!(event = "bad_data_address", member = id.0, data = %info.data),
             }
         }
         *lock(&self.shared.members) = members.into_iter().collect();
@@ -397,7 +397,7 @@ async fn report_progress(shared: &Shared, notify: &Notify, t: &Tracker) -> std::
         let r: Result<serde_json::Value, _> =
             shared.client.post_json(&shared.ccm_url, "/node/v1/progress", &report).await;
         if let Err(e) = r {
-            tracing::debug!(event = "progress_failed", node = %shared.node, assignment = %report.assignment, error = %e);
+            tracing::debug!(event = "progress_failed", node = shared.node.0, assignment = report.assignment.0, error = %e);
         }
     }
 }
@@ -437,7 +437,7 @@ async fn run_job(shared: Rc<Shared>, notify: Notify) -> SegmentResult {
     };
     let count = |f: fn(&ServerOutcome) -> bool| result.servers.values().filter(|o| f(o)).count();
     tracing::info!(
-        event = "delivered", %node, assignment = %id, run = %notify.run, segment = %shared.segment,
+        event = "delivered", node = node.0, assignment = id.0, run = notify.run.0, segment = %shared.segment,
         succeeded = count(|o| matches!(o, ServerOutcome::Succeeded)),
         failed = count(|o| matches!(o, ServerOutcome::Failed { .. })),
         silent = count(|o| matches!(o, ServerOutcome::Silent)),
@@ -450,13 +450,19 @@ async fn run_job(shared: Rc<Shared>, notify: Notify) -> SegmentResult {
         match r {
             Ok(_) => break,
             Err(e) => {
-                tracing::warn!(event = "report_failed", %node, assignment = %id, attempt, error = %e, "segment result not accepted; retrying");
+                tracing::warn!(event = "report_failed", node = node.0, assignment = id.0, attempt, error = %e, "segment result not accepted; retrying");
                 tokio::time::sleep(backoff(shared.retry_delay, attempt)).await;
                 attempt += 1;
             }
         }
     }
-    tracing::info!(event = "reported", %node, assignment = %id, run = %notify.run, "segment result reported");
+    tracing::info!(
+        event = "reported",
+        node = node.0,
+        assignment = id.0,
+        run = notify.run.0,
+        "segment result reported"
+    );
     result
 }
 
@@ -469,7 +475,14 @@ async fn fetch(shared: &Shared, notify: &Notify, tracker: &Tracker) -> Result<[u
         .ok_or_else(|| format!("sha256 {:?} is not 64 hex digits", a.sha256))?;
     let dest = assignment_path(&shared.assignments, a.id);
     if shared.state.held_hash(a.id.0) == Some(expected) && dest.is_file() {
-        tracing::info!(event = "fetched", node = %shared.node, assignment = %a.id, bytes = 0, held = true, "copy already held");
+        tracing::info!(
+            event = "fetched",
+            node = shared.node.0,
+            assignment = a.id.0,
+            bytes = 0,
+            held = true,
+            "copy already held"
+        );
         return Ok(expected);
     }
     let opts = FetchOptions {
@@ -488,7 +501,7 @@ async fn fetch(shared: &Shared, notify: &Notify, tracker: &Tracker) -> Result<[u
     metrics::counter!("cmover_hop_bytes_total", "node" => crate::metrics::node_label(shared.node), "from" => source)
         .increment(got.bytes);
     tracing::info!(
-        event = "fetched", node = %shared.node, assignment = %a.id, from = %notify.fetch_from,
+        event = "fetched", node = shared.node.0, assignment = a.id.0, from = %notify.fetch_from,
         bytes = got.bytes, ms = got.ms, resumed = got.resumed, refetched = got.refetched, "assignment fetched"
     );
     Ok(expected)
@@ -507,9 +520,14 @@ async fn forward(shared: &Shared, id: AssignmentId) {
             Ok(h) => h,
             Err(e) => {
                 failures += 1;
-                tracing::warn!(event = "next_hop_failed", %node, assignment = %id, failures, error = %e);
+                tracing::warn!(event = "next_hop_failed", node = node.0, assignment = id.0, failures, error = %e);
                 if failures >= NEXT_HOP_ATTEMPTS {
-                    tracing::warn!(event = "forwarding_abandoned", %node, assignment = %id, "the CCM does not answer next-hop; delivering in the segment");
+                    tracing::warn!(
+                        event = "forwarding_abandoned",
+                        node = node.0,
+                        assignment = id.0,
+                        "the CCM does not answer next-hop; delivering in the segment"
+                    );
                     return;
                 }
                 tokio::time::sleep(backoff(shared.retry_delay, failures)).await;
@@ -524,12 +542,12 @@ async fn forward(shared: &Shared, id: AssignmentId) {
             shared.client.post_json(&target.url, "/node/v1/notify", &target.notify).await;
         match r {
             Ok(_) => tracing::info!(
-                event = "forwarded", %node, assignment = %id, to = %target.node, url = %target.url,
+                event = "forwarded", node = node.0, assignment = id.0, to = target.node.0, url = %target.url,
                 "assignment forwarded"
             ),
             Err(e) => {
                 // The CCM hears of it from the next next-hop and reassigns.
-                tracing::warn!(event = "forward_failed", %node, assignment = %id, to = %target.node, error = %e);
+                tracing::warn!(event = "forward_failed", node = node.0, assignment = id.0, to = target.node.0, error = %e);
                 tokio::time::sleep(shared.retry_delay).await;
             }
         }
@@ -649,7 +667,7 @@ async fn multicast(
             break;
         }
         tracing::info!(
-            event = "reports_pending", node = %shared.node, assignment = id, round,
+            event = "reports_pending", node = shared.node.0, assignment = id, round,
             waiting = %crate::protocol::ids::join(&pending), "members still applying; asking again"
         );
     }
@@ -698,11 +716,17 @@ impl Handler<DistributeAssignment> for GroupLeader {
         let id = n.assignment.id;
         let node = self.shared.node;
         if !self.leading {
-            tracing::info!(event = "notify_refused", %node, assignment = %id, leader = self.leader.map(|l| l.0), "not the leader");
+            tracing::info!(
+                event = "notify_refused",
+                node = node.0,
+                assignment = id.0,
+                leader = self.leader.map(|l| l.0),
+                "not the leader"
+            );
             return Err(NotLeader { leader: self.leader });
         }
         tracing::info!(
-            event = "notified", %node, assignment = %id, run = %n.run, from = %msg.from, fetch_from = %n.fetch_from,
+            event = "notified", node = node.0, assignment = id.0, run = n.run.0, from = msg.from.0, fetch_from = %n.fetch_from,
             kind = %n.assignment.kind, site = %n.assignment.site, serial = n.assignment.serial,
             size = n.assignment.size, targets = n.targets.len(), duplicate = self.jobs.contains_key(&id),
             "notified"

@@ -260,7 +260,7 @@ impl MulticastReceiver {
                     .and_then(|f| f.set_len(size).map(|_| f));
                 match opened {
                     Ok(file) => {
-                        tracing::info!(event = "mctp_receive_start", %session, %assignment, size, from = %sender);
+                        tracing::info!(event = "mctp_receive_start", session = session.0, assignment = assignment.0, size, from = %sender);
                         self.files.insert(session, Receiving { file, path, sender, targets });
                     }
                     Err(e) => self.core.handle_write_failed(
@@ -303,18 +303,24 @@ impl MulticastReceiver {
                     .and_then(|_| std::fs::rename(&r.path, &path))
                     .map(|_| ReceivedFile { path, size, hash })
                     .map_err(|e| format!("cannot store assignment {assignment}: {e}"));
-                tracing::info!(event = "mctp_received", %session, %assignment, size, ok = result.is_ok());
+                tracing::info!(
+                    event = "mctp_received",
+                    session = session.0,
+                    assignment = assignment.0,
+                    size,
+                    ok = result.is_ok()
+                );
                 self.notify(assignment, r, result);
             }
             ReceiverEvent::Failed { session, assignment, error } => {
-                tracing::warn!(event = "mctp_receive_failed", %session, %assignment, %error);
+                tracing::warn!(event = "mctp_receive_failed", session = session.0, assignment = assignment.0, %error);
                 if let Some(r) = self.files.remove(&session) {
                     let _ = std::fs::remove_file(&r.path);
                     self.notify(assignment, r, Err(error));
                 }
             }
             ReceiverEvent::Abandoned { session, assignment } => {
-                tracing::warn!(event = "mctp_abandoned", %session, %assignment);
+                tracing::warn!(event = "mctp_abandoned", session = session.0, assignment = assignment.0);
                 if let Some(r) = self.files.remove(&session) {
                     let _ = std::fs::remove_file(&r.path);
                     let error = "the leader went silent before the assignment was complete";

@@ -268,7 +268,14 @@ impl MulticastSender {
                         p.missing.store(frames, Ordering::Relaxed);
                         p.active.store(targets as u32, Ordering::Relaxed);
                     }
-                    tracing::info!(event = "mctp_start", %session, %assignment, size, frames, targets);
+                    tracing::info!(
+                        event = "mctp_start",
+                        session = session.0,
+                        assignment = assignment.0,
+                        size,
+                        frames,
+                        targets
+                    );
                 }
                 SenderEvent::PassEnded { session, pass, sent, missing, active, rate } => {
                     let current = self.current.filter(|(s, _)| *s == session).map(|(_, a)| a);
@@ -277,7 +284,15 @@ impl MulticastSender {
                         p.missing.store(missing, Ordering::Relaxed);
                         p.active.store(active as u32, Ordering::Relaxed);
                     }
-                    tracing::info!(event = "mctp_pass", %session, pass, sent, missing, active, rate);
+                    tracing::info!(
+                        event = "mctp_pass",
+                        session = session.0,
+                        pass,
+                        sent,
+                        missing,
+                        active,
+                        rate
+                    );
                 }
                 SenderEvent::Finished(o) => {
                     let result = if o.gave_up || !o.completed { "gave_up" } else { "completed" };
@@ -294,12 +309,12 @@ impl MulticastSender {
                     let laggards: Vec<u64> = o.laggards.iter().map(|(n, _)| n.0).collect();
                     if o.gave_up || !o.completed {
                         tracing::warn!(
-                            event = "mctp_gave_up", session = %o.session, assignment = %o.assignment,
+                            event = "mctp_gave_up", session = o.session.0, assignment = o.assignment.0,
                             passes = o.passes, acked = o.acked.len(), silent = %ids::join(&silent), laggards = %ids::join(&laggards),
                         );
                     } else {
                         tracing::info!(
-                            event = "mctp_done", session = %o.session, assignment = %o.assignment,
+                            event = "mctp_done", session = o.session.0, assignment = o.assignment.0,
                             passes = o.passes, frames_sent = o.frames_sent, frames = o.frames_needed,
                             acked = o.acked.len(), already_had = o.already_had.len(), silent = %ids::join(&silent),
                         );

@@ -77,13 +77,17 @@ impl ReportCollector {
             let (failed, silent) = (ids::join(&failed), ids::join(&silent));
             if failed_count + silent_count > 0 {
                 tracing::warn!(
-                    event = "reports_collected", assignment = %o.assignment,
+                    event = "reports_collected", assignment = o.assignment.0,
                     succeeded = o.succeeded.len(), failed_count, %failed, silent_count, %silent, requests = o.requests,
                 );
             } else {
                 tracing::info!(
-                    event = "reports_collected", assignment = %o.assignment,
-                    succeeded = o.succeeded.len(), failed_count, silent_count, requests = o.requests,
+                    event = "reports_collected",
+                    assignment = o.assignment.0,
+                    succeeded = o.succeeded.len(),
+                    failed_count,
+                    silent_count,
+                    requests = o.requests,
                 );
             }
             if let Some(r) = &self.collected_to {

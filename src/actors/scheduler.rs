@@ -137,7 +137,7 @@ impl Scheduler {
                     })
                 });
                 if let Err(e) = r {
-                    tracing::error!(job = %job, error = %e, "cannot persist the job's times");
+                    tracing::error!(job = job.0, error = %e, "cannot persist the job's times");
                 }
                 persisted = true;
             }
@@ -154,7 +154,7 @@ impl Scheduler {
                 Action::Conflict { job, with, queued } => {
                     let site = jobs.as_ref().and_then(|t| t.get(&job).ok().flatten()).map(|j| j.site);
                     let what = if queued { "queued" } else { "cancelled (policy: cancel)" };
-                    tracing::info!(event = "conflict", job = %job, with = %with, queued);
+                    tracing::info!(event = "conflict", job = job.0, with = %with, queued);
                     self.history(
                         HistoryKind::Conflict,
                         format!(
@@ -176,7 +176,7 @@ impl Scheduler {
             Reason::Change => "change",
             Reason::Trigger => "trigger",
         };
-        tracing::info!(event = "job_due", job = %job, reason);
+        tracing::info!(event = "job_due", job = job.0, reason);
         self.ccm
             .send(RunJob { job, reason: reason.into() })
             .into_actor(self)
@@ -186,7 +186,7 @@ impl Scheduler {
                     Ok(Err(e)) => e.to_string(),
                     Err(e) => e.to_string(),
                 };
-                tracing::warn!(event = "run_refused", job = %job, error = %refused);
+                tracing::warn!(event = "run_refused", job = job.0, error = %refused);
                 act.history(
                     HistoryKind::RunRefused,
                     format!("job {job} was due ({reason}) but did not start: {refused}"),
@@ -267,7 +267,7 @@ impl Scheduler {
             let actions = self.load(job, now);
             debug_assert!(actions.iter().all(|a| matches!(a, Action::Persist { .. })));
             if self.core.trigger(job, Reason::Trigger) {
-                tracing::info!(event = "catch_up", job = %job, kind = kind.name(), group = %g.name);
+                tracing::info!(event = "catch_up", job = job.0, kind = kind.name(), group = %g.name);
             }
         }
     }

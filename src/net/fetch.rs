@@ -187,7 +187,7 @@ pub async fn fetch_assignment(
                 Err(Broken { received, error }) => {
                     fetched.bytes += received;
                     breaks += 1;
-                    tracing::warn!(event = "fetch_broken", assignment = %id, %url, received, attempt = breaks, %error);
+                    tracing::warn!(event = "fetch_broken", assignment = id.0, %url, received, attempt = breaks, %error);
                     if breaks > opts.retries {
                         return Err(FetchError::Transfer { id, url, attempts: breaks, last: error });
                     }
@@ -211,7 +211,7 @@ pub async fn fetch_assignment(
         }
         wrong += 1;
         tracing::warn!(
-            event = "fetch_hash_mismatch", assignment = %id, %url, size, expected_size = aref.size,
+            event = "fetch_hash_mismatch", assignment = id.0, %url, size, expected_size = aref.size,
             actual = %hex::encode(actual), attempt = wrong,
         );
         tokio::fs::remove_file(&part).await.map_err(io_err("remove", &part))?;

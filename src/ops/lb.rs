@@ -218,7 +218,7 @@ impl LoadBalancer {
                     LbAction::Out => (HistoryKind::LbOut, "out of rotation"),
                     LbAction::In => (HistoryKind::LbIn, "back in rotation"),
                 };
-                tracing::info!(event = kind.name(), server = %req.server, lb_server = %req.lb_server, site = %req.site, reason = %req.reason, %detail);
+                tracing::info!(event = kind.name(), server = req.server.0, lb_server = %req.lb_server, site = %req.site, reason = %req.reason, %detail);
                 append_history(
                     &self.db,
                     kind,
@@ -228,7 +228,7 @@ impl LoadBalancer {
                 );
             }
             Err(error) => {
-                tracing::warn!(event = "lb_failed", server = %req.server, lb_server = %req.lb_server, action = req.action.as_str(), %error);
+                tracing::warn!(event = "lb_failed", server = req.server.0, lb_server = %req.lb_server, action = req.action.as_str(), %error);
                 append_history(
                     &self.db,
                     HistoryKind::LbFailed,

@@ -103,7 +103,7 @@ impl Ccm {
         };
         let client = self.client.clone();
         let segment = target.segment.clone();
-        tracing::info!(event = "notify", run = id.0, assignment = notify.assignment.id.0, segment = %segment, leader = %target.leader, from = "ccm");
+        tracing::info!(event = "notify", run = id.0, assignment = notify.assignment.id.0, segment = %segment, leader = target.leader.0, from = "ccm");
         async move { client.post_json::<_, serde_json::Value>(&target.url, "/node/v1/notify", &notify).await }
             .into_actor(self)
             .map(move |res: Result<serde_json::Value, ClientError>, act, ctx| {
@@ -157,7 +157,7 @@ impl Handler<SegmentReported> for Ccm {
                 None,
             );
         }
-        tracing::debug!(event = "segment_reported", segment = %report.segment, leader = %report.leader, members = report.members.len());
+        tracing::debug!(event = "segment_reported", segment = %report.segment, leader = report.leader.0, members = report.members.len());
         let url = format!("http://{}", report.leader_http);
         let ids: Vec<RunId> = self.runs.keys().copied().collect();
         for id in ids {
@@ -184,7 +184,7 @@ impl Handler<NextHopAsked> for Ccm {
         let next = d.run.handle_next_hop(now, msg.node);
         let target = match (next, from) {
             (Some(t), Some(from)) => self.runs.get(&id).and_then(|d| self.notify_of(d, &t, from)).map(|notify| {
-                tracing::info!(event = "next_hop", run = id.0, assignment = msg.assignment.0, from = %msg.node, to = %t.leader, segment = %t.segment);
+                tracing::info!(event = "next_hop", run = id.0, assignment = msg.assignment.0, from = msg.node.0, to = t.leader.0, segment = %t.segment);
                 HopTarget { node: t.leader, url: t.url.clone(), notify }
             }),
             _ => None,
@@ -221,7 +221,7 @@ impl Handler<SegmentResultReceived> for Ccm {
                 p.reported_ms = Some(crate::clock::unix_ms());
             }
         }
-        tracing::info!(event = "segment_result", run = id.0, assignment = r.assignment.0, segment = %r.segment, leader = %msg.node,
+        tracing::info!(event = "segment_result", run = id.0, assignment = r.assignment.0, segment = %r.segment, leader = msg.node.0,
             succeeded = r.servers.values().filter(|o| **o == ServerOutcome::Succeeded).count(), servers = r.servers.len());
         self.process(id, ctx);
         Ok(())

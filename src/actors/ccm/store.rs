@@ -93,7 +93,7 @@ pub fn record_live(db: &Db, site: &str, serial: u64, servers: &[NodeId], hot: bo
             })
         });
         if let Err(e) = result {
-            tracing::error!(server = %s, error = %e, "cannot record the live release");
+            tracing::error!(server = s.0, error = %e, "cannot record the live release");
         }
     }
 }
