@@ -193,7 +193,11 @@ pub enum JobCmd {
     /// Create a job.
     Add(Box<JobSpecArgs>),
     /// List jobs with their next run time.
-    List,
+    List {
+        /// Also the one-off jobs (rollbacks, switches, restores, automatic catch-ups).
+        #[arg(long)]
+        all: bool,
+    },
     /// Show one job, its last runs and what it does.
     Show {
         /// Its id.
@@ -585,11 +589,11 @@ async fn job(c: &AdminClient, json_out: bool, cmd: JobCmd) -> Result<()> {
             }
             println!("job {} created ({} site {} on group {})", s(&v["id"]), a.kind, a.site, a.group);
         }
-        JobCmd::List => {
+        JobCmd::List { all } => {
             list(
                 c,
                 json_out,
-                "/api/v1/jobs",
+                if all { "/api/v1/jobs?all=true" } else { "/api/v1/jobs" },
                 &["id", "name", "kind", "site", "group", "schedule", "next run", "runs"],
                 |x| {
                     vec![

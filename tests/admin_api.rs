@@ -253,6 +253,13 @@ async fn every_route_answers_good_and_bad_calls_and_is_documented() {
     w.hit("POST", "/jobs", "/jobs", Some(job("teleport", json!({}))), 400).await;
     w.hit("GET", "/jobs", "/jobs", None, 200).await;
     w.hit("GET", "/jobs", "/jobs?limit=0", None, 400).await;
+    // A one-off job (a rollback from the releases page) is listed only when asked for.
+    let v = w.hit("POST", "/jobs", "/jobs", Some(job("rollback", json!({"one_off": true}))), 201).await;
+    let one_off = v["id"].clone();
+    let listed = |v: &Value| v.as_array().unwrap().iter().any(|j| j["id"] == one_off);
+    assert!(!listed(&w.hit("GET", "/jobs", "/jobs", None, 200).await), "a one-off job is hidden");
+    assert!(listed(&w.hit("GET", "/jobs", "/jobs?all=true", None, 200).await), "?all=true lists it");
+    w.hit("DELETE", "/jobs/{id}", &format!("/jobs/{one_off}"), None, 200).await;
     w.hit("GET", "/jobs/{id}", &format!("/jobs/{publish}"), None, 200).await;
     w.hit("GET", "/jobs/{id}", "/jobs/999", None, 404).await;
     let every = job("publish", json!({"schedule": {"type": "every", "interval_ms": 3_600_000}}));

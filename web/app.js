@@ -1089,14 +1089,16 @@ function viewRun(id) {
 
 // ---- releases and checkpoints ---------------------------------------------------------------
 
-// The job of `kind` for site/group (created, manual, when missing).
+// The one-off job of `kind` for site/group (created, manual, when missing):
+// a rollback or a switch from this page is not a job the admin keeps, so it
+// is hidden from the job list (its runs show as usual).
 async function jobFor(kind, site, group, params) {
-  const jobs = await api('GET', `/jobs?site=${encodeURIComponent(site)}&kind=${kind}&limit=1000`);
+  const jobs = await api('GET', `/jobs?site=${encodeURIComponent(site)}&kind=${kind}&limit=1000&all=true`);
   const p = j => j.params || {};
-  const same = jobs.find(j => j.group === group && j.kind === kind && !(p(j).paths || []).length &&
+  const same = jobs.find(j => j.one_off && j.group === group && j.kind === kind && !(p(j).paths || []).length &&
     (p(j).serial ?? null) === (params.serial ?? null));
   if (same) return same.id;
-  const made = await api('POST', '/jobs', { name: `${kind} ${group}`, site, group, kind, params: { paths: [], ...params }, schedule: { type: 'manual' } });
+  const made = await api('POST', '/jobs', { name: `${kind} ${group}`, site, group, kind, params: { paths: [], ...params }, schedule: { type: 'manual' }, one_off: true });
   return made.id;
 }
 

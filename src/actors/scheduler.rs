@@ -220,6 +220,7 @@ impl Scheduler {
             times: JobTimes::default(),
             created_ms: unix_ms(),
             runs: Vec::new(),
+            one_off: true,
         };
         jobs.put(&rec).ok()?;
         Some(id)

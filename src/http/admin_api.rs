@@ -648,6 +648,10 @@ pub struct JobInput {
     /// A disabled job runs only when asked (default true).
     #[serde(default = "crate::storage::records::yes")]
     pub enabled: bool,
+    /// Made for one action (a rollback, switch or restore): hidden from
+    /// the job list unless `?all=true`.
+    #[serde(default)]
+    pub one_off: bool,
 }
 
 /// A job as the API shows it: the record and its next run time.
@@ -757,6 +761,7 @@ fn add_job(state: &CcmState, j: JobInput) -> Result<JobRecord, ApiError> {
         times: JobTimes::default(),
         created_ms: unix_ms(),
         runs: Vec::new(),
+        one_off: j.one_off,
     };
     table::<JobRecord>(state)?.put(&rec)?;
     state.db.flush()?;
@@ -766,7 +771,9 @@ fn add_job(state: &CcmState, j: JobInput) -> Result<JobRecord, ApiError> {
 
 async fn list_jobs(state: web::Data<CcmState>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
     q.limit()?;
-    ok(table::<JobRecord>(&state)?.all()?.into_iter().map(|j| view(&state, j)).collect::<Vec<_>>())
+    let all = q.all == Some(true);
+    let jobs = table::<JobRecord>(&state)?.all()?.into_iter().filter(|j| all || !j.one_off);
+    ok(jobs.map(|j| view(&state, j)).collect::<Vec<_>>())
 }
 
 async fn get_job(state: web::Data<CcmState>, id: web::Path<u64>) -> Result<HttpResponse, ApiError> {
@@ -963,6 +970,8 @@ pub struct ListQuery {
     pub kind: Option<String>,
     /// At most this many (default 100, at most 10000).
     pub limit: Option<usize>,
+    /// Jobs: the one-off ones too.
+    pub all: Option<bool>,
 }
 
 impl ListQuery {
@@ -1177,6 +1186,7 @@ async fn restore_checkpoint(
         schedule: Schedule::default(),
         policy: Policy::default(),
         enabled: true,
+        one_off: true,
     };
     check_job(&state, &input).map_err(|e| match e {
         ApiError::Invalid { field, message } if field == "params.checkpoint" => ApiError::NotFound(message),

@@ -209,6 +209,11 @@ pub struct JobRecord {
     pub created_ms: u64,
     /// Its runs, oldest first.
     pub runs: Vec<RunId>,
+    /// Made for one action (a rollback, switch or restore from the UI or
+    /// the CLI, an automatic catch-up): listed only when asked for
+    /// (`GET /api/v1/jobs?all=true`), its runs everywhere as usual.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub one_off: bool,
 }
 
 /// `true`, the serde default of `enabled` fields.
