@@ -594,7 +594,7 @@ async fn job(c: &AdminClient, json_out: bool, cmd: JobCmd) -> Result<()> {
                 c,
                 json_out,
                 if all { "/api/v1/jobs?all=true" } else { "/api/v1/jobs" },
-                &["id", "name", "kind", "site", "group", "schedule", "next run", "runs"],
+                &["id", "name", "kind", "site", "group", "schedule", "next run", "runs", "last run"],
                 |x| {
                     vec![
                         s(&x["id"]),
@@ -605,6 +605,10 @@ async fn job(c: &AdminClient, json_out: bool, cmd: JobCmd) -> Result<()> {
                         s(&x["schedule"]["type"]),
                         when(&x["next_run_ms"]),
                         x["runs"].as_array().map_or(0, Vec::len).to_string(),
+                        match &x["last_run"] {
+                            Value::Null => "never".into(),
+                            r => format!("{} {}", s(&r["id"]), s(&r["state"])),
+                        },
                     ]
                 },
             )

@@ -607,11 +607,14 @@ function viewJobs() {
     if (!jobs) return;
     box.replaceChildren(jobs.length ? h('div', { class: 'table-wrap' }, h('table', { id: 'jobs-table' },
       h('thead', {}, h('tr', {}, h('th', {}, 'Job'), h('th', {}, 'Kind'), h('th', {}, 'Site / group'), h('th', {}, 'Schedule'),
-        h('th', {}, 'Next run'), h('th', {}, ''))),
+        h('th', {}, 'Next run'), h('th', {}, 'Last run'), h('th', {}, ''))),
       h('tbody', {}, jobs.map(j => h('tr', { 'data-job': j.id },
         h('td', {}, h('a', { href: '#/jobs/' + j.id }, `#${j.id} ${j.name || ''}`), j.enabled ? null : [' ', badge('offline', 'disabled')]),
         h('td', {}, j.kind), h('td', {}, `${j.site} / ${j.group}`), h('td', {}, scheduleText(j.schedule)),
         h('td', {}, j.next_run_ms ? when(j.next_run_ms) : '—'),
+        h('td', { 'data-last-run': j.last_run ? j.last_run.state : '' }, j.last_run
+          ? [h('a', { href: '#/runs/' + j.last_run.id }, 'Run ' + j.last_run.id), ' ', badge(j.last_run.state), ' ', ago(j.last_run.started_ms)]
+          : 'never'),
         h('td', {}, h('div', { class: 'actions' },
           h('button', { type: 'button', 'data-action': 'run', onclick: () => runJob(j.id) }, 'Run now'),
           h('button', { type: 'button', class: 'quiet', 'data-action': 'cancel', disabled: !running.has(j.id), onclick: () => cancelJob(j.id) }, 'Cancel'),

@@ -662,6 +662,22 @@ pub struct JobView {
     pub job: JobRecord,
     /// When it runs next by itself, Unix ms.
     pub next_run_ms: Option<u64>,
+    /// Its newest run, if it ran.
+    #[serde(default)]
+    pub last_run: Option<LastRun>,
+}
+
+/// A job's newest run, as the job list shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LastRun {
+    /// The run.
+    pub id: RunId,
+    /// Where it is.
+    pub state: crate::storage::records::RunState,
+    /// When it started, Unix ms.
+    pub started_ms: u64,
+    /// When it ended, Unix ms.
+    pub finished_ms: Option<u64>,
 }
 
 fn view(state: &CcmState, job: JobRecord) -> JobView {
@@ -671,7 +687,11 @@ fn view(state: &CcmState, job: JobRecord) -> JobView {
         // Not yet seen by the scheduler (it persists its times a moment later).
         next_run_ms = schedule::next_due(&job.schedule, unix_ms(), state.time_zone);
     }
-    JobView { next_run_ms: next_run_ms.filter(|_| job.enabled), job }
+    let last_run =
+        job.runs.last().and_then(|id| table::<RunRecord>(state).ok()?.get(id).ok().flatten()).map(|r| {
+            LastRun { id: r.id, state: r.state, started_ms: r.started_ms, finished_ms: r.finished_ms }
+        });
+    JobView { next_run_ms: next_run_ms.filter(|_| job.enabled), job, last_run }
 }
 
 fn check_patterns(field: &str, patterns: &[String]) -> Result<(), ApiError> {
