@@ -110,6 +110,7 @@ pub fn election(a: &ElectionArgs) -> Result<()> {
     println!("converged                 {}", s.converged);
     println!("split_brain               {}", s.split_brain);
     println!("highest_priority_won      {}", s.highest_priority_won);
+    println!("highest_live_won          {}", s.highest_live_won);
     println!("agreed_at_end             {}", s.agreed_at_end);
     println!("members_agree             {}", s.members_agree);
     println!("failovers measured        {}", s.failovers);

@@ -123,7 +123,10 @@ fn the_cli_drives_a_demo_cluster() {
     assert!(text.contains("committed") && text.contains("failed servers: none"), "{text}");
     let text = ok(&url, &token, &["job", "list"]);
     assert!(text.lines().next().unwrap().ends_with("LAST RUN"), "{text}");
-    assert!(text.lines().any(|l| l.starts_with(&format!("{edge_job} ")) && l.ends_with(" committed")), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with(&format!("{edge_job} ")) && l.ends_with(" committed")),
+        "{text}"
+    );
     let text = ok(&url, &token, &["job", "show", &edge_job]);
     assert!(text.contains("publish site edge on group edgeweb") && text.contains("last runs:"), "{text}");
     assert!(text.lines().any(|l| l.contains("committed") && l.contains("none")), "{text}");

@@ -125,10 +125,13 @@ fn design5_without_preemption_a_returning_higher_priority_node_does_not_take_ove
     c.crash = true;
     let s = run_many(&c, 1000, 400);
     assert_safe_and_live(&c, &s);
-    assert_eq!(s.highest_priority_won, 0, "{}", describe(&c, &s));
+    assert_eq!(s.highest_live_won, 0, "{}", describe(&c, &s));
+    // The survivor that leads is the highest-priority one of those that elected it.
+    assert_eq!(s.highest_priority_won, s.runs, "{}", describe(&c, &s));
     // The same with preemption: it always takes over.
     c.preempt = true;
     let s = run_many(&c, 1000, 400);
+    assert_eq!(s.highest_live_won, s.runs, "{}", describe(&c, &s));
     assert_eq!(s.highest_priority_won, s.runs, "{}", describe(&c, &s));
 }
 
@@ -154,4 +157,14 @@ fn small_and_odd_segments_elect_too() {
         let s = run_many(&c, runs, seed);
         assert_safe_and_live(&c, &s);
     }
+}
+
+#[test]
+fn claim2_after_a_crash_the_highest_priority_survivor_wins_at_5_percent_loss() {
+    // Issue 18: `cmover sim election --nodes 8 --runs 2000 --loss 0.05 --crash --seed 1`.
+    let mut c = config(8, 0.05);
+    c.crash = true;
+    let s = run_many(&c, 2000, 1);
+    assert_safe_and_live(&c, &s);
+    assert!(s.highest_priority_won * 100 >= s.runs * 99, "{}", describe(&c, &s));
 }

@@ -19,8 +19,12 @@
 //! - **split brain**: at some instant of the observation window two live
 //!   nodes were both in `LeaderIsMe` (checked after every event).
 //! - **highest priority won**: the final leader has the highest configured
-//!   priority (`base`, then node id) of the live nodes that may lead. Assured
-//!   with `preempt` on; without it a returning node does not take over.
+//!   priority (`base`, then node id) of the live nodes that may lead and
+//!   that were up when all live nodes came to agree on it: after a crash,
+//!   the highest-priority survivor. Without `preempt` a node that returns
+//!   after its segment elected another does not take over (by design: no
+//!   second change of leader), so it is not counted as a candidate; with
+//!   `preempt` on every live node is.
 //! - **failover**: from the leader's crash (when all live nodes agreed on it)
 //!   to the first instant at which all live nodes agree on one live leader.
 //! - **members agree**: at the end every live node's member list is the set
@@ -127,8 +131,12 @@ pub struct RunOutcome {
     pub agreed_at_end: bool,
     /// Two live leaders at once during the observation window.
     pub split_brain: bool,
-    /// The final leader has the highest configured priority.
+    /// The final leader has the highest configured priority of the
+    /// candidates it was elected among (see the module docs).
     pub highest_priority_won: bool,
+    /// The final leader has the highest priority of every live node, one
+    /// that returned after the election included (only preemption does that).
+    pub highest_live_won: bool,
     /// Every live node lists exactly the live nodes.
     pub members_agree: bool,
     /// Leader crash to a new leader known by all, if a leader was crashed.
@@ -151,8 +159,10 @@ pub struct Summary {
     pub converged: u64,
     /// Runs with a split brain after stabilisation.
     pub split_brain: u64,
-    /// Runs won by the highest-priority node.
+    /// Runs won by the highest-priority candidate (after a crash: survivor).
     pub highest_priority_won: u64,
+    /// Runs won by the highest-priority live node, a returning one included.
+    pub highest_live_won: u64,
     /// Median failover, ms (null without crashes).
     pub failover_ms_p50: Option<f64>,
     /// 99th percentile failover, ms.
@@ -226,6 +236,7 @@ pub fn summarise(outcomes: &[RunOutcome]) -> Summary {
         converged: count(&|o| o.converged),
         split_brain: count(&|o| o.split_brain),
         highest_priority_won: count(&|o| o.highest_priority_won),
+        highest_live_won: count(&|o| o.highest_live_won),
         failover_ms_p50: pct(0.50),
         failover_ms_p99: pct(0.99),
         datagrams_per_node_per_s: (traffic * 1000.0).round() / 1000.0,
@@ -254,6 +265,8 @@ struct Node {
     config: ElectorConfig,
     core: Option<Elector>,
     incarnation: u64,
+    /// When its process last started.
+    started: Time,
 }
 
 struct Sim<'a> {
@@ -347,6 +360,7 @@ impl Sim<'_> {
     fn start_node(&mut self, i: NodeIndex) {
         let n = &mut self.nodes[i];
         n.incarnation += 1;
+        n.started = self.now;
         let seed = self.seed ^ (i as u64) << 32 ^ n.incarnation;
         let mut core = Elector::new(n.config.clone(), n.id, seed);
         core.handle_timeout(self.now);
@@ -397,6 +411,7 @@ pub fn run_one(config: &SimConfig, seed: u64) -> RunOutcome {
             },
             core: None,
             incarnation: 0,
+            started: Time::ZERO,
         })
         .collect();
     for i in 0..n {
@@ -456,6 +471,8 @@ pub fn run_one(config: &SimConfig, seed: u64) -> RunOutcome {
     let mut split_brain = false;
     // Leaders all live nodes agreed on during the observation window.
     let mut agreed_in_window: Vec<NodeId> = Vec::new();
+    // The last leader all live nodes came to agree on, and since when.
+    let mut elected: Option<(NodeId, Time)> = None;
 
     loop {
         let next_timer = sim.live().filter_map(|(_, c)| c.poll_timeout()).min();
@@ -522,6 +539,11 @@ pub fn run_one(config: &SimConfig, seed: u64) -> RunOutcome {
                 sim.log(|| format!("failover after {:?}", now - from));
             }
         }
+        if let Some(l) = sim.agreed_leader() {
+            if elected.map(|(e, _)| e) != Some(l) {
+                elected = Some((l, now));
+            }
+        }
         if now >= window_start {
             if let Some(l) = sim.agreed_leader() {
                 if !agreed_in_window.contains(&l) {
@@ -540,12 +562,20 @@ pub fn run_one(config: &SimConfig, seed: u64) -> RunOutcome {
     let at_end = sim.agreed_leader();
     let converged = agreed_in_window.len() == 1;
     let leader = if converged { agreed_in_window.first().copied() } else { None };
-    let best = sim
-        .live()
-        .filter(|(i, _)| sim.nodes[*i].config.gl_capable)
-        .map(|(i, _)| (sim.nodes[i].config.priority.base(), sim.nodes[i].id))
-        .max()
-        .map(|(_, id)| id);
+    // The candidates the final leader was chosen among: the live ones that
+    // were up when all came to agree on it (a node that restarts after its
+    // segment elected another does not take over without preemption, by
+    // design), or every live one with preemption on.
+    let since = elected.filter(|(e, _)| Some(*e) == leader).map_or(Time::ZERO, |(_, t)| t);
+    let best_of = |all: bool| {
+        sim.live()
+            .filter(|(i, _)| sim.nodes[*i].config.gl_capable)
+            .filter(|(i, _)| all || config.preempt || sim.nodes[*i].started <= since)
+            .map(|(i, _)| (sim.nodes[i].config.priority.base(), sim.nodes[i].id))
+            .max()
+            .map(|(_, id)| id)
+    };
+    let (best, best_live) = (best_of(false), best_of(true));
     let mut live_ids: Vec<NodeId> = sim.live().map(|(_, c)| c.id()).collect();
     live_ids.sort();
     let members_agree = sim.live().all(|(_, c)| c.members() == live_ids);
@@ -557,6 +587,7 @@ pub fn run_one(config: &SimConfig, seed: u64) -> RunOutcome {
         agreed_at_end: at_end.is_some(),
         split_brain,
         highest_priority_won: leader.is_some() && leader == best,
+        highest_live_won: leader.is_some() && leader == best_live,
         members_agree,
         failover,
         datagrams_per_node_per_s: sim.sent_in_window as f64 / live / secs,
@@ -589,6 +620,7 @@ mod tests {
             agreed_at_end: true,
             split_brain: false,
             highest_priority_won: true,
+            highest_live_won: true,
             members_agree: true,
             failover: Some(Duration::from_millis(ms)),
             datagrams_per_node_per_s: 1.0,
