@@ -48,7 +48,7 @@ use thiserror::Error;
 use super::bytes::{DecodeError, Reader};
 use super::crypto::{ChunkCipher, ContentKey, CryptoError, Digest, Sha256, AEAD_TAG_LEN};
 use super::ids::{AssignmentSerial, JobId};
-use super::paths::{check_symlink_target, PathError, SiteName, SitePath, MAX_PATH_LEN};
+use super::paths::{check_symlink_target, PathError, SiteName, SitePath, TreeLinks, MAX_PATH_LEN};
 
 /// First bytes of every assignment.
 pub const MAGIC: [u8; 8] = *b"CMASSIGN";
@@ -119,6 +119,12 @@ pub enum FormatError {
         /// Position of the command.
         index: usize,
         /// What is wrong.
+        source: PathError,
+    },
+    /// A symlink of the release the assignment builds leads outside it.
+    #[error("invalid assignment: {source}")]
+    Symlink {
+        /// Which symlink, and why.
         source: PathError,
     },
     /// Some other rule of the format is broken.
@@ -758,8 +764,11 @@ pub fn decode_body(
 }
 
 /// Rules that span commands: data inside the data part, sizes consistent,
-/// base references only in delta assignments, and no path that goes through
-/// a symlink created earlier in the same assignment.
+/// base references only in delta assignments, no path that goes through
+/// a symlink created earlier in the same assignment, and (for a full
+/// assignment, whose commands alone make the release) every symlink of the
+/// release resolving inside it. A delta's symlinks are checked against its
+/// base release by the applier ([`links_after`]).
 ///
 /// Symlinks are kept in an ordered set, so that each check is a lookup per
 /// ancestor and a removal takes the removed tree's links as one range: a
@@ -809,7 +818,26 @@ pub fn validate_commands(header: &Header, commands: &[Command]) -> Result<(), Fo
             }
         }
     }
+    if !header.is_delta() {
+        links_after(TreeLinks::new(), commands).check().map_err(|source| FormatError::Symlink { source })?;
+    }
     Ok(())
+}
+
+/// The symlinks of the release these commands build from a base release
+/// whose symlinks are `base` (empty for a full assignment): what
+/// [`TreeLinks::check`] must accept before anything is written.
+pub fn links_after(mut links: TreeLinks, commands: &[Command]) -> TreeLinks {
+    for cmd in commands {
+        match cmd {
+            Command::Symlink { path, target } => links.insert(path, target),
+            Command::Remove { path } => links.remove_tree(path),
+            Command::SetMode { .. } => {}
+            // A directory, file or moved file takes the place of whatever was there.
+            other => links.remove(other.path()),
+        }
+    }
+    links
 }
 
 /// How many raw and stored bytes went into a section.
@@ -1334,6 +1362,30 @@ mod tests {
         file.extend_from_slice(&body);
         file.extend_from_slice(&encode_trailer(&head, &body));
         assert!(matches!(decode(&file), Err(FormatError::Path { source: PathError::Escapes { .. }, .. })));
+    }
+
+    /// Issue 15 item 1: each symlink passes the text check, but `passwd`
+    /// climbs out through `…/root`; a full assignment's commands are the
+    /// whole release, so the decoder refuses it, naming the link.
+    #[test]
+    fn a_full_assignment_whose_symlinks_chain_out_of_the_tree_is_refused() {
+        let up = "../../../../../../../../../..";
+        let mut cmds: Vec<Command> = Vec::new();
+        let mut dir = String::new();
+        for c in ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"] {
+            dir = if dir.is_empty() { c.to_owned() } else { format!("{dir}/{c}") };
+            cmds.push(Command::MakeDir { path: p(&dir), mode: 0o755 });
+        }
+        cmds.push(Command::Symlink { path: p(&format!("{dir}/root")), target: up.into() });
+        let passwd = Command::Symlink { path: p("passwd"), target: format!("{dir}/root/{up}/etc/passwd") };
+        resign(&cmds, 0).unwrap();
+        cmds.push(passwd);
+        let err = resign(&cmds, 0).unwrap_err();
+        assert!(matches!(err, FormatError::Symlink { source: PathError::EscapesThrough { .. } }), "{err}");
+        assert!(err.to_string().contains("symlink passwd ->"), "{err}");
+        // Removing the climbing link first makes the same target a plain path.
+        cmds.insert(cmds.len() - 1, Command::Remove { path: p(&format!("{dir}/root")) });
+        resign(&cmds, 0).unwrap();
     }
 
     #[test]

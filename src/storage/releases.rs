@@ -15,7 +15,9 @@
 //! links, and every command that writes a file writes a *new* file beside
 //! its target and renames it over the link, so no inode shared with a live release is ever modified. Before
 //! anything is written the assignment is verified (hashes, paths, key), its
-//! base is checked against `live`, and the free disk space is checked. While
+//! base is checked against `live`, every symlink of the release it builds
+//! (the base's that stay, and its own) is checked to resolve inside it, and
+//! the free disk space is checked. While
 //! building, no path is resolved through a symlink. On any failure the
 //! half-built release is deleted and `live` is as it was.
 //!
@@ -36,11 +38,11 @@ use thiserror::Error;
 
 use super::assignment_file::{AssignmentError, AssignmentFile};
 use super::tree::hash_file;
-use crate::protocol::assignment::{Command, FileMeta, Kind};
+use crate::protocol::assignment::{links_after, Command, FileMeta, Kind};
 use crate::protocol::crypto::{Digest, Sha256};
 use crate::protocol::delta::{self, DeltaError};
 use crate::protocol::ids::AssignmentSerial;
-use crate::protocol::paths::SitePath;
+use crate::protocol::paths::{PathError, SitePath, TreeLinks};
 
 /// Name of the live symlink.
 pub const LIVE: &str = "live";
@@ -102,6 +104,19 @@ pub enum ReleaseError {
         path: String,
         /// Why.
         reason: String,
+    },
+    /// A symlink of the release the assignment would build leads outside it.
+    #[error(
+        "assignment {serial} is rejected, nothing was written under {root}: {source}. \
+         Fix the symlink in the staging tree and publish again"
+    )]
+    Symlink {
+        /// The assignment.
+        serial: AssignmentSerial,
+        /// The site root.
+        root: PathBuf,
+        /// Which symlink, and why.
+        source: PathError,
     },
     /// Content does not have the hash the assignment says.
     #[error("{what} {path} has SHA-256 {actual}, the assignment expects {expected}")]
@@ -393,6 +408,7 @@ impl SiteRoot {
         if fs::symlink_metadata(&target).is_ok() {
             return Err(ReleaseError::Exists { serial: h.serial, root: self.root.clone() });
         }
+        self.check_links(a, base.as_deref())?;
         self.check_space(a, base.as_deref())?;
 
         for dir in [RELEASES, INCOMING] {
@@ -442,6 +458,21 @@ impl SiteRoot {
                 Err(e)
             }
         }
+    }
+
+    /// Checks, before anything is written, that every symlink of the release
+    /// `a` builds resolves inside it: the base release's symlinks that stay,
+    /// with the assignment's own, followed wherever they chain.
+    fn check_links(&self, a: &AssignmentFile, base: Option<&Path>) -> Result<(), ReleaseError> {
+        let base_links = match base {
+            Some(b) => links_in(b)?,
+            None => TreeLinks::new(),
+        };
+        links_after(base_links, &a.commands).check().map_err(|source| ReleaseError::Symlink {
+            serial: a.header.serial,
+            root: self.root.clone(),
+            source,
+        })
     }
 
     fn check_space(&self, a: &AssignmentFile, base: Option<&Path>) -> Result<(), ReleaseError> {
@@ -587,6 +618,24 @@ impl SiteRoot {
         }
         Ok(pruned)
     }
+}
+
+/// The symlinks of the release at `dir`.
+fn links_in(dir: &Path) -> Result<TreeLinks, ReleaseError> {
+    let mut links = TreeLinks::new();
+    for entry in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
+        let entry = entry.map_err(|e| io_err("read", dir)(e.into()))?;
+        if !entry.file_type().is_symlink() {
+            continue;
+        }
+        let rel = entry.path().strip_prefix(dir).unwrap_or(entry.path());
+        let target = fs::read_link(entry.path()).map_err(io_err("read", entry.path()))?;
+        let not_utf8 =
+            || unsafe_path(&rel.to_string_lossy(), "the base release has a name that is not UTF-8");
+        let path = SitePath::from_relative(rel).map_err(|_| not_utf8())?;
+        links.insert(&path, target.to_str().ok_or_else(not_utf8)?);
+    }
+    Ok(links)
 }
 
 /// Deletes a file, symlink or directory tree; absent is fine. Never follows symlinks.
