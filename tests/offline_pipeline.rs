@@ -425,6 +425,46 @@ fn a_delta_that_makes_a_base_symlink_chain_out_is_refused_whole() {
     assert_eq!(site.live().unwrap(), Some(AssignmentSerial(2)));
 }
 
+/// Issue 15 item 5: declared sizes that add up past `u64::MAX` must not wrap
+/// round and pass the free-space check (nor panic). Two files whose sizes
+/// wrap to a few bytes are refused by the decoder; one file just under the
+/// limit, which only overflows once the per-command overhead is added, is
+/// refused by the free-space check. Neither changes anything.
+#[test]
+fn declared_sizes_that_add_up_past_u64_max_are_refused_and_change_nothing() {
+    let (dir, site) = base_site(|_| {});
+    let strict = SiteRoot::new(site.root(), SiteOptions { min_free_disk: 1 << 20, ..SiteOptions::default() });
+    for sizes in [vec![u64::MAX - 100, 200], vec![u64::MAX - 100]] {
+        let params = NewAssignment {
+            site: cmover::offline::default_site(),
+            serial: AssignmentSerial(2),
+            base_serial: AssignmentSerial(1),
+            job_id: JobId(0),
+            created_ms: 0,
+            min_compression_gain: 0.05,
+        };
+        let mut w = AssignmentWriter::new(Cursor::new(Vec::new()), params, None).unwrap();
+        let (data, _) = w.add_section(&mut &b"evil"[..], false).unwrap();
+        for (i, size) in sizes.iter().enumerate() {
+            w.push(&Command::PutFile {
+                path: SitePath::new(&format!("big{i}")).unwrap(),
+                meta: FileMeta { mode: 0o644, ..FileMeta::default() },
+                size: *size,
+                sha256: Digest::of(b"evil"),
+                data: cmover::protocol::assignment::DataRef { raw_len: *size, ..data },
+            });
+        }
+        let file = dir.path().join("2.cma");
+        fs::write(&file, w.finish().unwrap().1.into_inner()).unwrap();
+        let before = snapshot(site.root());
+        let err = publish(&strict, &file, None).expect_err("accepted sizes past u64::MAX");
+        let msg = err.to_string();
+        assert!(msg.contains(&u64::MAX.to_string()), "{sizes:?}: {msg}");
+        assert_unchanged(&before, &snapshot(site.root()), &msg);
+        assert_eq!(site.live().unwrap(), Some(AssignmentSerial(1)));
+    }
+}
+
 #[test]
 fn failures_midway_leave_the_old_release_live_and_complete() {
     let (f, _) = fixture(11, &CorpusSpec::small());

@@ -763,8 +763,8 @@ pub fn decode_body(
     Ok(commands)
 }
 
-/// Rules that span commands: data inside the data part, sizes consistent,
-/// base references only in delta assignments, no path that goes through
+/// Rules that span commands: data inside the data part, sizes consistent
+/// (and their total within a `u64`), base references only in delta assignments, no path that goes through
 /// a symlink created earlier in the same assignment, and (for a full
 /// assignment, whose commands alone make the release) every symlink of the
 /// release resolving inside it. A delta's symlinks are checked against its
@@ -775,8 +775,19 @@ pub fn decode_body(
 /// body of millions of commands costs `n log n`, not `n²`.
 pub fn validate_commands(header: &Header, commands: &[Command]) -> Result<(), FormatError> {
     let mut links: BTreeSet<&str> = BTreeSet::new();
+    // What the files add up to: checked, since the sizes are the sender's
+    // word and a sum that wraps round would pass any free-space check.
+    let mut total: u64 = 0;
     for (index, cmd) in commands.iter().enumerate() {
         let fail = |msg: String| FormatError::Invalid(format!("command {index} ({}): {msg}", cmd.path()));
+        if let Command::PutFile { size, .. } | Command::PatchFile { size, .. } = cmd {
+            total = total.checked_add(*size).ok_or_else(|| {
+                fail(format!(
+                    "its size {size} brings the files' total past {} bytes; no release is that large",
+                    u64::MAX
+                ))
+            })?;
+        }
         if let Some(d) = cmd.data() {
             let end = d.offset.checked_add(d.len).filter(|&e| e <= header.data_len);
             if end.is_none() {
@@ -1090,7 +1101,7 @@ impl<'c, R: Read> SectionReader<'c, R> {
                 self.fail(format!("chunk of {raw_len} raw / {stored_len} stored bytes is out of bounds"))
             );
         }
-        if self.produced + raw_len as u64 > self.data.raw_len {
+        if self.produced.checked_add(raw_len as u64).is_none_or(|n| n > self.data.raw_len) {
             return Err(self.fail("chunks hold more bytes than the section declares"));
         }
         let chunk_offset = self.data.offset + self.consumed + CHUNK_HEADER_LEN as u64;
@@ -1481,7 +1492,8 @@ mod tests {
                 sha256,
                 data
             }),
-            (arb_path(), arb_path(), arb_digest(), arb_meta(), any::<u64>(), arb_digest()).prop_map(
+            // Sizes whose total over 20 commands fits in a u64 (a larger total is refused).
+            (arb_path(), arb_path(), arb_digest(), arb_meta(), 0..u64::MAX / 32, arb_digest()).prop_map(
                 move |(path, base, base_sha256, meta, size, sha256)| Command::PatchFile {
                     path,
                     base,

@@ -97,6 +97,18 @@ pub enum ReleaseError {
         /// Bytes available.
         available: u64,
     },
+    /// The sizes an assignment declares add up past what a `u64` holds.
+    #[error(
+        "assignment {serial} declares files that add up to more than {} bytes: no disk under {root} holds \
+         that; the assignment is rejected and nothing was written",
+        u64::MAX
+    )]
+    TooLarge {
+        /// The assignment.
+        serial: AssignmentSerial,
+        /// The site root.
+        root: PathBuf,
+    },
     /// A path would be resolved through a symlink or a non-directory.
     #[error("unsafe path {path}: {reason}; the assignment is rejected")]
     Unsafe {
@@ -476,9 +488,13 @@ impl SiteRoot {
     }
 
     fn check_space(&self, a: &AssignmentFile, base: Option<&Path>) -> Result<(), ReleaseError> {
-        let mut needed = 4096 * (a.commands.len() as u64 + 1);
+        // The sizes are the assignment's word: summed with checks, since a
+        // total that wrapped round would pass any free-space check.
+        let too_large = || ReleaseError::TooLarge { serial: a.header.serial, root: self.root.clone() };
+        let commands = u64::try_from(a.commands.len()).map_err(|_| too_large())?;
+        let mut needed = commands.checked_add(1).and_then(|n| n.checked_mul(4096)).ok_or_else(too_large)?;
         for c in &a.commands {
-            needed += match c {
+            let more = match c {
                 Command::PutFile { size, .. } | Command::PatchFile { size, .. } => *size,
                 // A mode change of a file shared with the base release copies it.
                 Command::SetMode { path, .. } => base
@@ -487,6 +503,7 @@ impl SiteRoot {
                     .map_or(0, |m| m.len()),
                 _ => 0,
             };
+            needed = needed.checked_add(more).ok_or_else(too_large)?;
         }
         let mut probe = self.root.as_path();
         while fs::symlink_metadata(probe).is_err() {
@@ -856,7 +873,7 @@ impl Builder<'_> {
             fs::rename(&tmp, target).map_err(io_err("move into place", target))?;
             self.written.push(target.to_owned());
             self.report.files_written += 1;
-            self.report.bytes_written += size;
+            self.report.bytes_written = self.report.bytes_written.saturating_add(size);
             Ok(())
         })();
         if result.is_err() {
