@@ -114,13 +114,7 @@ pub fn read_secret(config: &Config) -> Result<Vec<u8>, ConfigError> {
             "create one with `cmover keygen --output FILE` and copy it to every node",
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| {
-        invalid(
-            "cluster.secret_file",
-            format!("cannot read {}: {e}", path.display()),
-            "check the path and that the agent may read it",
-        )
-    })?;
+    let bytes = crate::config::read_secret_file("cluster.secret_file", path)?;
     parse_key_file(&bytes).map_err(|e| {
         invalid(
             "cluster.secret_file",

@@ -136,8 +136,17 @@ fn random_hex(len: usize) -> std::io::Result<String> {
 pub fn plan(opts: &ClusterOptions) -> Result<Plan, ClusterError> {
     std::fs::create_dir_all(&opts.dir)?;
     let secret_file = opts.dir.join("secret");
+    // Readable by its owner only: the agents refuse a secret others may read.
     if !secret_file.exists() {
-        std::fs::write(&secret_file, random_hex(32)?)?;
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&secret_file)?;
+        f.write_all(random_hex(32)?.as_bytes())?;
+    } else {
+        // Written by an older build with the default mode.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600))?;
     }
     let mut http = opts.http;
     if http.port() == 0 {

@@ -307,7 +307,7 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config> {
 
 fn run(mut cli: Cli) -> Result<()> {
     if let Command::Config(ConfigCommand::Check { file }) = &cli.command {
-        Config::load(file)?;
+        Config::load(file)?.check_secret_files()?;
         println!("{}: ok", file.display());
         return Ok(());
     }

@@ -46,7 +46,10 @@ pub enum OfflineError {
 /// Reads a key file (hex, as written by `cmover keygen`).
 pub fn load_key(path: &Path) -> Result<ContentKey, OfflineError> {
     let key_err = |reason: String| OfflineError::Key { path: path.to_owned(), reason };
-    let bytes = std::fs::read(path).map_err(|e| key_err(e.to_string()))?;
+    let bytes = crate::config::read_secret_file("key file", path).map_err(|e| match e {
+        crate::config::ConfigError::Invalid { problem, fix, .. } => key_err(format!("{problem}; fix: {fix}")),
+        other => key_err(other.to_string()),
+    })?;
     let secret = parse_key_file(&bytes).map_err(|e: CryptoError| key_err(e.to_string()))?;
     ContentKey::from_secret(&secret).map_err(|e| key_err(e.to_string()))
 }

@@ -204,6 +204,11 @@ async fn every_route_answers_good_and_bad_calls_and_is_documented() {
     let v = w.hit("POST", "/groups", "/groups", Some(group("typo", json!([1, 99]))), 400).await;
     assert_eq!(v["field"], "servers", "{v}");
     assert!(v["error"].as_str().unwrap().contains("server 99 is not known"), "{v}");
+    // Group names are safe names (issue 15 item 8): no climbing, no NUL.
+    for bad in ["../../g", "g\u{0}x", "/g", ""] {
+        let v = w.hit("POST", "/groups", "/groups", Some(group(bad, json!([1]))), 400).await;
+        assert_eq!(v["field"], "name", "{bad:?}: {v}");
+    }
     w.hit("GET", "/groups", "/groups", None, 200).await;
     w.hit("GET", "/groups", "/groups?limit=abc", None, 400).await;
     w.hit("GET", "/groups/{name}", "/groups/web", None, 200).await;
@@ -251,6 +256,11 @@ async fn every_route_answers_good_and_bad_calls_and_is_documented() {
     w.hit("POST", "/jobs", "/jobs", Some(job("switch", json!({}))), 400).await;
     w.hit("POST", "/jobs", "/jobs", Some(job("publish", json!({"policy": {"include": ["a[b"]}}))), 400).await;
     w.hit("POST", "/jobs", "/jobs", Some(job("teleport", json!({}))), 400).await;
+    // A hot job's path is refused as given, not trimmed into the site (issue 15 item 8).
+    let v = w
+        .hit("POST", "/jobs", "/jobs", Some(job("hot", json!({"params": {"paths": ["/etc/passwd"]}}))), 400)
+        .await;
+    assert_eq!(v["field"], "params.paths", "{v}");
     w.hit("GET", "/jobs", "/jobs", None, 200).await;
     w.hit("GET", "/jobs", "/jobs?limit=0", None, 400).await;
     // A one-off job (a rollback from the releases page) is listed only when asked for.
@@ -321,6 +331,9 @@ async fn every_route_answers_good_and_bad_calls_and_is_documented() {
     w.hit("GET", "/checkpoints", "/checkpoints?site=nope", None, 400).await;
     w.hit("GET", "/checkpoints/{site}/{id}", &format!("/checkpoints/www/{ck}"), None, 200).await;
     w.hit("GET", "/checkpoints/{site}/{id}", "/checkpoints/www/999", None, 404).await;
+    // A bad site name is the caller's mistake, not the server's (issue 15 item 8: was 500).
+    w.hit("GET", "/checkpoints/{site}/{id}", "/checkpoints/..%2F..%2Fetc/1", None, 400).await;
+    w.hit("GET", "/checkpoints/{site}/{id}", "/checkpoints/bad%20site/1", None, 400).await;
     let restore = format!("/checkpoints/www/{ck}/restore");
     w.hit("POST", "/checkpoints/{site}/{id}/restore", &restore, Some(json!({"group": "nope"})), 400).await;
     let v =

@@ -35,7 +35,7 @@ struct World {
 fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("secret");
-    std::fs::write(&secret_file, hex::encode([7u8; 32])).unwrap();
+    common::config::write_secret(&secret_file, &hex::encode([7u8; 32]));
     let staging = dir.path().join("staging");
     corpus::generate(&staging, 3, &CorpusSpec::small()).unwrap();
     let mut config = Config::default();

@@ -172,7 +172,7 @@ async fn two_segments_publish_commit_refetch_restart_and_fail_over() {
     let started = std::time::Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
-    std::fs::write(root.join("secret"), format!("{SECRET_HEX}\n")).unwrap();
+    common::config::write_secret(&root.join("secret"), &format!("{SECRET_HEX}\n"));
     let ccm = FakeCcm::start(&secret(), &root.join("ccm")).await;
     let control: BTreeMap<u64, SocketAddr> =
         (1..=6).map(|id| (id, SocketAddr::from(([127, 0, 0, 1], free_udp_port())))).collect();

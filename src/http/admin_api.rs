@@ -529,8 +529,16 @@ async fn create_group(
     body: web::Json<NewGroup>,
 ) -> Result<HttpResponse, ApiError> {
     let g = body.into_inner();
-    if g.name.trim().is_empty() || g.name.len() > 64 {
-        return Err(invalid("name", "give a name of 1 to 64 characters"));
+    // Group names end up in paths, logs and URLs: the same safe rule as site names.
+    if !SiteName::valid(&g.name) {
+        return Err(invalid(
+            "name",
+            format!(
+                "{:?} is not a group name: use 1 to 64 ASCII letters, digits, '.', '_' or '-', \
+                 starting with a letter or digit",
+                g.name
+            ),
+        ));
     }
     if table::<SiteRecord>(&state)?.get(&g.site)?.is_none() {
         return Err(invalid("site", format!("site {:?} does not exist; create it first", g.site)));
@@ -725,9 +733,7 @@ pub fn check_job(state: &CcmState, j: &JobInput) -> Result<GroupRecord, ApiError
             let Some(id) = p.checkpoint else {
                 return Err(invalid("params.checkpoint", "a restore names the checkpoint to restore"));
             };
-            let found = Checkpoints::new(&state.checkpoints)
-                .get(&j.site, id)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            let found = Checkpoints::new(&state.checkpoints).get(&j.site, id).map_err(ck_err)?;
             if found.is_none() {
                 return Err(invalid("params.checkpoint", format!("site {} has no checkpoint {id}", j.site)));
             }
@@ -740,9 +746,14 @@ pub fn check_job(state: &CcmState, j: &JobInput) -> Result<GroupRecord, ApiError
         }
         _ => {}
     }
+    // Refused as given, never trimmed: "/etc/passwd" is not "etc/passwd".
     for path in &p.paths {
-        SitePath::new(path.trim_matches('/'))
-            .map_err(|e| invalid("params.paths", format!("{path:?}: {e}")))?;
+        SitePath::new(path).map_err(|e| {
+            invalid(
+                "params.paths",
+                format!("{e}; give paths relative to the site root, like \"docs/index.html\""),
+            )
+        })?;
     }
     schedule::validate(&j.schedule).map_err(|e| invalid(e.field(), e.to_string()))?;
     let pol = &j.policy;
@@ -1111,8 +1122,16 @@ fn checkpoints(state: &CcmState) -> Checkpoints {
     Checkpoints::new(&state.checkpoints)
 }
 
+/// A checkpoint error as the caller should see it: a bad site name is the
+/// caller's mistake (400), a missing checkpoint 404, a taken id 409.
 fn ck_err(e: crate::storage::checkpoint::CheckpointError) -> ApiError {
-    ApiError::Internal(e.to_string())
+    use crate::storage::checkpoint::CheckpointError as E;
+    match e {
+        E::BadSite(e) => invalid("site", e.to_string()),
+        e @ E::NotFound { .. } => ApiError::NotFound(e.to_string()),
+        e @ E::Exists { .. } => ApiError::Conflict(e.to_string()),
+        e => ApiError::Internal(e.to_string()),
+    }
 }
 
 async fn list_checkpoints(

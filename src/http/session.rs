@@ -44,8 +44,13 @@ pub fn random_hex(n: usize) -> Result<String, ApiError> {
     Ok(hex::encode(b))
 }
 
+/// Whether `a` and `b` are equal, in a time that depends on neither their
+/// contents nor their lengths: both are hashed first (SHA-256), and the
+/// digests are compared without an early exit, so a wrong guess tells its
+/// sender nothing about how long the secret is or how much of it matched.
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let (x, y) = (Digest::of(a), Digest::of(b));
+    x.0.iter().zip(y.0.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
 }
 
 fn pbkdf2(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
@@ -153,6 +158,14 @@ pub fn authorize(req: &HttpRequest, state: &CcmState) -> Result<Caller, ApiError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn comparisons_hash_first_so_lengths_do_not_matter() {
+        assert!(same(b"token", b"token"));
+        assert!(!same(b"token", b"token "));
+        assert!(!same(b"", b"t"));
+        assert!(same(b"", b""));
+    }
 
     #[test]
     fn passwords_verify_and_wrong_ones_do_not() {
