@@ -22,6 +22,10 @@
 //! datagram it drops is counted by reason ([`RejectCounts`]), so forged or
 //! replayed traffic is visible and never reaches the state machine.
 
+// Sizes and counts here come from the network or the disk: no silent
+// truncation (tests may build what they like).
+#![cfg_attr(not(test), warn(clippy::cast_possible_truncation))]
+
 use std::net::Ipv4Addr;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -153,7 +157,7 @@ fn put_text(out: &mut BytesMut, s: &str) {
     // Callers bound their text ([`MemberInfo::bounded`]); cut rather than
     // emit a length the decoder would refuse.
     let s = cut(s);
-    out.put_u16_le(s.len() as u16);
+    out.put_u16_le(u16::try_from(s.len()).unwrap_or(u16::MAX));
     out.put_slice(s.as_bytes());
 }
 
@@ -220,7 +224,7 @@ impl ControlMsg {
                 put_text(out, &info.data);
                 put_text(out, &info.name);
                 let sites: Vec<&SiteSerial> = listed(&info.serials).collect();
-                out.put_u16_le(sites.len() as u16);
+                out.put_u16_le(u16::try_from(sites.len()).unwrap_or(u16::MAX));
                 for s in sites {
                     put_text(out, &s.site);
                     out.put_u64_le(s.serial);
@@ -230,7 +234,7 @@ impl ControlMsg {
                 out.put_u8(TAG_LIST);
                 out.put_u64_le(*version);
                 let members = &members[..members.len().min(MAX_MEMBERS)];
-                out.put_u16_le(members.len() as u16);
+                out.put_u16_le(u16::try_from(members.len()).unwrap_or(u16::MAX));
                 for m in members {
                     out.put_u64_le(m.0);
                 }

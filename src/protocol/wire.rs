@@ -55,6 +55,10 @@
 //! `UdpFramed`. It yields every datagram, authenticated or not, as a
 //! [`Received`] so the driver can count rejections without ending the stream.
 
+// Sizes and counts here come from the network or the disk: no silent
+// truncation (tests may build what they like).
+#![cfg_attr(not(test), warn(clippy::cast_possible_truncation))]
+
 use std::collections::HashMap;
 use std::ops::Range;
 
@@ -221,7 +225,7 @@ fn header(env: &Envelope, payload_len: usize) -> [u8; HEADER_LEN] {
     h[4..12].copy_from_slice(&env.sender.0.to_le_bytes());
     h[12..20].copy_from_slice(&env.seq.to_le_bytes());
     h[20..28].copy_from_slice(&env.timestamp_ms.to_le_bytes());
-    h[28..30].copy_from_slice(&(payload_len as u16).to_le_bytes());
+    h[28..30].copy_from_slice(&u16::try_from(payload_len).unwrap_or(u16::MAX).to_le_bytes());
     h
 }
 
@@ -230,7 +234,8 @@ fn header(env: &Envelope, payload_len: usize) -> [u8; HEADER_LEN] {
 fn nonce(env: &Envelope) -> [u8; DATAGRAM_NONCE_LEN] {
     let mut n = [0u8; DATAGRAM_NONCE_LEN];
     n[..8].copy_from_slice(&env.seq.to_le_bytes());
-    n[8..].copy_from_slice(&(env.timestamp_ms as u32).to_le_bytes());
+    // The low 32 bits of the timestamp.
+    n[8..].copy_from_slice(&env.timestamp_ms.to_le_bytes()[..4]);
     n
 }
 

@@ -26,6 +26,10 @@
 //! sees the old release or the new one, never a mix. Rolling back swaps
 //! `live` to the newest older release.
 
+// Sizes and counts here come from the network or the disk: no silent
+// truncation (tests may build what they like).
+#![cfg_attr(not(test), warn(clippy::cast_possible_truncation))]
+
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
