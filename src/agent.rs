@@ -35,7 +35,9 @@ use std::sync::Arc;
 use actix_web::dev::ServerHandle;
 use thiserror::Error;
 
-use crate::actors::content_interpreter::{reconcile_held, ContentInterpreter, InterpreterSetup};
+use crate::actors::content_interpreter::{
+    discard_interrupted_builds, reconcile_held, ContentInterpreter, InterpreterSetup,
+};
 use crate::actors::elector::{ElectionEvent, ElectorActor, ElectorSetup, Shutdown, Transport};
 use crate::actors::group_leader::{GroupLeader, LeaderSetup};
 use crate::actors::multicast_receiver::MulticastReceiver;
@@ -315,6 +317,9 @@ fn build(config: &Config) -> Result<Parts, AgentError> {
             let _ = std::fs::remove_file(e.path());
         }
     }
+    // So are release builds (`incoming/N.building`): the assignment is
+    // applied again from its start if it comes again.
+    discard_interrupted_builds(&a.sites_root);
     let state = Arc::new(AgentState::open(&a.data_dir)?);
     let held = reconcile_held(&assignments, &state)?;
     let mut elector_setup = elector_setup(config, Vec::new())?;

@@ -568,6 +568,11 @@ pub struct CcmConfig {
     /// Time segments have to report an assignment's outcome; later ones count as silent.
     #[serde(with = "duration")]
     pub report_timeout: Duration,
+    /// A segment whose leader has not reported for this long is silent: its
+    /// servers count as offline until it reports again (keep it a few times
+    /// `agent.segment_report_interval`).
+    #[serde(with = "duration")]
+    pub segment_silence: Duration,
     /// Segment names in the order their leaders should be served (admin
     /// static order); segments not listed follow, by CPU and free disk.
     pub tree_order: Vec<String>,
@@ -604,6 +609,7 @@ impl Default for CcmConfig {
             max_attempts: 3,
             retry_delay: Duration::from_secs(2),
             report_timeout: Duration::from_secs(300),
+            segment_silence: Duration::from_secs(60),
             tree_order: Vec::new(),
             max_clock_skew: Duration::from_secs(30),
             encrypt: false,

@@ -159,6 +159,8 @@ pub fn plan(opts: &ClusterOptions) -> Result<Plan, ClusterError> {
     ccm.ccm.admin_token = random_hex(16)?;
     ccm.ccm.fanout = opts.fanout;
     ccm.ccm.notify_timeout = Duration::from_secs(20);
+    // Agents report every 2 s here (`agent_config`).
+    ccm.ccm.segment_silence = Duration::from_secs(10);
     ccm.ccm.report_timeout = Duration::from_secs(120);
     ccm.ccm.retry_delay = Duration::from_millis(500);
     ccm.ccm.scheduler_tick = Duration::from_millis(200);

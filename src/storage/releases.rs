@@ -630,14 +630,24 @@ impl SiteRoot {
                 remove_any(&self.incoming_dir(s))?;
             }
         }
-        // Builds a crash interrupted.
+        self.discard_interrupted_builds()?;
+        Ok(pruned)
+    }
+
+    /// Deletes the `incoming/N.building` directories a crash left behind (a
+    /// build is never resumed: the assignment is applied again from its
+    /// start). An agent calls it at start, before any assignment. Answers
+    /// the directories deleted.
+    pub fn discard_interrupted_builds(&self) -> Result<Vec<PathBuf>, ReleaseError> {
         let incoming = self.root.join(INCOMING);
+        let mut removed = Vec::new();
         for e in fs::read_dir(&incoming).into_iter().flatten().flatten() {
             if e.file_name().to_str().is_some_and(|n| n.ends_with(".building")) {
                 remove_any(&e.path())?;
+                removed.push(e.path());
             }
         }
-        Ok(pruned)
+        Ok(removed)
     }
 }
 
@@ -1034,6 +1044,21 @@ mod tests {
     /// DESIGN §4 "Only targets": a commit switches only a server that built
     /// the run's release. On a server that never got the content (not a
     /// target) the commit is refused and the site directory is not created.
+    #[test]
+    fn builds_a_crash_interrupted_are_deleted_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("www");
+        fs::create_dir_all(root.join("incoming/7.building/sub")).unwrap();
+        fs::write(root.join("incoming/7.building/sub/f"), b"half").unwrap();
+        fs::create_dir_all(root.join("incoming/6")).unwrap();
+        let removed = site(&root).discard_interrupted_builds().unwrap();
+        assert_eq!(removed, vec![root.join("incoming/7.building")]);
+        assert!(!root.join("incoming/7.building").exists());
+        assert!(root.join("incoming/6").is_dir(), "a complete release waiting for its commit stays");
+        // A site with no incoming directory at all is fine.
+        assert!(site(&dir.path().join("new")).discard_interrupted_builds().unwrap().is_empty());
+    }
+
     #[test]
     fn only_targets_a_commit_without_a_built_release_is_refused_and_creates_nothing() {
         let dir = tempfile::tempdir().unwrap();

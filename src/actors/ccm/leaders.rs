@@ -165,6 +165,10 @@ impl Handler<SegmentReported> for Ccm {
                 run.handle_leader_seen(now, &report.segment, report.leader, &url, report.incarnation)
             });
         }
+        if self.fresh.insert(report.segment.clone()) {
+            self.release_held(false, ctx);
+        }
+        self.watch_silence(report.segment.clone(), ctx);
         Ok(())
     }
 }
