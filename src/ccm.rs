@@ -124,6 +124,7 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
             .unwrap_or(chrono_tz::UTC),
         live,
         integrations: serde_json::json!({ "lb": config.lb, "cache": config.cache }),
+        logins: Default::default(),
     });
     let egress = state.egress.clone();
     let ccm = state.ccm.clone();

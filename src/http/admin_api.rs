@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::ccm_api::{ApiError, CcmState};
 use super::live::stream;
 use super::session::{self, authorize};
+use super::throttle;
 use crate::actors::ccm::{CancelRun, CreateCheckpoint, RunJob, SetTreeOrder};
 use crate::actors::scheduler::JobChanged;
 use crate::clock::unix_ms;
@@ -254,21 +255,36 @@ pub struct SessionInfo {
     pub csrf: String,
 }
 
-async fn login(state: web::Data<CcmState>, body: web::Json<Login>) -> Result<HttpResponse, ApiError> {
+async fn login(
+    req: HttpRequest,
+    state: web::Data<CcmState>,
+    body: web::Json<Login>,
+) -> Result<HttpResponse, ApiError> {
     let Login { user, password } = body.into_inner();
+    let addr = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    let keys = throttle::keys(&user, &addr);
+    let logins = || state.logins.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Refused before any hashing: a flood of guesses costs nothing.
+    if let Err(wait_ms) = logins().check(unix_ms(), &keys) {
+        let secs = wait_ms.div_ceil(1000).max(1);
+        tracing::warn!(event = "login_throttled", user = %user, addr = %addr, retry_after_s = secs);
+        return Err(ApiError::TooManyRequests {
+            message: format!("too many failed logins as {user:?} or from {addr}: try again in {secs} s"),
+            retry_after_s: secs,
+        });
+    }
     let rec = table::<UserRecord>(&state)?.get(&user)?;
-    // The same work whether or not the user exists.
-    let known = match &rec {
-        Some(u) => session::check_password(u, &password),
-        None => {
-            let _ = session::check_password(&session::new_user("-", "-")?, &password);
-            false
-        }
-    };
+    // The same one hash whether or not the user exists, on the blocking
+    // pool: the HTTP workers go on serving the node API meanwhile.
+    let known = web::block(move || session::check_login(rec.as_ref(), &password))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     if !known {
-        tracing::warn!(event = "login_failed", user = %user);
+        logins().failed(unix_ms(), &keys);
+        tracing::warn!(event = "login_failed", user = %user, addr = %addr);
         return Err(ApiError::Unauthorized("wrong user name or password".into()));
     }
+    logins().succeeded(&keys);
     let (s, cookie) = session::open(&state, &user)?;
     tracing::info!(event = "login", user = %user);
     Ok(HttpResponse::Ok().cookie(cookie).json(SessionInfo { user, csrf: s.csrf }))

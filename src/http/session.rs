@@ -79,6 +79,32 @@ pub fn check_password(user: &UserRecord, password: &str) -> bool {
     hex::decode(&user.hash).is_ok_and(|h| same(&h, &hash))
 }
 
+/// What a login of a user that does not exist is checked against: the same
+/// one hash as a real user's (building a user for it, as was done, hashed
+/// twice and took twice as long, telling which names exist).
+pub fn decoy_user() -> &'static UserRecord {
+    static DECOY: std::sync::OnceLock<UserRecord> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| UserRecord {
+        name: String::new(),
+        salt: "0".repeat(32),
+        hash: "0".repeat(64),
+        iterations: ITERATIONS,
+        created_ms: 0,
+    })
+}
+
+/// Checks a login: `user`'s password, or (no such user) the decoy's, so
+/// that both take one hash. Blocking (PBKDF2): run it off the HTTP workers.
+pub fn check_login(user: Option<&UserRecord>, password: &str) -> bool {
+    match user {
+        Some(u) => check_password(u, password),
+        None => {
+            let _ = check_password(decoy_user(), password);
+            false
+        }
+    }
+}
+
 fn token_key(token: &str) -> String {
     Digest::of(token.as_bytes()).to_string()
 }
@@ -158,6 +184,29 @@ pub fn authorize(req: &HttpRequest, state: &CcmState) -> Result<Caller, ApiError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 15 item 6: an unknown user took twice as long to refuse as a
+    /// known one (two hashes instead of one).
+    #[test]
+    fn unknown_and_known_users_take_one_hash_each() {
+        let u = new_user("ada", "correct horse").unwrap();
+        let time = |user: Option<&UserRecord>| {
+            // The fastest of several: the least disturbed by a busy machine.
+            (0..7)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    assert!(!check_login(user, "wrong"));
+                    t.elapsed()
+                })
+                .min()
+                .unwrap_or_default()
+        };
+        let _ = decoy_user();
+        let (known, unknown) = (time(Some(&u)), time(None));
+        let ratio = unknown.as_secs_f64() / known.as_secs_f64();
+        assert!((0.5..1.6).contains(&ratio), "unknown {unknown:?} vs known {known:?}");
+        assert!(check_login(Some(&u), "correct horse"));
+    }
 
     #[test]
     fn comparisons_hash_first_so_lengths_do_not_matter() {
