@@ -175,6 +175,8 @@ pub fn elector_setup(
     let replay = ReplayLimits {
         max_age_ms: u64::try_from(c.replay_window.as_millis()).unwrap_or(u64::MAX),
         max_future_ms: u64::try_from(c.max_clock_skew.as_millis()).unwrap_or(u64::MAX),
+        // A node silent this long is gone for its segment: then another may take its id.
+        takeover_ms: u64::try_from(config.membership.member_timeout.as_millis()).unwrap_or(u64::MAX),
         ..ReplayLimits::default()
     };
     Ok(ElectorSetup {

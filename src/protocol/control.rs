@@ -363,6 +363,9 @@ pub struct ControlGate {
     guard: ReplayGuard,
     rejected: RejectCounts,
     own: u64,
+    /// Duplicate ids seen and not yet taken by the driver (each pair once).
+    duplicates: Vec<WireError>,
+    reported: std::collections::HashSet<(NodeId, std::net::SocketAddr)>,
 }
 
 impl ControlGate {
@@ -378,7 +381,15 @@ impl ControlGate {
             guard: ReplayGuard::new(limits),
             rejected: RejectCounts::default(),
             own: 0,
+            duplicates: Vec::new(),
+            reported: std::collections::HashSet::new(),
         }
+    }
+
+    /// Refuses datagrams stamped before `floor_ms`: the driver's start-up
+    /// time (see [`ReplayGuard::refuse_before`]).
+    pub fn refuse_before(&mut self, floor_ms: u64) {
+        self.guard.refuse_before(floor_ms);
     }
 
     /// Seals `msg` into a datagram stamped with `now_ms` (Unix milliseconds).
@@ -396,6 +407,19 @@ impl ControlGate {
     /// sender and message if it may reach the core; otherwise counts why not.
     /// The node's own datagrams (multicast loops back) are dropped silently.
     pub fn admit(&mut self, now_ms: u64, received: ReceivedControl) -> Option<(NodeId, ControlMsg)> {
+        self.admit_from(now_ms, received, None)
+    }
+
+    /// [`ControlGate::admit`] for a datagram from `from`: a second node
+    /// using a sender id another one holds is refused (see
+    /// [`ReplayGuard::check_from`]) and, the first time for each address,
+    /// kept for [`ControlGate::take_duplicates`].
+    pub fn admit_from(
+        &mut self,
+        now_ms: u64,
+        received: ReceivedControl,
+        from: Option<std::net::SocketAddr>,
+    ) -> Option<(NodeId, ControlMsg)> {
         let (env, msg) = match received {
             Ok(ok) => ok,
             Err(e) => {
@@ -407,11 +431,23 @@ impl ControlGate {
             self.own += 1;
             return None;
         }
-        if let Err(e) = self.guard.check(now_ms, &env) {
+        if let Err(e) = self.guard.check_from(now_ms, &env, from) {
             self.rejected.record(&e);
+            if let WireError::Duplicate { sender, other, .. } = e {
+                // Bounded: at most this many pairs are remembered.
+                if self.reported.len() < 1024 && self.reported.insert((sender, other)) {
+                    self.duplicates.push(e);
+                }
+            }
             return None;
         }
         Some((env.sender, msg))
+    }
+
+    /// The duplicate ids seen since the last call (each id and address
+    /// once), for the driver to log.
+    pub fn take_duplicates(&mut self) -> Vec<WireError> {
+        std::mem::take(&mut self.duplicates)
     }
 
     /// Opens a raw datagram (decode, authenticate, replay check) in one step.
