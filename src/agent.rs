@@ -467,7 +467,7 @@ fn build(config: &Config) -> Result<Parts, AgentError> {
         assignments,
         metrics_node: crate::metrics::node_label(id),
     };
-    let (_, server) = node_api::serve(listener, NodeAuth::from_secret(&secret, a.api_max_skew), api)
+    let (_, server) = node_api::serve(listener, NodeAuth::from_secret(&secret, id, a.api_max_skew), api)
         .map_err(io("start the node HTTP server"))?;
     tracing::info!(
         event = "agent_started", node = id.0, segment = %a.segment, http = %http, advertise_http = %advertise_http,

@@ -88,7 +88,8 @@ async fn two_agent_processes_publish_and_stop_on_sigterm() {
             targets: vec![NodeId(1), NodeId(2)],
             rate_limit: None,
         };
-        let _: serde_json::Value = client.post_json(&leader_url, "/node/v1/notify", &notify).await.unwrap();
+        let _: serde_json::Value =
+            client.post_json(report.leader, &leader_url, "/node/v1/notify", &notify).await.unwrap();
         let results = ccm.results_of(id, 1).await;
         let servers: Vec<(NodeId, ServerOutcome)> = results[0].servers.clone().into_iter().collect();
         assert_eq!(
