@@ -417,7 +417,7 @@ fn run(mut cli: Cli) -> Result<()> {
             let key = key(decrypt_key)?;
             let a = AssignmentFile::open(&file, key.as_ref())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&offline::inspect_json(&a))?);
+                offline::write_inspect_json(&a, std::io::stdout().lock())?;
             } else {
                 print!("{}", offline::inspect_text(&a));
             }

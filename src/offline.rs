@@ -224,3 +224,24 @@ pub fn inspect_json(a: &AssignmentFile) -> serde_json::Value {
         "commands": a.commands,
     })
 }
+
+/// What [`inspect_json`] says, borrowed from the assignment.
+#[derive(serde::Serialize)]
+struct InspectView<'a> {
+    path: &'a Path,
+    size: u64,
+    header: &'a crate::protocol::assignment::Header,
+    commands: &'a [Command],
+}
+
+/// `cmover inspect FILE --json`, written to `out` as it is serialized (pretty,
+/// then a newline): no JSON tree of the commands is built, so a 16 MB
+/// assignment of 4 M commands no longer takes gigabytes (4.2 GiB were
+/// measured) on top of the decoded commands.
+pub fn write_inspect_json(a: &AssignmentFile, out: impl std::io::Write) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(out);
+    let view = InspectView { path: a.path(), size: a.len(), header: &a.header, commands: &a.commands };
+    serde_json::to_writer_pretty(&mut out, &view)?;
+    std::io::Write::write_all(&mut out, b"\n")?;
+    std::io::Write::flush(&mut out)
+}

@@ -60,6 +60,9 @@ fn diff_apply_inspect_rollback_round_trip() {
     assert_eq!(json["header"]["serial"], 2);
     assert_eq!(json["header"]["kind"], "content");
     assert!(json["commands"].as_array().unwrap().iter().any(|c| c["op"] == "patch_file"));
+    // Streamed now (issue 15 item 8): the same document as the JSON tree it replaced.
+    let file = cmover::storage::assignment_file::AssignmentFile::open(&a2, None).unwrap();
+    assert_eq!(json, cmover::offline::inspect_json(&file));
 
     // Two-phase: apply without commit leaves live alone; commit switches.
     let out = ok(&cmover(&[&"apply", &a2, &"--site-root", &site, &"--no-commit"]));
