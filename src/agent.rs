@@ -35,7 +35,9 @@ use std::sync::Arc;
 use actix_web::dev::ServerHandle;
 use thiserror::Error;
 
-use crate::actors::content_interpreter::{reconcile_held, ContentInterpreter, InterpreterSetup};
+use crate::actors::content_interpreter::{
+    discard_interrupted_builds, reconcile_held, ContentInterpreter, InterpreterSetup,
+};
 use crate::actors::elector::{ElectionEvent, ElectorActor, ElectorSetup, Shutdown, Transport};
 use crate::actors::group_leader::{GroupLeader, LeaderSetup};
 use crate::actors::multicast_receiver::MulticastReceiver;
@@ -114,13 +116,7 @@ pub fn read_secret(config: &Config) -> Result<Vec<u8>, ConfigError> {
             "create one with `cmover keygen --output FILE` and copy it to every node",
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| {
-        invalid(
-            "cluster.secret_file",
-            format!("cannot read {}: {e}", path.display()),
-            "check the path and that the agent may read it",
-        )
-    })?;
+    let bytes = crate::config::read_secret_file("cluster.secret_file", path)?;
     parse_key_file(&bytes).map_err(|e| {
         invalid(
             "cluster.secret_file",
@@ -179,6 +175,8 @@ pub fn elector_setup(
     let replay = ReplayLimits {
         max_age_ms: u64::try_from(c.replay_window.as_millis()).unwrap_or(u64::MAX),
         max_future_ms: u64::try_from(c.max_clock_skew.as_millis()).unwrap_or(u64::MAX),
+        // A node silent this long is gone for its segment: then another may take its id.
+        takeover_ms: u64::try_from(config.membership.member_timeout.as_millis()).unwrap_or(u64::MAX),
         ..ReplayLimits::default()
     };
     Ok(ElectorSetup {
@@ -321,6 +319,9 @@ fn build(config: &Config) -> Result<Parts, AgentError> {
             let _ = std::fs::remove_file(e.path());
         }
     }
+    // So are release builds (`incoming/N.building`): the assignment is
+    // applied again from its start if it comes again.
+    discard_interrupted_builds(&a.sites_root);
     let state = Arc::new(AgentState::open(&a.data_dir)?);
     let held = reconcile_held(&assignments, &state)?;
     let mut elector_setup = elector_setup(config, Vec::new())?;
@@ -466,7 +467,7 @@ fn build(config: &Config) -> Result<Parts, AgentError> {
         assignments,
         metrics_node: crate::metrics::node_label(id),
     };
-    let (_, server) = node_api::serve(listener, NodeAuth::from_secret(&secret, a.api_max_skew), api)
+    let (_, server) = node_api::serve(listener, NodeAuth::from_secret(&secret, id, a.api_max_skew), api)
         .map_err(io("start the node HTTP server"))?;
     tracing::info!(
         event = "agent_started", node = id.0, segment = %a.segment, http = %http, advertise_http = %advertise_http,

@@ -105,7 +105,11 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
         config.ccm.advertise_url = format!("http://{local}");
     }
     let url = config.ccm.url();
-    let auth = web::Data::new(NodeAuth::from_secret(&secret, config.ccm.max_clock_skew));
+    let auth = web::Data::new(NodeAuth::from_secret(
+        &secret,
+        crate::protocol::api::CCM_NODE,
+        config.ccm.max_clock_skew,
+    ));
     crate::metrics::init();
     let observers = crate::ops::start_ccm_observers(&config, &db, &secret)?;
     let ccm = Ccm::new(config.clone(), db.clone(), secret).with_observers(observers).start();
@@ -124,6 +128,7 @@ pub async fn start(mut config: Config) -> Result<CcmHandle, StartError> {
             .unwrap_or(chrono_tz::UTC),
         live,
         integrations: serde_json::json!({ "lb": config.lb, "cache": config.cache }),
+        logins: Default::default(),
     });
     let egress = state.egress.clone();
     let ccm = state.ccm.clone();

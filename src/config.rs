@@ -50,6 +50,34 @@ fn invalid(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> Con
     ConfigError::Invalid { key: key.into(), problem: problem.into(), fix: fix.into() }
 }
 
+/// Reads the secret file named by config key `key` (the cluster secret, the
+/// webhook key, a content key). A file that anyone but its owner may read or
+/// write (any group or other permission bit: use 0600 or 0400) is refused,
+/// since every key of the cluster derives from it.
+pub fn read_secret_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let unreadable = |e: std::io::Error| {
+        invalid(
+            key,
+            format!("cannot read {}: {e}", path.display()),
+            "check the path and that this process may read it (`cmover keygen -o FILE` makes one)",
+        )
+    };
+    let md = std::fs::metadata(path).map_err(unreadable)?;
+    let mode = md.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(invalid(
+            key,
+            format!(
+                "{} has mode {mode:04o}: users other than its owner may read or change the secret",
+                path.display()
+            ),
+            format!("chmod 600 {} (only its owner may read it: 0600 or 0400)", path.display()),
+        ));
+    }
+    std::fs::read(path).map_err(unreadable)
+}
+
 /// Durations in the config: humantime text (`"500ms"`, `"2s"`, `"1h"`), at
 /// most [`duration::MAX`]. The bound keeps every `interval × count` the
 /// protocols compute (a `u32` count at most) far from `Duration`'s limit, so
@@ -540,6 +568,11 @@ pub struct CcmConfig {
     /// Time segments have to report an assignment's outcome; later ones count as silent.
     #[serde(with = "duration")]
     pub report_timeout: Duration,
+    /// A segment whose leader has not reported for this long is silent: its
+    /// servers count as offline until it reports again (keep it a few times
+    /// `agent.segment_report_interval`).
+    #[serde(with = "duration")]
+    pub segment_silence: Duration,
     /// Segment names in the order their leaders should be served (admin
     /// static order); segments not listed follow, by CPU and free disk.
     pub tree_order: Vec<String>,
@@ -576,6 +609,7 @@ impl Default for CcmConfig {
             max_attempts: 3,
             retry_delay: Duration::from_secs(2),
             report_timeout: Duration::from_secs(300),
+            segment_silence: Duration::from_secs(60),
             tree_order: Vec::new(),
             max_clock_skew: Duration::from_secs(30),
             encrypt: false,
@@ -931,6 +965,35 @@ impl Config {
         Config::from_toml(&text, &path.display().to_string())
     }
 
+    /// Checks the files the configuration names that hold secrets (what
+    /// `cmover config check` adds to [`Config::validate`]): each one given
+    /// exists, is readable, is readable by its owner only, and holds a key.
+    pub fn check_secret_files(&self) -> Result<(), ConfigError> {
+        let cluster = &self.cluster.secret_file;
+        if !cluster.as_os_str().is_empty() {
+            let bytes = read_secret_file("cluster.secret_file", cluster)?;
+            crate::protocol::crypto::parse_key_file(&bytes).map_err(|e| {
+                invalid(
+                    "cluster.secret_file",
+                    format!("{}: {e}", cluster.display()),
+                    "use a file written by `cmover keygen`",
+                )
+            })?;
+        }
+        let webhook = &self.webhook.secret_file;
+        if !webhook.as_os_str().is_empty() {
+            let bytes = read_secret_file("webhook.secret_file", webhook)?;
+            if bytes.trim_ascii().is_empty() {
+                return Err(invalid(
+                    "webhook.secret_file",
+                    format!("{} is empty", webhook.display()),
+                    "write the shared secret into it (`cmover keygen -o FILE` makes one)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks values that types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
@@ -1197,6 +1260,42 @@ mod tests {
                 assert!(ex.contains_key(key), "{section}.{key} missing from config.example.toml");
             }
         }
+    }
+
+    fn write_mode(path: &Path, text: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn secret_files_others_may_read_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o602] {
+            write_mode(&path, "ab", mode);
+            let err = read_secret_file("cluster.secret_file", &path).unwrap_err().to_string();
+            assert!(err.contains(&format!("{mode:04o}")) && err.contains("chmod 600"), "{mode:o}: {err}");
+        }
+        for mode in [0o600, 0o400] {
+            write_mode(&path, "ab", mode);
+            assert_eq!(read_secret_file("cluster.secret_file", &path).unwrap(), b"ab", "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn config_check_refuses_a_missing_or_empty_secret_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.cluster.secret_file = dir.path().join("missing");
+        let err = c.check_secret_files().unwrap_err().to_string();
+        assert!(err.contains("cluster.secret_file") && err.contains("missing"), "{err}");
+        write_mode(&c.cluster.secret_file, &format!("{}\n", "5a".repeat(32)), 0o600);
+        c.check_secret_files().unwrap();
+        c.webhook.secret_file = dir.path().join("hook");
+        write_mode(&c.webhook.secret_file, " \n", 0o600);
+        let err = c.check_secret_files().unwrap_err().to_string();
+        assert!(err.contains("webhook.secret_file") && err.contains("empty"), "{err}");
     }
 
     #[test]

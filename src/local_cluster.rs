@@ -136,8 +136,17 @@ fn random_hex(len: usize) -> std::io::Result<String> {
 pub fn plan(opts: &ClusterOptions) -> Result<Plan, ClusterError> {
     std::fs::create_dir_all(&opts.dir)?;
     let secret_file = opts.dir.join("secret");
+    // Readable by its owner only: the agents refuse a secret others may read.
     if !secret_file.exists() {
-        std::fs::write(&secret_file, random_hex(32)?)?;
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&secret_file)?;
+        f.write_all(random_hex(32)?.as_bytes())?;
+    } else {
+        // Written by an older build with the default mode.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600))?;
     }
     let mut http = opts.http;
     if http.port() == 0 {
@@ -150,6 +159,8 @@ pub fn plan(opts: &ClusterOptions) -> Result<Plan, ClusterError> {
     ccm.ccm.admin_token = random_hex(16)?;
     ccm.ccm.fanout = opts.fanout;
     ccm.ccm.notify_timeout = Duration::from_secs(20);
+    // Agents report every 2 s here (`agent_config`).
+    ccm.ccm.segment_silence = Duration::from_secs(10);
     ccm.ccm.report_timeout = Duration::from_secs(120);
     ccm.ccm.retry_delay = Duration::from_millis(500);
     ccm.ccm.scheduler_tick = Duration::from_millis(200);

@@ -307,7 +307,7 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config> {
 
 fn run(mut cli: Cli) -> Result<()> {
     if let Command::Config(ConfigCommand::Check { file }) = &cli.command {
-        Config::load(file)?;
+        Config::load(file)?.check_secret_files()?;
         println!("{}: ok", file.display());
         return Ok(());
     }
@@ -417,7 +417,7 @@ fn run(mut cli: Cli) -> Result<()> {
             let key = key(decrypt_key)?;
             let a = AssignmentFile::open(&file, key.as_ref())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&offline::inspect_json(&a))?);
+                offline::write_inspect_json(&a, std::io::stdout().lock())?;
             } else {
                 print!("{}", offline::inspect_text(&a));
             }

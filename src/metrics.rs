@@ -122,7 +122,8 @@ pub fn reject_reason(e: &crate::protocol::wire::WireError) -> &'static str {
         WireError::BadTag => "bad_tag",
         // Only sealing fails this way; counted if it ever shows.
         WireError::WrongKey { .. } => "wrong_key",
-        WireError::Stale { .. } => "stale",
+        WireError::Stale { .. } | WireError::BeforeStart { .. } => "stale",
+        WireError::Duplicate { .. } => "duplicate",
         WireError::FromFuture { .. } => "from_future",
         WireError::Replayed { .. } => "replayed",
     }

@@ -152,6 +152,32 @@ async fn session_login_works_with_its_csrf_token(url: &str, w: &mut Walk) {
     w.hit("DELETE", "/users/{name}", "/users/ada", None, 200).await;
 }
 
+/// Issue 15 item 6: failed logins are throttled per user and address: past
+/// five in a row the next attempt gets 429 with `Retry-After`, even with the
+/// right password (60 wrong ones at ~37/s, then the right one, used to pass).
+async fn failed_logins_are_throttled_with_429_and_retry_after(url: &str, w: &mut Walk) {
+    w.hit("POST", "/users", "/users", Some(json!({"name": "bob", "password": "bob's long password"})), 201)
+        .await;
+    let client = awc::Client::default();
+    let login = |password: &str| {
+        client.post(format!("{url}/api/v1/session")).send_json(&json!({"user": "bob", "password": password}))
+    };
+    for i in 0..5 {
+        assert_eq!(login("guess").await.unwrap().status(), 401, "guess {i}");
+    }
+    let mut resp = login("bob's long password").await.unwrap();
+    assert_eq!(resp.status(), 429, "the sixth attempt waits, right password or not");
+    let retry: u64 = resp.headers().get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
+    assert!((1..=900).contains(&retry), "{retry}");
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("try again"), "{v}");
+    w.bad.insert(("post".into(), "/session".into()));
+    // Once the wait is over the right password works, and clears the count.
+    std::thread::sleep(std::time::Duration::from_secs(retry));
+    assert_eq!(login("bob's long password").await.unwrap().status(), 200);
+    w.hit("DELETE", "/users/{name}", "/users/bob", None, 200).await;
+}
+
 #[actix_rt::test]
 async fn every_route_answers_good_and_bad_calls_and_is_documented() {
     init_logs();
@@ -176,6 +202,7 @@ async fn every_route_answers_good_and_bad_calls_and_is_documented() {
     assert_eq!(documented, declared);
     unauthenticated_calls_get_401(&url).await;
     session_login_works_with_its_csrf_token(&url, &mut w).await;
+    failed_logins_are_throttled_with_429_and_retry_after(&url, &mut w).await;
 
     // Sites.
     let staging = tmp.path().join("staging");
@@ -204,6 +231,11 @@ async fn every_route_answers_good_and_bad_calls_and_is_documented() {
     let v = w.hit("POST", "/groups", "/groups", Some(group("typo", json!([1, 99]))), 400).await;
     assert_eq!(v["field"], "servers", "{v}");
     assert!(v["error"].as_str().unwrap().contains("server 99 is not known"), "{v}");
+    // Group names are safe names (issue 15 item 8): no climbing, no NUL.
+    for bad in ["../../g", "g\u{0}x", "/g", ""] {
+        let v = w.hit("POST", "/groups", "/groups", Some(group(bad, json!([1]))), 400).await;
+        assert_eq!(v["field"], "name", "{bad:?}: {v}");
+    }
     w.hit("GET", "/groups", "/groups", None, 200).await;
     w.hit("GET", "/groups", "/groups?limit=abc", None, 400).await;
     w.hit("GET", "/groups/{name}", "/groups/web", None, 200).await;
@@ -251,6 +283,17 @@ async fn every_route_answers_good_and_bad_calls_and_is_documented() {
     w.hit("POST", "/jobs", "/jobs", Some(job("switch", json!({}))), 400).await;
     w.hit("POST", "/jobs", "/jobs", Some(job("publish", json!({"policy": {"include": ["a[b"]}}))), 400).await;
     w.hit("POST", "/jobs", "/jobs", Some(job("teleport", json!({}))), 400).await;
+    // A hot job's path is refused as given, not trimmed into the site (issue 15 item 8).
+    let v = w
+        .hit(
+            "POST",
+            "/jobs",
+            "/jobs",
+            Some(job("hot", json!({"params": {"paths": ["/etc/passwd"], "extra_servers": 1}}))),
+            400,
+        )
+        .await;
+    assert_eq!(v["field"], "params.paths", "{v}");
     w.hit("GET", "/jobs", "/jobs", None, 200).await;
     w.hit("GET", "/jobs", "/jobs?limit=0", None, 400).await;
     // A one-off job (a rollback from the releases page) is listed only when asked for.
@@ -321,6 +364,9 @@ async fn every_route_answers_good_and_bad_calls_and_is_documented() {
     w.hit("GET", "/checkpoints", "/checkpoints?site=nope", None, 400).await;
     w.hit("GET", "/checkpoints/{site}/{id}", &format!("/checkpoints/www/{ck}"), None, 200).await;
     w.hit("GET", "/checkpoints/{site}/{id}", "/checkpoints/www/999", None, 404).await;
+    // A bad site name is the caller's mistake, not the server's (issue 15 item 8: was 500).
+    w.hit("GET", "/checkpoints/{site}/{id}", "/checkpoints/..%2F..%2Fetc/1", None, 400).await;
+    w.hit("GET", "/checkpoints/{site}/{id}", "/checkpoints/bad%20site/1", None, 400).await;
     let restore = format!("/checkpoints/www/{ck}/restore");
     w.hit("POST", "/checkpoints/{site}/{id}/restore", &restore, Some(json!({"group": "nope"})), 400).await;
     let v =

@@ -14,7 +14,7 @@ use cmover::corpus::{self, CorpusSpec};
 use cmover::http::signed::{NodeAuth, Signed};
 use cmover::net::client::NodeClient;
 use cmover::protocol::api::{
-    MemberReport, NextHop, NextHopRequest, Notify, SegmentReport, SegmentResult, ServerOutcome,
+    MemberReport, NextHop, NextHopRequest, Notify, SegmentReport, SegmentResult, ServerOutcome, CCM_NODE,
 };
 use cmover::protocol::crypto::Digest;
 use cmover::protocol::ids::{AssignmentId, NodeId, RunId};
@@ -35,7 +35,7 @@ struct World {
 fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("secret");
-    std::fs::write(&secret_file, hex::encode([7u8; 32])).unwrap();
+    common::config::write_secret(&secret_file, &hex::encode([7u8; 32]));
     let staging = dir.path().join("staging");
     corpus::generate(&staging, 3, &CorpusSpec::small()).unwrap();
     let mut config = Config::default();
@@ -49,11 +49,11 @@ fn world() -> World {
     World { _dir: dir, staging, config, secret: vec![7u8; 32] }
 }
 
-/// A fake leader: records the notifies it gets.
-async fn fake_leader(secret: &[u8]) -> (String, Arc<Mutex<Vec<Notify>>>) {
+/// A fake leader, node `id`: records the notifies it gets (signed for it).
+async fn fake_leader(secret: &[u8], id: NodeId) -> (String, Arc<Mutex<Vec<Notify>>>) {
     let got: Arc<Mutex<Vec<Notify>>> = Arc::default();
     let data = web::Data::new(got.clone());
-    let auth = web::Data::new(NodeAuth::from_secret(secret, Duration::from_secs(30)));
+    let auth = web::Data::new(NodeAuth::from_secret(secret, id, Duration::from_secs(30)));
     let (listener, addr) = local_listener();
     let server = HttpServer::new(move || {
         App::new().app_data(auth.clone()).app_data(data.clone()).route(
@@ -161,13 +161,18 @@ async fn leader_round(
     assert_eq!(bytes.len() as u64, notify.assignment.size);
     assert_eq!(Digest::of(&bytes).to_string(), notify.assignment.sha256);
     let hop: NextHop = gl
-        .post_json(ccm, "/node/v1/next-hop", &NextHopRequest { assignment: notify.assignment.id })
+        .post_json(CCM_NODE, ccm, "/node/v1/next-hop", &NextHopRequest { assignment: notify.assignment.id })
         .await
         .unwrap();
     let forwarded = hop.target.map(|t| t.notify);
     if forwarded.is_some() {
         let again: NextHop = gl
-            .post_json(ccm, "/node/v1/next-hop", &NextHopRequest { assignment: notify.assignment.id })
+            .post_json(
+                CCM_NODE,
+                ccm,
+                "/node/v1/next-hop",
+                &NextHopRequest { assignment: notify.assignment.id },
+            )
             .await
             .unwrap();
         assert!(again.target.is_none(), "one target per ask, then none");
@@ -180,7 +185,7 @@ async fn leader_round(
         servers: servers.iter().map(|(id, o)| (NodeId(*id), o.clone())).collect(),
         delivery: None,
     };
-    let _: serde_json::Value = gl.post_json(ccm, "/node/v1/report", &result).await.unwrap();
+    let _: serde_json::Value = gl.post_json(CCM_NODE, ccm, "/node/v1/report", &result).await.unwrap();
     forwarded
 }
 
@@ -193,14 +198,18 @@ async fn setup(
     w: &World,
 ) -> (cmover::ccm::CcmHandle, [(String, Arc<Mutex<Vec<Notify>>>); 2], NodeClient, NodeClient) {
     let ccm = cmover::ccm::start(w.config.clone()).await.unwrap();
-    let a = fake_leader(&w.secret).await;
-    let b = fake_leader(&w.secret).await;
+    let a = fake_leader(&w.secret, NodeId(1)).await;
+    let b = fake_leader(&w.secret, NodeId(4)).await;
     let gl_a = NodeClient::new(&w.secret, NodeId(1), Duration::from_secs(10));
     let gl_b = NodeClient::new(&w.secret, NodeId(4), Duration::from_secs(10));
-    let _: serde_json::Value =
-        gl_a.post_json(&ccm.url, "/node/v1/segment", &report("a", 1, &a.0, &[1, 2, 3])).await.unwrap();
-    let _: serde_json::Value =
-        gl_b.post_json(&ccm.url, "/node/v1/segment", &report("b", 4, &b.0, &[4, 5, 6])).await.unwrap();
+    let _: serde_json::Value = gl_a
+        .post_json(CCM_NODE, &ccm.url, "/node/v1/segment", &report("a", 1, &a.0, &[1, 2, 3]))
+        .await
+        .unwrap();
+    let _: serde_json::Value = gl_b
+        .post_json(CCM_NODE, &ccm.url, "/node/v1/segment", &report("b", 4, &b.0, &[4, 5, 6]))
+        .await
+        .unwrap();
     let client = awc::Client::default();
     let (s, _) = admin(
         &client,
@@ -355,7 +364,7 @@ async fn the_rest_api_checks_tokens_and_names_bad_fields() {
     let gl = NodeClient::new(&w.secret, NodeId(8), Duration::from_secs(10));
     for members in [&[8, 9][..], &[8]] {
         let _: serde_json::Value = gl
-            .post_json(&ccm.url, "/node/v1/segment", &report("z", 8, "127.0.0.1:9", members))
+            .post_json(CCM_NODE, &ccm.url, "/node/v1/segment", &report("z", 8, "127.0.0.1:9", members))
             .await
             .unwrap();
     }
@@ -384,7 +393,22 @@ async fn the_rest_api_checks_tokens_and_names_bad_fields() {
 #[actix_web::test]
 async fn a_ccm_restart_fails_an_unfinished_distribution_cleanly_and_resumes_a_commit() {
     let w = world();
-    let (ccm, [(_, got_a), (_, _)], gl_a, gl_b) = setup(&w).await;
+    let (ccm, [(a, got_a), (b, _)], gl_a, gl_b) = setup(&w).await;
+    // What the leaders send every segment_report_interval: a recovered run
+    // sends nothing before its segments report (or RECOVERY_HOLD passed).
+    let report_again = |url: String| {
+        let (gl_a, gl_b, a, b) = (gl_a.clone(), gl_b.clone(), a.clone(), b.clone());
+        async move {
+            let _: serde_json::Value = gl_a
+                .post_json(CCM_NODE, &url, "/node/v1/segment", &report("a", 1, &a, &[1, 2, 3]))
+                .await
+                .unwrap();
+            let _: serde_json::Value = gl_b
+                .post_json(CCM_NODE, &url, "/node/v1/segment", &report("b", 4, &b, &[4, 5, 6]))
+                .await
+                .unwrap();
+        }
+    };
 
     // Run 1: the CCM stops while the content is being distributed.
     let run1 = start_run(&ccm).await;
@@ -392,6 +416,7 @@ async fn a_ccm_restart_fails_an_unfinished_distribution_cleanly_and_resumes_a_co
     leader_round(&gl_a, &ccm.url, &n, "a", &ok(&[1, 2, 3])).await.unwrap();
     ccm.stop().await;
     let ccm = cmover::ccm::start(w.config.clone()).await.unwrap();
+    report_again(ccm.url.clone()).await;
     // It fails cleanly: an abort goes to the leaders, nothing goes live.
     let abort = wait_for_sync("abort notify", WAIT, || got_a.lock().unwrap().get(1).cloned()).await;
     assert_eq!(abort.assignment.kind.name(), "abort");
@@ -415,6 +440,7 @@ async fn a_ccm_restart_fails_an_unfinished_distribution_cleanly_and_resumes_a_co
     assert_eq!(c.assignment.kind.name(), "commit");
     ccm.stop().await;
     let ccm = cmover::ccm::start(w.config.clone()).await.unwrap();
+    report_again(ccm.url.clone()).await;
     let c2 = wait_for_sync("resumed commit notify", WAIT, || got_a.lock().unwrap().get(4).cloned()).await;
     // Run 1 used serial 1 and failed; a serial is never used twice.
     assert_eq!((c2.assignment.kind.name(), c2.run, c2.assignment.serial), ("commit", run2, 2));

@@ -136,7 +136,7 @@ impl Cluster {
         );
         let _: serde_json::Value = self
             .client
-            .post_json(&east_url, "/node/v1/notify", &notify(&self.ccm.url, "east"))
+            .post_json(east, &east_url, "/node/v1/notify", &notify(&self.ccm.url, "east"))
             .await
             .unwrap();
         let results = self.ccm.results_of(aref.id.0, 2).await;
@@ -172,7 +172,7 @@ async fn two_segments_publish_commit_refetch_restart_and_fail_over() {
     let started = std::time::Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
-    std::fs::write(root.join("secret"), format!("{SECRET_HEX}\n")).unwrap();
+    common::config::write_secret(&root.join("secret"), &format!("{SECRET_HEX}\n"));
     let ccm = FakeCcm::start(&secret(), &root.join("ccm")).await;
     let control: BTreeMap<u64, SocketAddr> =
         (1..=6).map(|id| (id, SocketAddr::from(([127, 0, 0, 1], free_udp_port())))).collect();
@@ -208,7 +208,8 @@ async fn two_segments_publish_commit_refetch_restart_and_fail_over() {
         targets: vec![NodeId(2)],
         rate_limit: None,
     };
-    let err = cluster.client.post_json::<_, serde_json::Value>(&member_url, "/node/v1/notify", &n).await;
+    let err =
+        cluster.client.post_json::<_, serde_json::Value>(NodeId(2), &member_url, "/node/v1/notify", &n).await;
     match err {
         Err(ClientError::Status { status: 409, body, .. }) => {
             assert!(body.contains("\"leader\":1"), "{body}")

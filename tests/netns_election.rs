@@ -52,7 +52,7 @@ fn fig5_three_agents_in_multicast_mode_elect_one_leader_in_a_network_namespace()
     }
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("cluster.key");
-    std::fs::write(&secret, format!("{}\n", "5a".repeat(32))).unwrap();
+    common::config::write_secret(&secret, &format!("{}\n", "5a".repeat(32)));
 
     let name = format!("cmover-elect-{}", std::process::id());
     let ns = Netns::create(&name).unwrap_or_else(|e| panic!("{e}"));

@@ -60,6 +60,9 @@ fn diff_apply_inspect_rollback_round_trip() {
     assert_eq!(json["header"]["serial"], 2);
     assert_eq!(json["header"]["kind"], "content");
     assert!(json["commands"].as_array().unwrap().iter().any(|c| c["op"] == "patch_file"));
+    // Streamed now (issue 15 item 8): the same document as the JSON tree it replaced.
+    let file = cmover::storage::assignment_file::AssignmentFile::open(&a2, None).unwrap();
+    assert_eq!(json, cmover::offline::inspect_json(&file));
 
     // Two-phase: apply without commit leaves live alone; commit switches.
     let out = ok(&cmover(&[&"apply", &a2, &"--site-root", &site, &"--no-commit"]));
@@ -137,4 +140,66 @@ fn offline_demo_runs_and_verifies_itself() {
     let out = ok(&cmover(&[&"demo", &"--offline", &"--dir", &t.path()]));
     assert_eq!(out.matches("verified:").count(), 3, "{out}");
     assert_eq!(fs::read_link(t.path().join("site/live")).unwrap(), Path::new("releases/1"));
+}
+
+const DEEP: &str = "a/b/c/d/e/f/g/h/i/j";
+const UP: &str = "../../../../../../../../../..";
+
+/// The release of issue 15's reproduction as an assignment, written through
+/// the library (today's `diff` refuses to write it).
+fn chained_symlink_assignment(out: &Path) {
+    use cmover::protocol::assignment::{AssignmentWriter, Command, FileMeta, NewAssignment};
+    use cmover::protocol::crypto::Digest;
+    use cmover::protocol::ids::{AssignmentSerial, JobId};
+    use cmover::protocol::paths::SitePath;
+    let p = |s: &str| SitePath::new(s).unwrap();
+    let params = NewAssignment {
+        site: cmover::offline::default_site(),
+        serial: AssignmentSerial(1),
+        base_serial: AssignmentSerial(0),
+        job_id: JobId(0),
+        created_ms: 0,
+        min_compression_gain: 0.05,
+    };
+    let file = fs::File::create(out).unwrap();
+    let mut w = AssignmentWriter::new(file, params, None).unwrap();
+    let (data, _) = w.add_section(&mut &b"hi\n"[..], false).unwrap();
+    let meta = FileMeta { mode: 0o644, ..FileMeta::default() };
+    w.push(&Command::PutFile { path: p("index.html"), meta, size: 3, sha256: Digest::of(b"hi\n"), data });
+    let mut dir = String::new();
+    for c in DEEP.split('/') {
+        dir = if dir.is_empty() { c.to_owned() } else { format!("{dir}/{c}") };
+        w.push(&Command::MakeDir { path: p(&dir), mode: 0o755 });
+    }
+    w.push(&Command::Symlink { path: p(&format!("{DEEP}/root")), target: UP.into() });
+    w.push(&Command::Symlink { path: p("passwd"), target: format!("{DEEP}/root/{UP}/etc/passwd") });
+    w.finish().unwrap();
+}
+
+/// Issue 15 item 1, its reproduction: `passwd` climbs out of the site
+/// through the symlink `…/j/root` (each target alone stays inside). `diff`
+/// refuses the tree naming both symlinks and writes no assignment; `apply`
+/// refuses the assignment whole and creates nothing under the site root.
+#[test]
+fn chained_symlinks_out_of_the_site_are_refused_by_diff_and_apply() {
+    use std::os::unix::fs::symlink;
+    let t = tempfile::tempdir().unwrap();
+    let s = t.path().join("s");
+    fs::create_dir_all(s.join(DEEP)).unwrap();
+    fs::write(s.join("index.html"), "hi\n").unwrap();
+    symlink(UP, s.join(DEEP).join("root")).unwrap();
+    symlink(format!("{DEEP}/root/{UP}/etc/passwd"), s.join("passwd")).unwrap();
+    let c = t.path().join("c.cma");
+    let err = failed(&cmover(&[&"diff", &t.path().join("empty"), &s, &"-o", &c]));
+    assert!(err.contains("symlink passwd ->") && err.contains(&format!("{DEEP}/root ->")), "{err}");
+    assert!(err.contains("exclude"), "no advice: {err}");
+    assert!(!c.exists(), "an assignment was written");
+
+    chained_symlink_assignment(&c);
+    let r = t.path().join("R");
+    let err = failed(&cmover(&[&"apply", &c, &"--site-root", &r]));
+    assert!(err.contains("symlink passwd ->") && err.contains(&format!("{DEEP}/root ->")), "{err}");
+    assert!(!r.exists(), "apply created {}", r.display());
+    let err = failed(&cmover(&[&"inspect", &c]));
+    assert!(err.contains("symlink passwd ->"), "{err}");
 }

@@ -331,6 +331,140 @@ fn writing_through_a_symlink_is_rejected_and_changes_nothing() {
     assert!(!link.path().join("evil.html").exists());
 }
 
+const DEEP: &str = "a/b/c/d/e/f/g/h/i/j";
+const UP: &str = "../../../../../../../../../..";
+
+/// A small site live at release 1 from the tree `v1` that `make` fills.
+fn base_site(make: impl FnOnce(&Path)) -> (tempfile::TempDir, SiteRoot) {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = dir.path().join("v1");
+    fs::create_dir_all(v1.join(DEEP)).unwrap();
+    fs::write(v1.join("index.html"), "hi\n").unwrap();
+    make(&v1);
+    let site = site(&dir.path().join("site"));
+    let a1 = dir.path().join("1.cma");
+    pack(&dir.path().join("nothing"), &v1, &a1, &opts(1, 0, None)).unwrap();
+    publish(&site, &a1, None).unwrap();
+    (dir, site)
+}
+
+/// Assignment 2 (base 1) with `commands` and no data.
+fn delta_of(dir: &Path, commands: &[Command]) -> PathBuf {
+    let params = NewAssignment {
+        site: cmover::offline::default_site(),
+        serial: AssignmentSerial(2),
+        base_serial: AssignmentSerial(1),
+        job_id: JobId(0),
+        created_ms: 0,
+        min_compression_gain: 0.05,
+    };
+    let mut w = AssignmentWriter::new(Cursor::new(Vec::new()), params, None).unwrap();
+    for c in commands {
+        w.push(c);
+    }
+    let path = dir.join("2.cma");
+    fs::write(&path, w.finish().unwrap().1.into_inner()).unwrap();
+    path
+}
+
+/// Publishing `file` fails, and the site root is exactly as it was.
+fn refused_whole(site: &SiteRoot, file: &Path) -> String {
+    let before = snapshot(site.root());
+    let err = publish(site, file, None).expect_err("accepted a release with a symlink out of the site");
+    let msg = err.to_string();
+    assert!(msg.contains("nothing was written"), "{msg}");
+    assert_unchanged(&before, &snapshot(site.root()), &msg);
+    assert!(!site.root().join("incoming/2").exists() && !site.root().join("incoming/2.building").exists());
+    assert_eq!(site.live().unwrap(), Some(AssignmentSerial(1)));
+    msg
+}
+
+/// Issue 15 item 1 for deltas: the check holds on the release a delta
+/// builds (base plus delta), not on the delta's own symlinks alone. Here the
+/// climbing link is in the base release and the delta adds the link that
+/// climbs out through it.
+#[test]
+fn a_delta_whose_new_symlink_chains_out_through_a_base_symlink_is_refused_whole() {
+    let (dir, site) = base_site(|v1| std::os::unix::fs::symlink(UP, v1.join(DEEP).join("root")).unwrap());
+    let passwd = Command::Symlink {
+        path: SitePath::new("passwd").unwrap(),
+        target: format!("{DEEP}/root/{UP}/etc/passwd"),
+    };
+    let file = delta_of(dir.path(), &[passwd]);
+    let msg = refused_whole(&site, &file);
+    assert!(msg.contains("symlink passwd ->") && msg.contains(&format!("{DEEP}/root ->")), "{msg}");
+}
+
+/// The other way round: the base release's `passwd` stays inside while
+/// `…/j/root` is a directory; the delta replaces that directory with a
+/// symlink that makes the unchanged `passwd` climb out.
+#[test]
+fn a_delta_that_makes_a_base_symlink_chain_out_is_refused_whole() {
+    let (dir, site) = base_site(|v1| {
+        fs::create_dir(v1.join(DEEP).join("root")).unwrap();
+        std::os::unix::fs::symlink(format!("{DEEP}/root/{UP}/etc/passwd"), v1.join("passwd")).unwrap();
+    });
+    let root = SitePath::new(&format!("{DEEP}/root")).unwrap();
+    let file = delta_of(
+        dir.path(),
+        &[Command::Remove { path: root.clone() }, Command::Symlink { path: root, target: UP.into() }],
+    );
+    let msg = refused_whole(&site, &file);
+    assert!(msg.contains("symlink passwd ->"), "{msg}");
+    // The same delta is fine once it also removes `passwd`.
+    let root = SitePath::new(&format!("{DEEP}/root")).unwrap();
+    let file = delta_of(
+        dir.path(),
+        &[
+            Command::Remove { path: SitePath::new("passwd").unwrap() },
+            Command::Remove { path: root.clone() },
+            Command::Symlink { path: root, target: UP.into() },
+        ],
+    );
+    publish(&site, &file, None).unwrap();
+    assert_eq!(site.live().unwrap(), Some(AssignmentSerial(2)));
+}
+
+/// Issue 15 item 5: declared sizes that add up past `u64::MAX` must not wrap
+/// round and pass the free-space check (nor panic). Two files whose sizes
+/// wrap to a few bytes are refused by the decoder; one file just under the
+/// limit, which only overflows once the per-command overhead is added, is
+/// refused by the free-space check. Neither changes anything.
+#[test]
+fn declared_sizes_that_add_up_past_u64_max_are_refused_and_change_nothing() {
+    let (dir, site) = base_site(|_| {});
+    let strict = SiteRoot::new(site.root(), SiteOptions { min_free_disk: 1 << 20, ..SiteOptions::default() });
+    for sizes in [vec![u64::MAX - 100, 200], vec![u64::MAX - 100]] {
+        let params = NewAssignment {
+            site: cmover::offline::default_site(),
+            serial: AssignmentSerial(2),
+            base_serial: AssignmentSerial(1),
+            job_id: JobId(0),
+            created_ms: 0,
+            min_compression_gain: 0.05,
+        };
+        let mut w = AssignmentWriter::new(Cursor::new(Vec::new()), params, None).unwrap();
+        let (data, _) = w.add_section(&mut &b"evil"[..], false).unwrap();
+        for (i, size) in sizes.iter().enumerate() {
+            w.push(&Command::PutFile {
+                path: SitePath::new(&format!("big{i}")).unwrap(),
+                meta: FileMeta { mode: 0o644, ..FileMeta::default() },
+                size: *size,
+                sha256: Digest::of(b"evil"),
+                data: cmover::protocol::assignment::DataRef { raw_len: *size, ..data },
+            });
+        }
+        let file = dir.path().join("2.cma");
+        fs::write(&file, w.finish().unwrap().1.into_inner()).unwrap();
+        let before = snapshot(site.root());
+        let err = publish(&strict, &file, None).expect_err("accepted sizes past u64::MAX");
+        let msg = err.to_string();
+        assert!(msg.contains(&u64::MAX.to_string()), "{sizes:?}: {msg}");
+        assert_unchanged(&before, &snapshot(site.root()), &msg);
+        assert_eq!(site.live().unwrap(), Some(AssignmentSerial(1)));
+    }
+}
+
 #[test]
 fn failures_midway_leave_the_old_release_live_and_complete() {
     let (f, _) = fixture(11, &CorpusSpec::small());

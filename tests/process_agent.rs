@@ -45,7 +45,7 @@ fn write_config(root: &Path, id: u64, ccm: &str, ports: &[u16; 2]) -> PathBuf {
 async fn two_agent_processes_publish_and_stop_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    std::fs::write(root.join("secret"), format!("{SECRET_HEX}\n")).unwrap();
+    common::config::write_secret(&root.join("secret"), &format!("{SECRET_HEX}\n"));
     let secret = cmover::protocol::crypto::parse_key_file(SECRET_HEX.as_bytes()).unwrap();
     let ccm = FakeCcm::start(&secret, &root.join("ccm")).await;
     let ports = [free_udp_port(), free_udp_port()];
@@ -88,7 +88,8 @@ async fn two_agent_processes_publish_and_stop_on_sigterm() {
             targets: vec![NodeId(1), NodeId(2)],
             rate_limit: None,
         };
-        let _: serde_json::Value = client.post_json(&leader_url, "/node/v1/notify", &notify).await.unwrap();
+        let _: serde_json::Value =
+            client.post_json(report.leader, &leader_url, "/node/v1/notify", &notify).await.unwrap();
         let results = ccm.results_of(id, 1).await;
         let servers: Vec<(NodeId, ServerOutcome)> = results[0].servers.clone().into_iter().collect();
         assert_eq!(

@@ -161,6 +161,30 @@ pub fn scan_live(sites_root: &Path) -> BTreeMap<String, u64> {
     out
 }
 
+/// Deletes the release builds a crash interrupted (`incoming/N.building`)
+/// in every site under `sites_root`; each one deleted is logged. Blocking;
+/// an agent calls it at start, before any assignment arrives.
+pub fn discard_interrupted_builds(sites_root: &Path) {
+    let Ok(entries) = std::fs::read_dir(sites_root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if !e.file_name().to_str().is_some_and(SiteName::valid) {
+            continue;
+        }
+        match SiteRoot::new(e.path(), SiteOptions::default()).discard_interrupted_builds() {
+            Ok(removed) => {
+                for dir in removed {
+                    tracing::warn!(event = "interrupted_build_deleted", path = %dir.display(), "a build a crash interrupted was deleted");
+                }
+            }
+            Err(err) => {
+                tracing::error!(site = %e.path().display(), error = %err, "cannot delete interrupted builds")
+            }
+        }
+    }
+}
+
 /// Brings the store's list of held copies in line with the files in
 /// `dir`: copies whose file is gone are forgotten, files not yet listed are
 /// hashed and listed. Blocking. Returns the held copies.

@@ -156,7 +156,9 @@ impl ElectorActor {
         // The RNG only spreads delays; seed it from the id and start time.
         let seed = started ^ setup.id.0.rotate_left(32);
         let core = Elector::new(setup.config, setup.id, seed);
-        let gate = ControlGate::new(&setup.secret, setup.id, started, setup.replay);
+        let mut gate = ControlGate::new(&setup.secret, setup.id, started, setup.replay);
+        // Nothing sent before this start passes (the windows are new).
+        gate.refuse_before(unix_ms());
         Ok(ElectorActor::create(move |ctx| {
             let mut actor = ElectorActor {
                 core,
@@ -336,8 +338,14 @@ impl Actor for ElectorActor {
 impl StreamHandler<Incoming> for ElectorActor {
     fn handle(&mut self, item: Incoming, ctx: &mut Self::Context) {
         match item {
-            Ok((received, _from)) => {
-                if let Some((sender, msg)) = self.gate.admit(unix_ms(), received) {
+            Ok((received, from)) => {
+                let admitted = self.gate.admit_from(unix_ms(), received, Some(from));
+                for dup in self.gate.take_duplicates() {
+                    if let crate::protocol::wire::WireError::Duplicate { sender, established, other } = &dup {
+                        tracing::error!(event = "duplicate_node_id", node = self.core.id().0, id = sender.0, kept = %established, refused = %other, "{dup}");
+                    }
+                }
+                if let Some((sender, msg)) = admitted {
                     self.accepted += 1;
                     let now = self.now();
                     self.core.handle_datagram(now, sender, msg);
@@ -350,6 +358,7 @@ impl StreamHandler<Incoming> for ElectorActor {
                         ("stale", r.stale),
                         ("from_future", r.from_future),
                         ("replayed", r.replayed),
+                        ("duplicate", r.duplicate),
                     ] {
                         if n > 0 {
                             metrics::counter!("cmover_datagrams_rejected_total", "node" => node.clone(),

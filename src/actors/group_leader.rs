@@ -43,7 +43,7 @@ use crate::net::client::NodeClient;
 use crate::net::fetch::{fetch_assignment, FetchOptions};
 use crate::protocol::api::{
     DeliveryStats, LivePhase, LiveProgress, MemberReport, NextHop, NextHopRequest, NodeStatus, NotLeader,
-    Notify, ProgressReport, SegmentReport, SegmentResult, ServerOutcome,
+    Notify, ProgressReport, SegmentReport, SegmentResult, ServerOutcome, CCM_NODE,
 };
 use crate::protocol::control::MemberInfo;
 use crate::protocol::election::Event;
@@ -271,7 +271,7 @@ impl GroupLeader {
             let report = segment_report(&shared, &own, location, http);
             let n = report.members.len();
             let r: Result<serde_json::Value, _> =
-                shared.client.post_json(&shared.ccm_url, "/node/v1/segment", &report).await;
+                shared.client.post_json(CCM_NODE, &shared.ccm_url, "/node/v1/segment", &report).await;
             (r.map(|_| ()), n)
         };
         ctx.spawn(fut.into_actor(self).map(|(r, members), act, ctx| {
@@ -395,7 +395,7 @@ async fn report_progress(shared: &Shared, notify: &Notify, t: &Tracker) -> std::
             progress,
         };
         let r: Result<serde_json::Value, _> =
-            shared.client.post_json(&shared.ccm_url, "/node/v1/progress", &report).await;
+            shared.client.post_json(CCM_NODE, &shared.ccm_url, "/node/v1/progress", &report).await;
         if let Err(e) = r {
             tracing::debug!(event = "progress_failed", node = shared.node.0, assignment = report.assignment.0, error = %e);
         }
@@ -446,7 +446,7 @@ async fn run_job(shared: Rc<Shared>, notify: Notify) -> SegmentResult {
     let mut attempt = 0;
     loop {
         let r: Result<serde_json::Value, _> =
-            shared.client.post_json(&shared.ccm_url, "/node/v1/report", &result).await;
+            shared.client.post_json(CCM_NODE, &shared.ccm_url, "/node/v1/report", &result).await;
         match r {
             Ok(_) => break,
             Err(e) => {
@@ -514,7 +514,7 @@ async fn forward(shared: &Shared, id: AssignmentId) {
     loop {
         let hop: NextHop = match shared
             .client
-            .post_json(&shared.ccm_url, "/node/v1/next-hop", &NextHopRequest { assignment: id })
+            .post_json(CCM_NODE, &shared.ccm_url, "/node/v1/next-hop", &NextHopRequest { assignment: id })
             .await
         {
             Ok(h) => h,
@@ -539,7 +539,7 @@ async fn forward(shared: &Shared, id: AssignmentId) {
             return;
         };
         let r: Result<serde_json::Value, _> =
-            shared.client.post_json(&target.url, "/node/v1/notify", &target.notify).await;
+            shared.client.post_json(target.node, &target.url, "/node/v1/notify", &target.notify).await;
         match r {
             Ok(_) => tracing::info!(
                 event = "forwarded", node = node.0, assignment = id.0, to = target.node.0, url = %target.url,

@@ -23,12 +23,14 @@ use actix::prelude::*;
 use super::ccm::{RunBegan, RunEnded, RunJob};
 use crate::clock::unix_ms;
 use crate::config::Config;
-use crate::protocol::catch_up::{CatchUp, GroupView, Need, ServerView};
+use crate::protocol::api::ServerOutcome;
+use crate::protocol::catch_up::{CatchUp, Failure, GroupView, Need, ServerView};
 use crate::protocol::ids::{JobId, NodeId};
 use crate::protocol::schedule::{self, Action, JobSpec, JobTimes, Reason, Schedule};
 use crate::storage::db::{Db, Table};
 use crate::storage::records::{
-    GroupRecord, HistoryKind, JobKind, JobParams, JobRecord, Policy, RunState, ServerRecord, SiteRecord,
+    GroupRecord, HistoryKind, JobKind, JobParams, JobRecord, Policy, RunRecord, RunState, SegmentRecord,
+    ServerRecord, SiteRecord,
 };
 
 /// Job `0` was created, changed or deleted (sent by the REST API).
@@ -236,6 +238,13 @@ impl Scheduler {
         };
         let (Ok(groups), Ok(servers)) = (groups.all(), servers.all()) else { return };
         let servers: HashMap<NodeId, ServerRecord> = servers.into_iter().map(|s| (s.id, s)).collect();
+        // The CCM hears of a leader's free space (its segment report), not a member's.
+        let disk_free: HashMap<NodeId, u64> = table::<SegmentRecord>(&self.db)
+            .and_then(|t| t.all().ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| (s.leader, s.disk_free))
+            .collect();
         let views: Vec<GroupView> = groups
             .iter()
             .map(|g| {
@@ -249,6 +258,7 @@ impl Scheduler {
                             id: *id,
                             online: rec.is_some_and(|r| r.online),
                             live: rec.and_then(|r| r.live.get(&g.site).copied()).unwrap_or(0),
+                            disk_free: disk_free.get(id).copied(),
                         }
                     })
                     .collect();
@@ -362,12 +372,55 @@ impl Actor for Scheduler {
     }
 }
 
+impl Scheduler {
+    /// What run `run` tells the catch-up rule: its targets that did not get
+    /// the release back off (logged, and in the history the UI shows),
+    /// those that did are forgotten. A cancelled run tells nothing, nor does
+    /// a target with no outcome at all (a run the CCM's restart ended never
+    /// asked it: not its failure).
+    fn backoffs_after(&mut self, run: &RunRecord, now: u64) {
+        if matches!(run.state, RunState::Cancelled | RunState::Unchanged) {
+            return;
+        }
+        for s in &run.targets {
+            if !run.failed_servers.contains(s) {
+                self.catch_up.server_caught_up(&run.group, *s);
+                continue;
+            }
+            let error = match run.switched.get(s).or_else(|| run.applied.get(s)) {
+                // Offline when planned: caught up once it is back, as before.
+                Some(ServerOutcome::Failed { error }) if error == "offline" => continue,
+                Some(ServerOutcome::Failed { error }) => error.clone(),
+                Some(ServerOutcome::Silent) => "silent".to_owned(),
+                Some(ServerOutcome::Succeeded) | None => continue,
+            };
+            let b = self.catch_up.server_failed(&run.group, *s, now, Failure::of(&error));
+            let wait_s = b.until_ms.saturating_sub(now) / 1000;
+            let until = if b.no_space {
+                format!("until its free space changes (at most {wait_s} s)")
+            } else {
+                format!("for {wait_s} s")
+            };
+            tracing::warn!(event = "catch_up_backoff", server = s.0, group = %run.group, failures = b.failures, wait_s, no_space = b.no_space, error = %error);
+            self.history(
+                HistoryKind::CatchUpBackoff,
+                format!(
+                    "server {s} of group {} is not caught up again {until}: run {} failed there ({} in a row): {error}",
+                    run.group, run.id, b.failures
+                ),
+                Some(&run.site),
+            );
+        }
+    }
+}
+
 impl Handler<RunEnded> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: RunEnded, ctx: &mut Context<Self>) {
         let run = msg.0;
         self.catch_up.run_ended(run.id, unix_ms());
+        self.backoffs_after(&run, unix_ms());
         // A cancelled run is not retried.
         let ok = matches!(run.state, RunState::Committed | RunState::Unchanged | RunState::Cancelled);
         let actions = self.core.finished(run.job, ok, unix_ms());

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::ccm_api::{ApiError, CcmState};
 use super::live::stream;
 use super::session::{self, authorize};
+use super::throttle;
 use crate::actors::ccm::{CancelRun, CreateCheckpoint, RunJob, SetTreeOrder};
 use crate::actors::scheduler::JobChanged;
 use crate::clock::unix_ms;
@@ -254,21 +255,36 @@ pub struct SessionInfo {
     pub csrf: String,
 }
 
-async fn login(state: web::Data<CcmState>, body: web::Json<Login>) -> Result<HttpResponse, ApiError> {
+async fn login(
+    req: HttpRequest,
+    state: web::Data<CcmState>,
+    body: web::Json<Login>,
+) -> Result<HttpResponse, ApiError> {
     let Login { user, password } = body.into_inner();
+    let addr = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    let keys = throttle::keys(&user, &addr);
+    let logins = || state.logins.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Refused before any hashing: a flood of guesses costs nothing.
+    if let Err(wait_ms) = logins().check(unix_ms(), &keys) {
+        let secs = wait_ms.div_ceil(1000).max(1);
+        tracing::warn!(event = "login_throttled", user = %user, addr = %addr, retry_after_s = secs);
+        return Err(ApiError::TooManyRequests {
+            message: format!("too many failed logins as {user:?} or from {addr}: try again in {secs} s"),
+            retry_after_s: secs,
+        });
+    }
     let rec = table::<UserRecord>(&state)?.get(&user)?;
-    // The same work whether or not the user exists.
-    let known = match &rec {
-        Some(u) => session::check_password(u, &password),
-        None => {
-            let _ = session::check_password(&session::new_user("-", "-")?, &password);
-            false
-        }
-    };
+    // The same one hash whether or not the user exists, on the blocking
+    // pool: the HTTP workers go on serving the node API meanwhile.
+    let known = web::block(move || session::check_login(rec.as_ref(), &password))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     if !known {
-        tracing::warn!(event = "login_failed", user = %user);
+        logins().failed(unix_ms(), &keys);
+        tracing::warn!(event = "login_failed", user = %user, addr = %addr);
         return Err(ApiError::Unauthorized("wrong user name or password".into()));
     }
+    logins().succeeded(&keys);
     let (s, cookie) = session::open(&state, &user)?;
     tracing::info!(event = "login", user = %user);
     Ok(HttpResponse::Ok().cookie(cookie).json(SessionInfo { user, csrf: s.csrf }))
@@ -529,8 +545,16 @@ async fn create_group(
     body: web::Json<NewGroup>,
 ) -> Result<HttpResponse, ApiError> {
     let g = body.into_inner();
-    if g.name.trim().is_empty() || g.name.len() > 64 {
-        return Err(invalid("name", "give a name of 1 to 64 characters"));
+    // Group names end up in paths, logs and URLs: the same safe rule as site names.
+    if !SiteName::valid(&g.name) {
+        return Err(invalid(
+            "name",
+            format!(
+                "{:?} is not a group name: use 1 to 64 ASCII letters, digits, '.', '_' or '-', \
+                 starting with a letter or digit",
+                g.name
+            ),
+        ));
     }
     if table::<SiteRecord>(&state)?.get(&g.site)?.is_none() {
         return Err(invalid("site", format!("site {:?} does not exist; create it first", g.site)));
@@ -725,9 +749,7 @@ pub fn check_job(state: &CcmState, j: &JobInput) -> Result<GroupRecord, ApiError
             let Some(id) = p.checkpoint else {
                 return Err(invalid("params.checkpoint", "a restore names the checkpoint to restore"));
             };
-            let found = Checkpoints::new(&state.checkpoints)
-                .get(&j.site, id)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            let found = Checkpoints::new(&state.checkpoints).get(&j.site, id).map_err(ck_err)?;
             if found.is_none() {
                 return Err(invalid("params.checkpoint", format!("site {} has no checkpoint {id}", j.site)));
             }
@@ -740,9 +762,14 @@ pub fn check_job(state: &CcmState, j: &JobInput) -> Result<GroupRecord, ApiError
         }
         _ => {}
     }
+    // Refused as given, never trimmed: "/etc/passwd" is not "etc/passwd".
     for path in &p.paths {
-        SitePath::new(path.trim_matches('/'))
-            .map_err(|e| invalid("params.paths", format!("{path:?}: {e}")))?;
+        SitePath::new(path).map_err(|e| {
+            invalid(
+                "params.paths",
+                format!("{e}; give paths relative to the site root, like \"docs/index.html\""),
+            )
+        })?;
     }
     schedule::validate(&j.schedule).map_err(|e| invalid(e.field(), e.to_string()))?;
     let pol = &j.policy;
@@ -1111,8 +1138,16 @@ fn checkpoints(state: &CcmState) -> Checkpoints {
     Checkpoints::new(&state.checkpoints)
 }
 
+/// A checkpoint error as the caller should see it: a bad site name is the
+/// caller's mistake (400), a missing checkpoint 404, a taken id 409.
 fn ck_err(e: crate::storage::checkpoint::CheckpointError) -> ApiError {
-    ApiError::Internal(e.to_string())
+    use crate::storage::checkpoint::CheckpointError as E;
+    match e {
+        E::BadSite(e) => invalid("site", e.to_string()),
+        e @ E::NotFound { .. } => ApiError::NotFound(e.to_string()),
+        e @ E::Exists { .. } => ApiError::Conflict(e.to_string()),
+        e => ApiError::Internal(e.to_string()),
+    }
 }
 
 async fn list_checkpoints(

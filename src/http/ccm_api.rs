@@ -45,6 +45,8 @@ pub struct CcmState {
     pub live: super::live::Live,
     /// The load-balancer and cache configuration, as the settings screen shows it.
     pub integrations: serde_json::Value,
+    /// Failed logins, per user name and address.
+    pub logins: std::sync::Arc<std::sync::Mutex<super::throttle::LoginThrottle>>,
 }
 
 /// An API error, answered as JSON.
@@ -73,6 +75,14 @@ pub enum ApiError {
     /// Something broke inside.
     #[error("{0}")]
     Internal(String),
+    /// Too many attempts: try again after `retry_after_s` (429, `Retry-After`).
+    #[error("{message}")]
+    TooManyRequests {
+        /// What was refused and when to try again.
+        message: String,
+        /// Seconds to wait.
+        retry_after_s: u64,
+    },
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> ApiError {
@@ -88,6 +98,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -96,7 +107,11 @@ impl ResponseError for ApiError {
             ApiError::Invalid { field, .. } => Some(field.clone()),
             _ => None,
         };
-        HttpResponse::build(self.status_code()).json(ErrorBody { error: self.to_string(), field })
+        let mut resp = HttpResponse::build(self.status_code());
+        if let ApiError::TooManyRequests { retry_after_s, .. } = self {
+            resp.insert_header((actix_web::http::header::RETRY_AFTER, retry_after_s.to_string()));
+        }
+        resp.json(ErrorBody { error: self.to_string(), field })
     }
 }
 

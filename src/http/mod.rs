@@ -11,4 +11,5 @@ pub mod live;
 pub mod node_api;
 pub mod session;
 pub mod signed;
+pub mod throttle;
 pub mod ui;

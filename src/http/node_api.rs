@@ -177,12 +177,14 @@ mod tests {
 
     fn signed(method: &str, path: &str, body: &[u8]) -> test::TestRequest {
         let key = MacKey::derive(SECRET, api::NODE_KEY_LABEL);
-        let (n, t, s) = api::sign(&key, NodeId(0), unix_ms(), method, path, body);
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let mut nonce = [0u8; 16];
+        nonce[..8].copy_from_slice(&NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_le_bytes());
+        let h = api::sign(&key, NodeId(0), Some(NodeId(1)), nonce, unix_ms(), method, path, body);
         let req = if method == "POST" { test::TestRequest::post() } else { test::TestRequest::get() };
-        req.uri(path)
-            .insert_header((api::NODE_HEADER, n))
-            .insert_header((api::TIME_HEADER, t))
-            .insert_header((api::SIGNATURE_HEADER, s))
+        h.pairs()
+            .into_iter()
+            .fold(req.uri(path), |r, (k, v)| r.insert_header((k, v.to_owned())))
             .set_payload(body.to_vec())
     }
 
@@ -204,7 +206,11 @@ mod tests {
             };
             let app = test::init_service(
                 App::new()
-                    .app_data(web::Data::new(NodeAuth::from_secret(SECRET, Duration::from_secs(30))))
+                    .app_data(web::Data::new(NodeAuth::from_secret(
+                        SECRET,
+                        NodeId(1),
+                        Duration::from_secs(30),
+                    )))
                     .app_data(web::Data::new(api))
                     .configure(config),
             )

@@ -44,8 +44,13 @@ pub fn random_hex(n: usize) -> Result<String, ApiError> {
     Ok(hex::encode(b))
 }
 
+/// Whether `a` and `b` are equal, in a time that depends on neither their
+/// contents nor their lengths: both are hashed first (SHA-256), and the
+/// digests are compared without an early exit, so a wrong guess tells its
+/// sender nothing about how long the secret is or how much of it matched.
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let (x, y) = (Digest::of(a), Digest::of(b));
+    x.0.iter().zip(y.0.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
 }
 
 fn pbkdf2(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
@@ -72,6 +77,32 @@ pub fn new_user(name: &str, password: &str) -> Result<UserRecord, ApiError> {
 pub fn check_password(user: &UserRecord, password: &str) -> bool {
     let hash = pbkdf2(password, user.salt.as_bytes(), user.iterations);
     hex::decode(&user.hash).is_ok_and(|h| same(&h, &hash))
+}
+
+/// What a login of a user that does not exist is checked against: the same
+/// one hash as a real user's (building a user for it, as was done, hashed
+/// twice and took twice as long, telling which names exist).
+pub fn decoy_user() -> &'static UserRecord {
+    static DECOY: std::sync::OnceLock<UserRecord> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| UserRecord {
+        name: String::new(),
+        salt: "0".repeat(32),
+        hash: "0".repeat(64),
+        iterations: ITERATIONS,
+        created_ms: 0,
+    })
+}
+
+/// Checks a login: `user`'s password, or (no such user) the decoy's, so
+/// that both take one hash. Blocking (PBKDF2): run it off the HTTP workers.
+pub fn check_login(user: Option<&UserRecord>, password: &str) -> bool {
+    match user {
+        Some(u) => check_password(u, password),
+        None => {
+            let _ = check_password(decoy_user(), password);
+            false
+        }
+    }
 }
 
 fn token_key(token: &str) -> String {
@@ -153,6 +184,37 @@ pub fn authorize(req: &HttpRequest, state: &CcmState) -> Result<Caller, ApiError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 15 item 6: an unknown user took twice as long to refuse as a
+    /// known one (two hashes instead of one).
+    #[test]
+    fn unknown_and_known_users_take_one_hash_each() {
+        let u = new_user("ada", "correct horse").unwrap();
+        let time = |user: Option<&UserRecord>| {
+            // The fastest of several: the least disturbed by a busy machine.
+            (0..7)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    assert!(!check_login(user, "wrong"));
+                    t.elapsed()
+                })
+                .min()
+                .unwrap_or_default()
+        };
+        let _ = decoy_user();
+        let (known, unknown) = (time(Some(&u)), time(None));
+        let ratio = unknown.as_secs_f64() / known.as_secs_f64();
+        assert!((0.5..1.6).contains(&ratio), "unknown {unknown:?} vs known {known:?}");
+        assert!(check_login(Some(&u), "correct horse"));
+    }
+
+    #[test]
+    fn comparisons_hash_first_so_lengths_do_not_matter() {
+        assert!(same(b"token", b"token"));
+        assert!(!same(b"token", b"token "));
+        assert!(!same(b"", b"t"));
+        assert!(same(b"", b""));
+    }
 
     #[test]
     fn passwords_verify_and_wrong_ones_do_not() {

@@ -31,12 +31,16 @@ pub struct NodeAuth {
     pub key: MacKey,
     /// Largest clock difference accepted.
     pub max_skew: Duration,
+    /// This node: requests signed for another are refused.
+    pub me: NodeId,
+    /// Nonces accepted within the skew window.
+    pub seen: std::sync::Arc<std::sync::Mutex<api::NonceCache>>,
 }
 
 impl NodeAuth {
-    /// The node API key derived from the cluster secret.
-    pub fn from_secret(secret: &[u8], max_skew: Duration) -> Self {
-        NodeAuth { key: MacKey::derive(secret, api::NODE_KEY_LABEL), max_skew }
+    /// The node API key derived from the cluster secret, for node `me`.
+    pub fn from_secret(secret: &[u8], me: NodeId, max_skew: Duration) -> Self {
+        NodeAuth { key: MacKey::derive(secret, api::NODE_KEY_LABEL), max_skew, me, seen: Default::default() }
     }
 }
 
@@ -107,16 +111,18 @@ impl FromRequest for Signed {
             }
             let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
             let path = req.uri().path_and_query().map_or(req.path(), |p| p.as_str());
-            let node = api::verify(
-                &auth.key,
-                (header(api::NODE_HEADER), header(api::TIME_HEADER), header(api::SIGNATURE_HEADER)),
-                unix_ms(),
-                auth.max_skew.as_millis() as u64,
-                req.method().as_str(),
-                path,
-                &body,
-            )?;
-            Ok(Signed { node, body: body.freeze() })
+            let presented = api::Presented {
+                node: header(api::NODE_HEADER),
+                time: header(api::TIME_HEADER),
+                to: header(api::TO_HEADER),
+                nonce: header(api::NONCE_HEADER),
+                signature: header(api::SIGNATURE_HEADER),
+            };
+            let (now, skew) = (unix_ms(), u64::try_from(auth.max_skew.as_millis()).unwrap_or(u64::MAX));
+            let v =
+                api::verify(&auth.key, presented, auth.me, now, skew, req.method().as_str(), path, &body)?;
+            auth.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).admit(now, skew, &v)?;
+            Ok(Signed { node: v.node, body: body.freeze() })
         })
     }
 }
@@ -132,44 +138,48 @@ mod tests {
     }
 
     fn app_auth(secret: &[u8]) -> web::Data<NodeAuth> {
-        web::Data::new(NodeAuth::from_secret(secret, Duration::from_secs(30)))
+        web::Data::new(NodeAuth::from_secret(secret, NodeId(0), Duration::from_secs(30)))
+    }
+
+    fn with(req: test::TestRequest, h: &api::SignedHeaders) -> test::TestRequest {
+        h.pairs().into_iter().fold(req, |r, (k, v)| r.insert_header((k, v.to_owned())))
     }
 
     #[actix_web::test]
-    async fn signed_requests_pass_and_others_get_401() {
+    async fn signed_requests_pass_once_and_others_get_401() {
         let secret = b"cluster secret for the http tests";
         let app =
             test::init_service(App::new().app_data(app_auth(secret)).route("/x", web::post().to(echo))).await;
         let key = MacKey::derive(secret, api::NODE_KEY_LABEL);
         let body = br#"{"a":1}"#;
-        let (n, t, s) = api::sign(&key, NodeId(3), unix_ms(), "POST", "/x", body);
-        let signed = || {
-            test::TestRequest::post()
-                .uri("/x")
-                .insert_header((api::NODE_HEADER, n.clone()))
-                .insert_header((api::TIME_HEADER, t.clone()))
-                .insert_header((api::SIGNATURE_HEADER, s.clone()))
-        };
+        let h = api::sign(&key, NodeId(3), Some(NodeId(0)), [5; 16], unix_ms(), "POST", "/x", body);
+        let signed = || with(test::TestRequest::post().uri("/x"), &h);
         let resp = test::call_service(&app, signed().set_payload(&body[..]).to_request()).await;
         assert_eq!(resp.status(), StatusCode::OK);
         let v: serde_json::Value = test::read_body_json(resp).await;
         assert_eq!(v["node"], 3);
         assert_eq!(v["got"]["a"], 1);
+        // Issue 15 item 7: the same request again is a replay.
+        let resp = test::call_service(&app, signed().set_payload(&body[..]).to_request()).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "replayed");
+        let v: ErrorBody = test::read_body_json(resp).await;
+        assert!(v.error.contains("replayed"), "{}", v.error);
+        // Signed for node 4: refused here.
+        let other = api::sign(&key, NodeId(3), Some(NodeId(4)), [6; 16], unix_ms(), "POST", "/x", body);
+        let req = with(test::TestRequest::post().uri("/x"), &other).set_payload(&body[..]).to_request();
+        assert_eq!(test::call_service(&app, req).await.status(), StatusCode::UNAUTHORIZED, "another node's");
 
-        let resp = test::call_service(&app, signed().set_payload(&br#"{"a":2}"#[..]).to_request()).await;
-        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "tampered body");
+        let fresh = api::sign(&key, NodeId(3), Some(NodeId(0)), [7; 16], unix_ms(), "POST", "/x", body);
+        let req =
+            with(test::TestRequest::post().uri("/x"), &fresh).set_payload(&br#"{"a":2}"#[..]).to_request();
+        assert_eq!(test::call_service(&app, req).await.status(), StatusCode::UNAUTHORIZED, "tampered body");
         let resp =
             test::call_service(&app, test::TestRequest::post().uri("/x").set_payload(&body[..]).to_request())
                 .await;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "unsigned");
-        let old = api::sign(&key, NodeId(3), unix_ms() - 60_000, "POST", "/x", body);
-        let req = test::TestRequest::post()
-            .uri("/x")
-            .insert_header((api::NODE_HEADER, old.0))
-            .insert_header((api::TIME_HEADER, old.1))
-            .insert_header((api::SIGNATURE_HEADER, old.2))
-            .set_payload(&body[..])
-            .to_request();
+        let old =
+            api::sign(&key, NodeId(3), Some(NodeId(0)), [8; 16], unix_ms() - 60_000, "POST", "/x", body);
+        let req = with(test::TestRequest::post().uri("/x"), &old).set_payload(&body[..]).to_request();
         let resp = test::call_service(&app, req).await;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "stale");
         let v: ErrorBody = test::read_body_json(resp).await;

@@ -54,6 +54,7 @@ pub struct NodeClient {
     key: MacKey,
     node: NodeId,
     client: awc::Client,
+    rng: ring::rand::SystemRandom,
 }
 
 impl std::fmt::Debug for NodeClient {
@@ -66,10 +67,12 @@ impl NodeClient {
     /// A client signing as `node` with the cluster secret; requests time out after `timeout`.
     pub fn new(secret: &[u8], node: NodeId, timeout: Duration) -> Self {
         let client = awc::Client::builder().timeout(timeout).disable_redirects().finish();
-        NodeClient { key: MacKey::derive(secret, api::NODE_KEY_LABEL), node, client }
+        let rng = ring::rand::SystemRandom::new();
+        NodeClient { key: MacKey::derive(secret, api::NODE_KEY_LABEL), node, client, rng }
     }
 
-    /// A signed request builder for `method` on `base` + `path` with `body`.
+    /// A signed request builder for `method` on `base` + `path` with
+    /// `body`, for any node: servers accept it for a `GET` only.
     pub fn request(
         &self,
         method: awc::http::Method,
@@ -77,17 +80,36 @@ impl NodeClient {
         path: &str,
         body: &[u8],
     ) -> awc::ClientRequest {
-        let (n, t, s) = api::sign(&self.key, self.node, unix_ms(), method.as_str(), path, body);
-        self.client
-            .request(method, format!("{}{path}", base.trim_end_matches('/')))
-            .insert_header((api::NODE_HEADER, n))
-            .insert_header((api::TIME_HEADER, t))
-            .insert_header((api::SIGNATURE_HEADER, s))
+        self.request_to(None, method, base, path, body)
     }
 
-    /// POSTs `body` as JSON and decodes the JSON answer.
+    /// A signed request builder for node `to` (`None`: any node).
+    pub fn request_to(
+        &self,
+        to: Option<NodeId>,
+        method: awc::http::Method,
+        base: &str,
+        path: &str,
+        body: &[u8],
+    ) -> awc::ClientRequest {
+        let mut nonce = [0u8; 16];
+        // A nonce that is not random is still unique enough for the receiver's
+        // cache (time and sender differ); the generator failing is not expected.
+        if ring::rand::SecureRandom::fill(&self.rng, &mut nonce).is_err() {
+            nonce[..8].copy_from_slice(&crate::clock::unix_us().to_le_bytes());
+        }
+        let h = api::sign(&self.key, self.node, to, nonce, unix_ms(), method.as_str(), path, body);
+        let mut req = self.client.request(method, format!("{}{path}", base.trim_end_matches('/')));
+        for (name, value) in h.pairs() {
+            req = req.insert_header((name, value.to_owned()));
+        }
+        req
+    }
+
+    /// POSTs `body` as JSON to node `to` at `base` and decodes the JSON answer.
     pub async fn post_json<T: Serialize, R: DeserializeOwned>(
         &self,
+        to: NodeId,
         base: &str,
         path: &str,
         body: &T,
@@ -96,7 +118,7 @@ impl NodeClient {
         let bytes = serde_json::to_vec(body)
             .map_err(|e| ClientError::Decode { url: url.clone(), message: e.to_string() })?;
         let mut resp = self
-            .request(awc::http::Method::POST, base, path, &bytes)
+            .request_to(Some(to), awc::http::Method::POST, base, path, &bytes)
             .content_type("application/json")
             .send_body(bytes)
             .await

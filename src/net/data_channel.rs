@@ -385,7 +385,12 @@ impl DataChannel {
             key: keys.sealing_key(cfg.node),
             seq,
             peers: Mutex::new(cfg.peers.into_iter().collect()),
-            replay: Mutex::new(ReplayGuard::new(ReplayLimits::default())),
+            replay: Mutex::new({
+                // Nothing sent before this start passes (the windows are new).
+                let mut guard = ReplayGuard::new(ReplayLimits::default());
+                guard.refuse_before(unix_ms());
+                guard
+            }),
             drop: Mutex::new((cfg.drop_rate.clamp(0.0, 1.0), ChaCha8Rng::seed_from_u64(cfg.drop_seed))),
             gso: AtomicBool::new(true),
             sent: AtomicU64::new(0),

@@ -424,7 +424,7 @@ mod tests {
     }
 
     async fn start_holder(holder: Arc<Holder>) -> (String, actix_web::dev::ServerHandle) {
-        let auth = web::Data::new(NodeAuth::from_secret(SECRET, Duration::from_secs(30)));
+        let auth = web::Data::new(NodeAuth::from_secret(SECRET, NodeId(0), Duration::from_secs(30)));
         let data = web::Data::new(holder);
         let server = HttpServer::new(move || {
             App::new()

@@ -50,13 +50,17 @@ pub fn append_history(db: &Db, kind: HistoryKind, message: String, run: Option<R
     }
 }
 
-/// Reads a secret file (webhook signing key): its contents, surrounding
-/// whitespace trimmed.
-pub fn read_secret_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    let text = std::fs::read(path)?;
+/// Reads the webhook signing key named by `key`: its contents, surrounding
+/// whitespace trimmed. Refused when others may read it or it is empty.
+pub fn read_secret_file(key: &str, path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    let text = crate::config::read_secret_file(key, path)?;
     let trimmed = text.trim_ascii();
     if trimmed.is_empty() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the secret file is empty"));
+        return Err(ConfigError::Invalid {
+            key: key.into(),
+            problem: format!("{} is empty", path.display()),
+            fix: "write the shared secret into it (`cmover keygen -o FILE` makes one)".into(),
+        });
     }
     Ok(trimmed.to_vec())
 }
@@ -119,11 +123,7 @@ pub fn start_ccm_observers(
 ) -> Result<Vec<Recipient<RunEnded>>, ConfigError> {
     let delivery = || -> Result<webhook::Delivery, ConfigError> {
         let path = &config.webhook.secret_file;
-        let secret = read_secret_file(path).map_err(|e| ConfigError::Invalid {
-            key: "webhook.secret_file".into(),
-            problem: format!("cannot read {}: {e}", path.display()),
-            fix: "check the path and that the CCM may read it (`cmover keygen -o FILE` makes one)".into(),
-        })?;
+        let secret = read_secret_file("webhook.secret_file", path)?;
         Ok(webhook::Delivery::new(&config.webhook, secret))
     };
     let mut out = Vec::new();

@@ -4,12 +4,16 @@
 //! # The node API (`/node/v1/…`), and how an assignment travels
 //!
 //! Every request between nodes (CCM ↔ group leader, leader ↔ leader) carries
-//! three headers: [`NODE_HEADER`] (the sender's id, `0` for the CCM),
-//! [`TIME_HEADER`] (its Unix time in ms) and [`SIGNATURE_HEADER`] (hex
-//! HMAC-SHA256, keyed from the cluster secret with [`NODE_KEY_LABEL`], over
-//! method, path and query, time, sender and the SHA-256 of the body; see
-//! [`signing_input`]). A request unsigned, wrongly signed, or stamped outside
-//! the allowed clock skew gets `401`.
+//! five headers: [`NODE_HEADER`] (the sender's id, `0` for the CCM),
+//! [`TIME_HEADER`] (its Unix time in ms), [`TO_HEADER`] (the node it is for,
+//! or [`ANY_NODE`] for a `GET`), [`NONCE_HEADER`] (16 random bytes, hex) and
+//! [`SIGNATURE_HEADER`] (hex HMAC-SHA256, keyed from the cluster secret with
+//! [`NODE_KEY_LABEL`], over method, path and query, time, sender,
+//! destination, nonce and the SHA-256 of the body; see [`signing_input`]). A
+//! request unsigned, wrongly signed, stamped outside the allowed clock skew,
+//! meant for another node, or seen before (its nonce, see [`NonceCache`])
+//! gets `401`: a captured request can be sent again neither to its
+//! destination nor to any other node.
 //!
 //! On the CCM:
 //! - `POST /node/v1/segment` ← [`SegmentReport`]: a group leader describes
@@ -51,6 +55,13 @@ pub const NODE_HEADER: &str = "x-cmover-node";
 pub const TIME_HEADER: &str = "x-cmover-time";
 /// Header with the hex HMAC-SHA256 signature.
 pub const SIGNATURE_HEADER: &str = "x-cmover-signature";
+/// Header naming the node a request is for.
+pub const TO_HEADER: &str = "x-cmover-to";
+/// Header with the request's nonce (16 bytes, hex): never accepted twice.
+pub const NONCE_HEADER: &str = "x-cmover-nonce";
+/// [`TO_HEADER`] of a request for any node: accepted for `GET` only (a read
+/// changes nothing, and a leader fetching a copy knows its source by URL).
+pub const ANY_NODE: &str = "*";
 /// HKDF label of the node API key.
 pub const NODE_KEY_LABEL: &str = "node api";
 /// The node id the CCM signs with.
@@ -73,41 +84,135 @@ pub enum AuthError {
     /// The signature does not verify.
     #[error("bad signature")]
     BadSignature,
+    /// Signed for another node (or for any node, on a request that changes something).
+    #[error("the request is for node {to}, not this node ({me})")]
+    WrongDestination {
+        /// The destination it names.
+        to: String,
+        /// This node.
+        me: NodeId,
+    },
+    /// Its nonce was seen before: a replay.
+    #[error("request from node {node} seen before (replayed)")]
+    Replayed {
+        /// The sender.
+        node: NodeId,
+    },
+    /// More signed requests inside the skew window than are remembered.
+    #[error("too many signed requests to remember their nonces; try again shortly")]
+    Busy,
 }
 
-/// The bytes that are signed.
-pub fn signing_input(method: &str, path_and_query: &str, time_ms: u64, node: NodeId, body: &[u8]) -> Vec<u8> {
-    format!("{method}\n{path_and_query}\n{time_ms}\n{node}\n{}", Digest::of(body)).into_bytes()
+/// The bytes that are signed. `to` is the destination's id or [`ANY_NODE`].
+pub fn signing_input(
+    method: &str,
+    path_and_query: &str,
+    time_ms: u64,
+    node: NodeId,
+    to: &str,
+    nonce: &str,
+    body: &[u8],
+) -> Vec<u8> {
+    format!("{method}\n{path_and_query}\n{time_ms}\n{node}\n{to}\n{nonce}\n{}", Digest::of(body)).into_bytes()
 }
 
-/// Signs a request; returns the three header values (node, time, signature).
+/// The header values of a signed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedHeaders {
+    /// [`NODE_HEADER`].
+    pub node: String,
+    /// [`TIME_HEADER`].
+    pub time: String,
+    /// [`TO_HEADER`].
+    pub to: String,
+    /// [`NONCE_HEADER`].
+    pub nonce: String,
+    /// [`SIGNATURE_HEADER`].
+    pub signature: String,
+}
+
+impl SignedHeaders {
+    /// The headers as (name, value) pairs.
+    pub fn pairs(&self) -> [(&'static str, &str); 5] {
+        [
+            (NODE_HEADER, &self.node),
+            (TIME_HEADER, &self.time),
+            (TO_HEADER, &self.to),
+            (NONCE_HEADER, &self.nonce),
+            (SIGNATURE_HEADER, &self.signature),
+        ]
+    }
+}
+
+/// The header values a request came with (`None`: missing).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Presented<'a> {
+    /// [`NODE_HEADER`].
+    pub node: Option<&'a str>,
+    /// [`TIME_HEADER`].
+    pub time: Option<&'a str>,
+    /// [`TO_HEADER`].
+    pub to: Option<&'a str>,
+    /// [`NONCE_HEADER`].
+    pub nonce: Option<&'a str>,
+    /// [`SIGNATURE_HEADER`].
+    pub signature: Option<&'a str>,
+}
+
+/// Signs a request from `node` for `to` (`None`: any node, for a `GET`)
+/// with `nonce` (16 random bytes, never used twice).
+#[allow(clippy::too_many_arguments)]
 pub fn sign(
     key: &MacKey,
     node: NodeId,
+    to: Option<NodeId>,
+    nonce: [u8; 16],
     now_ms: u64,
     method: &str,
     path_and_query: &str,
     body: &[u8],
-) -> (String, String, String) {
-    let tag = key.sign(&[&signing_input(method, path_and_query, now_ms, node, body)]);
-    (node.to_string(), now_ms.to_string(), hex::encode(tag))
+) -> SignedHeaders {
+    let to = to.map_or_else(|| ANY_NODE.to_owned(), |t| t.to_string());
+    let nonce = hex::encode(nonce);
+    let tag = key.sign(&[&signing_input(method, path_and_query, now_ms, node, &to, &nonce, body)]);
+    SignedHeaders { node: node.to_string(), time: now_ms.to_string(), to, nonce, signature: hex::encode(tag) }
 }
 
-/// Checks a request's headers against its method, path, body and the
-/// receiver's clock; returns the sender.
+/// A request whose signature verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// The sender.
+    pub node: NodeId,
+    /// Its time stamp, Unix ms.
+    pub time_ms: u64,
+    /// Its nonce.
+    pub nonce: [u8; 16],
+}
+
+/// Checks a request's headers against its method, path, body, this node
+/// (`me`) and the receiver's clock; answers who sent it. Whether it was
+/// seen before is [`NonceCache::admit`]'s part.
+#[allow(clippy::too_many_arguments)]
 pub fn verify(
     key: &MacKey,
-    headers: (Option<&str>, Option<&str>, Option<&str>),
+    headers: Presented<'_>,
+    me: NodeId,
     now_ms: u64,
     max_skew_ms: u64,
     method: &str,
     path_and_query: &str,
     body: &[u8],
-) -> Result<NodeId, AuthError> {
-    let node = headers.0.and_then(|v| v.parse::<u64>().ok()).ok_or(AuthError::Header(NODE_HEADER))?;
-    let time = headers.1.and_then(|v| v.parse::<u64>().ok()).ok_or(AuthError::Header(TIME_HEADER))?;
+) -> Result<Verified, AuthError> {
+    let node = headers.node.and_then(|v| v.parse::<u64>().ok()).ok_or(AuthError::Header(NODE_HEADER))?;
+    let time = headers.time.and_then(|v| v.parse::<u64>().ok()).ok_or(AuthError::Header(TIME_HEADER))?;
+    let to = headers.to.ok_or(AuthError::Header(TO_HEADER))?;
+    let nonce_text = headers.nonce.ok_or(AuthError::Header(NONCE_HEADER))?;
+    let nonce: [u8; 16] = hex::decode(nonce_text)
+        .ok()
+        .and_then(|n| n.try_into().ok())
+        .ok_or(AuthError::Header(NONCE_HEADER))?;
     let sig = headers
-        .2
+        .signature
         .and_then(|v| hex::decode(v).ok())
         .filter(|s| s.len() == 32)
         .ok_or(AuthError::Header(SIGNATURE_HEADER))?;
@@ -116,10 +221,43 @@ pub fn verify(
         return Err(AuthError::Skew { skew_ms, max_ms: max_skew_ms });
     }
     let node = NodeId(node);
-    if !key.verify(&[&signing_input(method, path_and_query, time, node, body)], &sig) {
+    if !key.verify(&[&signing_input(method, path_and_query, time, node, to, nonce_text, body)], &sig) {
         return Err(AuthError::BadSignature);
     }
-    Ok(node)
+    let for_me = to == me.to_string() || (to == ANY_NODE && method == "GET");
+    if !for_me {
+        return Err(AuthError::WrongDestination { to: to.to_owned(), me });
+    }
+    Ok(Verified { node, time_ms: time, nonce })
+}
+
+/// The nonces of the signed requests accepted within the clock-skew
+/// window (older ones fail the time check anyway): a request is accepted
+/// once. At most [`NonceCache::MAX`] are remembered.
+#[derive(Debug, Default)]
+pub struct NonceCache {
+    seen: std::collections::HashMap<(NodeId, [u8; 16]), u64>,
+}
+
+impl NonceCache {
+    /// Most nonces remembered.
+    pub const MAX: usize = 200_000;
+
+    /// Accepts `v` unless its nonce was seen before; `now_ms` and
+    /// `max_skew_ms` as given to [`verify`].
+    pub fn admit(&mut self, now_ms: u64, max_skew_ms: u64, v: &Verified) -> Result<(), AuthError> {
+        if self.seen.contains_key(&(v.node, v.nonce)) {
+            return Err(AuthError::Replayed { node: v.node });
+        }
+        if self.seen.len() >= Self::MAX {
+            self.seen.retain(|_, t| t.saturating_add(max_skew_ms) >= now_ms);
+            if self.seen.len() >= Self::MAX {
+                return Err(AuthError::Busy);
+            }
+        }
+        self.seen.insert((v.node, v.nonce), v.time_ms);
+        Ok(())
+    }
 }
 
 /// One server of a segment, as its leader reports it.
@@ -355,30 +493,71 @@ pub struct ErrorBody {
 mod tests {
     use super::*;
 
+    fn presented(h: &SignedHeaders) -> Presented<'_> {
+        Presented {
+            node: Some(&h.node),
+            time: Some(&h.time),
+            to: Some(&h.to),
+            nonce: Some(&h.nonce),
+            signature: Some(&h.signature),
+        }
+    }
+
     #[test]
-    fn signatures_bind_method_path_time_node_and_body() {
+    fn signatures_bind_method_path_time_node_destination_nonce_and_body() {
         let key = MacKey::derive(b"cluster secret cluster secret", NODE_KEY_LABEL);
-        let (n, t, s) = sign(&key, NodeId(4), 1_000_000, "POST", "/node/v1/report", b"{}");
-        let h = (Some(n.as_str()), Some(t.as_str()), Some(s.as_str()));
-        assert_eq!(verify(&key, h, 1_000_500, 30_000, "POST", "/node/v1/report", b"{}"), Ok(NodeId(4)));
-        let bad = |m: &str, p: &str, b: &[u8], now: u64| verify(&key, h, now, 30_000, m, p, b);
+        let me = NodeId(0);
+        let signed = sign(&key, NodeId(4), Some(me), [7; 16], 1_000_000, "POST", "/node/v1/report", b"{}");
+        let h = presented(&signed);
+        let ok = verify(&key, h, me, 1_000_500, 30_000, "POST", "/node/v1/report", b"{}").unwrap();
+        assert_eq!((ok.node, ok.time_ms, ok.nonce), (NodeId(4), 1_000_000, [7; 16]));
+        let bad = |m: &str, p: &str, b: &[u8], now: u64| verify(&key, h, me, now, 30_000, m, p, b);
         assert_eq!(bad("GET", "/node/v1/report", b"{}", 1_000_000), Err(AuthError::BadSignature));
         assert_eq!(bad("POST", "/node/v1/notify", b"{}", 1_000_000), Err(AuthError::BadSignature));
         assert_eq!(bad("POST", "/node/v1/report", b"{ }", 1_000_000), Err(AuthError::BadSignature));
         assert!(matches!(bad("POST", "/node/v1/report", b"{}", 1_040_000), Err(AuthError::Skew { .. })));
         let other = MacKey::derive(b"another secret another secret", NODE_KEY_LABEL);
         assert_eq!(
-            verify(&other, h, 1_000_000, 30_000, "POST", "/node/v1/report", b"{}"),
+            verify(&other, h, me, 1_000_000, 30_000, "POST", "/node/v1/report", b"{}"),
             Err(AuthError::BadSignature)
         );
-        let forged = (Some("5"), h.1, h.2);
+        for forged in [
+            Presented { node: Some("5"), ..h },
+            Presented { to: Some("3"), ..h },
+            Presented { nonce: Some("08080808080808080808080808080808"), ..h },
+        ] {
+            assert_eq!(
+                verify(&key, forged, me, 1_000_000, 30_000, "POST", "/node/v1/report", b"{}"),
+                Err(AuthError::BadSignature)
+            );
+        }
         assert_eq!(
-            verify(&key, forged, 1_000_000, 30_000, "POST", "/node/v1/report", b"{}"),
-            Err(AuthError::BadSignature)
-        );
-        assert_eq!(
-            verify(&key, (None, h.1, h.2), 1_000_000, 30_000, "POST", "/", b""),
+            verify(&key, Presented { node: None, ..h }, me, 1_000_000, 30_000, "POST", "/", b""),
             Err(AuthError::Header(NODE_HEADER))
+        );
+    }
+
+    /// Issue 15 item 7: a signed request was accepted again for ±30 s, on
+    /// any host. Now it is for one node, and accepted once.
+    #[test]
+    fn a_request_is_for_one_node_and_accepted_once() {
+        let key = MacKey::derive(b"cluster secret cluster secret", NODE_KEY_LABEL);
+        let notify = sign(&key, NodeId(0), Some(NodeId(3)), [1; 16], 1_000, "POST", "/node/v1/notify", b"{}");
+        let at = |me: u64| {
+            verify(&key, presented(&notify), NodeId(me), 1_000, 30_000, "POST", "/node/v1/notify", b"{}")
+        };
+        assert_eq!(at(5), Err(AuthError::WrongDestination { to: "3".into(), me: NodeId(5) }), "another host");
+        let v = at(3).unwrap();
+        let mut seen = NonceCache::default();
+        assert_eq!(seen.admit(1_000, 30_000, &v), Ok(()));
+        assert_eq!(seen.admit(1_200, 30_000, &v), Err(AuthError::Replayed { node: NodeId(0) }), "replayed");
+        // "Any node" is for reads only.
+        let post = sign(&key, NodeId(0), None, [2; 16], 1_000, "POST", "/node/v1/notify", b"{}");
+        let err = verify(&key, presented(&post), NodeId(3), 1_000, 30_000, "POST", "/node/v1/notify", b"{}");
+        assert!(matches!(err, Err(AuthError::WrongDestination { .. })));
+        let get = sign(&key, NodeId(4), None, [3; 16], 1_000, "GET", "/node/v1/status", b"");
+        assert!(
+            verify(&key, presented(&get), NodeId(3), 1_000, 30_000, "GET", "/node/v1/status", b"").is_ok()
         );
     }
 }

@@ -48,7 +48,7 @@ use thiserror::Error;
 use super::bytes::{DecodeError, Reader};
 use super::crypto::{ChunkCipher, ContentKey, CryptoError, Digest, Sha256, AEAD_TAG_LEN};
 use super::ids::{AssignmentSerial, JobId};
-use super::paths::{check_symlink_target, PathError, SiteName, SitePath, MAX_PATH_LEN};
+use super::paths::{check_symlink_target, PathError, SiteName, SitePath, TreeLinks, MAX_PATH_LEN};
 
 /// First bytes of every assignment.
 pub const MAGIC: [u8; 8] = *b"CMASSIGN";
@@ -119,6 +119,12 @@ pub enum FormatError {
         /// Position of the command.
         index: usize,
         /// What is wrong.
+        source: PathError,
+    },
+    /// A symlink of the release the assignment builds leads outside it.
+    #[error("invalid assignment: {source}")]
+    Symlink {
+        /// Which symlink, and why.
         source: PathError,
     },
     /// Some other rule of the format is broken.
@@ -757,17 +763,31 @@ pub fn decode_body(
     Ok(commands)
 }
 
-/// Rules that span commands: data inside the data part, sizes consistent,
-/// base references only in delta assignments, and no path that goes through
-/// a symlink created earlier in the same assignment.
+/// Rules that span commands: data inside the data part, sizes consistent
+/// (and their total within a `u64`), base references only in delta assignments, no path that goes through
+/// a symlink created earlier in the same assignment, and (for a full
+/// assignment, whose commands alone make the release) every symlink of the
+/// release resolving inside it. A delta's symlinks are checked against its
+/// base release by the applier ([`links_after`]).
 ///
 /// Symlinks are kept in an ordered set, so that each check is a lookup per
 /// ancestor and a removal takes the removed tree's links as one range: a
 /// body of millions of commands costs `n log n`, not `n²`.
 pub fn validate_commands(header: &Header, commands: &[Command]) -> Result<(), FormatError> {
     let mut links: BTreeSet<&str> = BTreeSet::new();
+    // What the files add up to: checked, since the sizes are the sender's
+    // word and a sum that wraps round would pass any free-space check.
+    let mut total: u64 = 0;
     for (index, cmd) in commands.iter().enumerate() {
         let fail = |msg: String| FormatError::Invalid(format!("command {index} ({}): {msg}", cmd.path()));
+        if let Command::PutFile { size, .. } | Command::PatchFile { size, .. } = cmd {
+            total = total.checked_add(*size).ok_or_else(|| {
+                fail(format!(
+                    "its size {size} brings the files' total past {} bytes; no release is that large",
+                    u64::MAX
+                ))
+            })?;
+        }
         if let Some(d) = cmd.data() {
             let end = d.offset.checked_add(d.len).filter(|&e| e <= header.data_len);
             if end.is_none() {
@@ -809,7 +829,26 @@ pub fn validate_commands(header: &Header, commands: &[Command]) -> Result<(), Fo
             }
         }
     }
+    if !header.is_delta() {
+        links_after(TreeLinks::new(), commands).check().map_err(|source| FormatError::Symlink { source })?;
+    }
     Ok(())
+}
+
+/// The symlinks of the release these commands build from a base release
+/// whose symlinks are `base` (empty for a full assignment): what
+/// [`TreeLinks::check`] must accept before anything is written.
+pub fn links_after(mut links: TreeLinks, commands: &[Command]) -> TreeLinks {
+    for cmd in commands {
+        match cmd {
+            Command::Symlink { path, target } => links.insert(path, target),
+            Command::Remove { path } => links.remove_tree(path),
+            Command::SetMode { .. } => {}
+            // A directory, file or moved file takes the place of whatever was there.
+            other => links.remove(other.path()),
+        }
+    }
+    links
 }
 
 /// How many raw and stored bytes went into a section.
@@ -1062,7 +1101,7 @@ impl<'c, R: Read> SectionReader<'c, R> {
                 self.fail(format!("chunk of {raw_len} raw / {stored_len} stored bytes is out of bounds"))
             );
         }
-        if self.produced + raw_len as u64 > self.data.raw_len {
+        if self.produced.checked_add(raw_len as u64).is_none_or(|n| n > self.data.raw_len) {
             return Err(self.fail("chunks hold more bytes than the section declares"));
         }
         let chunk_offset = self.data.offset + self.consumed + CHUNK_HEADER_LEN as u64;
@@ -1336,6 +1375,30 @@ mod tests {
         assert!(matches!(decode(&file), Err(FormatError::Path { source: PathError::Escapes { .. }, .. })));
     }
 
+    /// Issue 15 item 1: each symlink passes the text check, but `passwd`
+    /// climbs out through `…/root`; a full assignment's commands are the
+    /// whole release, so the decoder refuses it, naming the link.
+    #[test]
+    fn a_full_assignment_whose_symlinks_chain_out_of_the_tree_is_refused() {
+        let up = "../../../../../../../../../..";
+        let mut cmds: Vec<Command> = Vec::new();
+        let mut dir = String::new();
+        for c in ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"] {
+            dir = if dir.is_empty() { c.to_owned() } else { format!("{dir}/{c}") };
+            cmds.push(Command::MakeDir { path: p(&dir), mode: 0o755 });
+        }
+        cmds.push(Command::Symlink { path: p(&format!("{dir}/root")), target: up.into() });
+        let passwd = Command::Symlink { path: p("passwd"), target: format!("{dir}/root/{up}/etc/passwd") };
+        resign(&cmds, 0).unwrap();
+        cmds.push(passwd);
+        let err = resign(&cmds, 0).unwrap_err();
+        assert!(matches!(err, FormatError::Symlink { source: PathError::EscapesThrough { .. } }), "{err}");
+        assert!(err.to_string().contains("symlink passwd ->"), "{err}");
+        // Removing the climbing link first makes the same target a plain path.
+        cmds.insert(cmds.len() - 1, Command::Remove { path: p(&format!("{dir}/root")) });
+        resign(&cmds, 0).unwrap();
+    }
+
     #[test]
     fn writing_through_an_own_symlink_is_rejected() {
         let data = DataRef { offset: 0, len: 12, raw_len: 3 };
@@ -1429,7 +1492,8 @@ mod tests {
                 sha256,
                 data
             }),
-            (arb_path(), arb_path(), arb_digest(), arb_meta(), any::<u64>(), arb_digest()).prop_map(
+            // Sizes whose total over 20 commands fits in a u64 (a larger total is refused).
+            (arb_path(), arb_path(), arb_digest(), arb_meta(), 0..u64::MAX / 32, arb_digest()).prop_map(
                 move |(path, base, base_sha256, meta, size, sha256)| Command::PatchFile {
                     path,
                     base,

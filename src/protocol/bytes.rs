@@ -5,6 +5,10 @@
 //! every shortfall, oversize length or bad value into a [`DecodeError`] that
 //! names the field. Writing uses `bytes::BufMut` directly.
 
+// Sizes and counts here come from the network or the disk: no silent
+// truncation (tests may build what they like).
+#![cfg_attr(not(test), warn(clippy::cast_possible_truncation))]
+
 use thiserror::Error;
 
 /// Why a byte sequence could not be decoded. `what` names the field.

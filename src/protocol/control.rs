@@ -22,6 +22,10 @@
 //! datagram it drops is counted by reason ([`RejectCounts`]), so forged or
 //! replayed traffic is visible and never reaches the state machine.
 
+// Sizes and counts here come from the network or the disk: no silent
+// truncation (tests may build what they like).
+#![cfg_attr(not(test), warn(clippy::cast_possible_truncation))]
+
 use std::net::Ipv4Addr;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -153,7 +157,7 @@ fn put_text(out: &mut BytesMut, s: &str) {
     // Callers bound their text ([`MemberInfo::bounded`]); cut rather than
     // emit a length the decoder would refuse.
     let s = cut(s);
-    out.put_u16_le(s.len() as u16);
+    out.put_u16_le(u16::try_from(s.len()).unwrap_or(u16::MAX));
     out.put_slice(s.as_bytes());
 }
 
@@ -220,7 +224,7 @@ impl ControlMsg {
                 put_text(out, &info.data);
                 put_text(out, &info.name);
                 let sites: Vec<&SiteSerial> = listed(&info.serials).collect();
-                out.put_u16_le(sites.len() as u16);
+                out.put_u16_le(u16::try_from(sites.len()).unwrap_or(u16::MAX));
                 for s in sites {
                     put_text(out, &s.site);
                     out.put_u64_le(s.serial);
@@ -230,7 +234,7 @@ impl ControlMsg {
                 out.put_u8(TAG_LIST);
                 out.put_u64_le(*version);
                 let members = &members[..members.len().min(MAX_MEMBERS)];
-                out.put_u16_le(members.len() as u16);
+                out.put_u16_le(u16::try_from(members.len()).unwrap_or(u16::MAX));
                 for m in members {
                     out.put_u64_le(m.0);
                 }
@@ -359,6 +363,9 @@ pub struct ControlGate {
     guard: ReplayGuard,
     rejected: RejectCounts,
     own: u64,
+    /// Duplicate ids seen and not yet taken by the driver (each pair once).
+    duplicates: Vec<WireError>,
+    reported: std::collections::HashSet<(NodeId, std::net::SocketAddr)>,
 }
 
 impl ControlGate {
@@ -374,7 +381,15 @@ impl ControlGate {
             guard: ReplayGuard::new(limits),
             rejected: RejectCounts::default(),
             own: 0,
+            duplicates: Vec::new(),
+            reported: std::collections::HashSet::new(),
         }
+    }
+
+    /// Refuses datagrams stamped before `floor_ms`: the driver's start-up
+    /// time (see [`ReplayGuard::refuse_before`]).
+    pub fn refuse_before(&mut self, floor_ms: u64) {
+        self.guard.refuse_before(floor_ms);
     }
 
     /// Seals `msg` into a datagram stamped with `now_ms` (Unix milliseconds).
@@ -392,6 +407,19 @@ impl ControlGate {
     /// sender and message if it may reach the core; otherwise counts why not.
     /// The node's own datagrams (multicast loops back) are dropped silently.
     pub fn admit(&mut self, now_ms: u64, received: ReceivedControl) -> Option<(NodeId, ControlMsg)> {
+        self.admit_from(now_ms, received, None)
+    }
+
+    /// [`ControlGate::admit`] for a datagram from `from`: a second node
+    /// using a sender id another one holds is refused (see
+    /// [`ReplayGuard::check_from`]) and, the first time for each address,
+    /// kept for [`ControlGate::take_duplicates`].
+    pub fn admit_from(
+        &mut self,
+        now_ms: u64,
+        received: ReceivedControl,
+        from: Option<std::net::SocketAddr>,
+    ) -> Option<(NodeId, ControlMsg)> {
         let (env, msg) = match received {
             Ok(ok) => ok,
             Err(e) => {
@@ -403,11 +431,23 @@ impl ControlGate {
             self.own += 1;
             return None;
         }
-        if let Err(e) = self.guard.check(now_ms, &env) {
+        if let Err(e) = self.guard.check_from(now_ms, &env, from) {
             self.rejected.record(&e);
+            if let WireError::Duplicate { sender, other, .. } = e {
+                // Bounded: at most this many pairs are remembered.
+                if self.reported.len() < 1024 && self.reported.insert((sender, other)) {
+                    self.duplicates.push(e);
+                }
+            }
             return None;
         }
         Some((env.sender, msg))
+    }
+
+    /// The duplicate ids seen since the last call (each id and address
+    /// once), for the driver to log.
+    pub fn take_duplicates(&mut self) -> Vec<WireError> {
+        std::mem::take(&mut self.duplicates)
     }
 
     /// Opens a raw datagram (decode, authenticate, replay check) in one step.

@@ -584,7 +584,7 @@ pub fn apply(
             }
             other => return Err(bad(format!("unknown op {other}"))),
         };
-        if produced + len > size {
+        if produced.checked_add(len).is_none_or(|n| n > size) {
             return Err(bad(format!("result exceeds its declared size of {size} bytes")));
         }
         let copied = io::copy(&mut src.take(len), out)?;

@@ -3,11 +3,17 @@
 //!
 //! A [`SitePath`] is relative, `/`-separated, normalised (no empty, `.` or
 //! `..` components), UTF-8 and free of NUL bytes. Symlink targets are checked
-//! by [`check_symlink_target`]: relative, and never climbing above the root
-//! when resolved from the link's directory. The applier adds the last rule,
-//! which needs the file system: it never follows a symlink while resolving a
-//! path (see `storage::releases`).
+//! twice. [`check_symlink_target`] looks at one target as text: relative, and
+//! never climbing above the root when resolved from the link's directory.
+//! That is not enough on its own: a target that climbs through *another*
+//! symlink (`passwd -> a/root/../etc/passwd` beside `a/root -> ..`) passes the
+//! text check and still leaves the tree. [`TreeLinks`] therefore checks the
+//! symlinks of a whole tree together: every target must stay inside when
+//! every symlink it passes through is followed. The applier adds the last
+//! rule, which needs the file system: it never follows a symlink while
+//! resolving a path (see `storage::releases`).
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -66,6 +72,30 @@ pub enum PathError {
     NotUtf8 {
         /// The path, lossily converted.
         path: String,
+    },
+    /// A symlink's target leaves the tree once another symlink on its way is followed.
+    #[error(
+        "symlink {link} -> {target} leads outside the site once the symlink {through} on its way is \
+         followed; point it inside the site without climbing ('..') out of another symlink's target"
+    )]
+    EscapesThrough {
+        /// The symlink whose target leaves the tree.
+        link: String,
+        /// Its target.
+        target: String,
+        /// The symlink it passes through, as `path -> target`.
+        through: String,
+    },
+    /// A symlink's target goes round in a loop, or through more than [`MAX_SYMLINK_HOPS`] symlinks.
+    #[error(
+        "symlink {link} -> {target} loops, or passes through more than {MAX_SYMLINK_HOPS} symlinks: \
+         point it at its destination directly"
+    )]
+    SymlinkLoop {
+        /// The symlink.
+        link: String,
+        /// Its target.
+        target: String,
     },
 }
 
@@ -249,6 +279,132 @@ pub fn check_symlink_target(link: &SitePath, target: &str) -> Result<(), PathErr
     Ok(())
 }
 
+/// Most symlinks one resolution passes through (Linux's `MAXSYMLINKS`).
+pub const MAX_SYMLINK_HOPS: usize = 40;
+
+/// The symlinks of a whole tree (a staging tree, or a release as an
+/// assignment leaves it), checked together by [`TreeLinks::check`].
+///
+/// Only symlinks matter: a target is resolved component by component from
+/// the link's directory; a component that names another symlink is replaced
+/// by where that symlink resolves, and any other component (a directory, a
+/// file, or nothing at all) is taken as written. Taking missing entries as
+/// directories refuses more than the kernel would (it stops at the missing
+/// entry), never less. Each symlink is resolved once and remembered, so a
+/// tree of millions of symlinks costs the length of their targets, not the
+/// length of every chain through them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TreeLinks {
+    links: BTreeMap<String, String>,
+}
+
+impl TreeLinks {
+    /// No symlinks.
+    pub fn new() -> Self {
+        TreeLinks::default()
+    }
+
+    /// Number of symlinks.
+    pub fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    /// Records the symlink `link -> target`, replacing any entry at `link`.
+    pub fn insert(&mut self, link: &SitePath, target: &str) {
+        self.links.insert(link.as_str().to_owned(), target.to_owned());
+    }
+
+    /// Forgets the entry at `path` (it became a file or a directory).
+    pub fn remove(&mut self, path: &SitePath) {
+        self.links.remove(path.as_str());
+    }
+
+    /// Forgets the entry at `path` and every symlink below it (a removed tree).
+    pub fn remove_tree(&mut self, path: &SitePath) {
+        self.links.remove(path.as_str());
+        let prefix = format!("{path}/");
+        let under: Vec<String> = self
+            .links
+            .range::<str, _>((std::ops::Bound::Included(prefix.as_str()), std::ops::Bound::Unbounded))
+            .map(|(l, _)| l)
+            .take_while(|l| l.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for l in under {
+            self.links.remove(&l);
+        }
+    }
+
+    /// Checks that every symlink resolves inside the tree when every symlink
+    /// on its way is followed. The first symlink that does not is named, with
+    /// the one it escapes through.
+    pub fn check(&self) -> Result<(), PathError> {
+        let mut resolved = HashMap::new();
+        let mut chain = Vec::new();
+        for link in self.links.keys() {
+            self.resolve(link, &mut resolved, &mut chain)?;
+        }
+        Ok(())
+    }
+
+    /// Where the symlink `link` leads, as a path from the root with no
+    /// symlink in it (`""` for the root itself).
+    fn resolve<'a>(
+        &'a self,
+        link: &'a str,
+        resolved: &mut HashMap<&'a str, String>,
+        chain: &mut Vec<&'a str>,
+    ) -> Result<String, PathError> {
+        if let Some(at) = resolved.get(link) {
+            return Ok(at.clone());
+        }
+        let target = self.links.get(link).map_or("", String::as_str);
+        if chain.contains(&link) || chain.len() >= MAX_SYMLINK_HOPS {
+            return Err(PathError::SymlinkLoop { link: link.to_owned(), target: target.to_owned() });
+        }
+        if target.starts_with('/') {
+            return Err(PathError::Absolute { path: format!("{link} -> {target}") });
+        }
+        chain.push(link);
+        let mut at = link.rfind('/').map_or(String::new(), |i| link[..i].to_owned());
+        let mut through: Option<&str> = None;
+        for c in target.split('/') {
+            match c {
+                "" | "." => {}
+                ".." if at.is_empty() => {
+                    return Err(match through {
+                        Some(via) => PathError::EscapesThrough {
+                            link: link.to_owned(),
+                            target: target.to_owned(),
+                            through: format!("{via} -> {}", self.links.get(via).map_or("", String::as_str)),
+                        },
+                        None => PathError::Escapes { path: format!("{link} -> {target}") },
+                    });
+                }
+                ".." => at.truncate(at.rfind('/').unwrap_or(0)),
+                name => {
+                    if !at.is_empty() {
+                        at.push('/');
+                    }
+                    at.push_str(name);
+                    if let Some((next, _)) = self.links.get_key_value(at.as_str()) {
+                        at = self.resolve(next, resolved, chain)?;
+                        through = Some(next);
+                    }
+                }
+            }
+        }
+        chain.pop();
+        resolved.insert(link, at.clone());
+        Ok(at)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,5 +460,70 @@ mod tests {
         assert!(check_symlink_target(&deep, "../../../x").is_err());
         assert!(check_symlink_target(&deep, "../../x/../../y").is_err());
         assert!(check_symlink_target(&top, "/etc/passwd").is_err());
+    }
+
+    fn links(pairs: &[(&str, &str)]) -> TreeLinks {
+        let mut t = TreeLinks::new();
+        for (l, target) in pairs {
+            t.insert(&SitePath::new(l).unwrap(), target);
+        }
+        t
+    }
+
+    /// Issue 15 item 1: a target that climbs out through another symlink is
+    /// refused, naming both; each link alone passes the text check.
+    #[test]
+    fn a_chain_of_symlinks_that_leaves_the_tree_is_refused() {
+        let root = "a/b/c/d/e/f/g/h/i/j/root";
+        let up = "../../../../../../../../../..";
+        let passwd = format!("{root}/{up}/etc/passwd");
+        assert!(check_symlink_target(&SitePath::new(root).unwrap(), up).is_ok());
+        assert!(check_symlink_target(&SitePath::new("passwd").unwrap(), &passwd).is_ok());
+        let err = links(&[(root, up), ("passwd", &passwd)]).check().unwrap_err();
+        assert!(
+            matches!(&err, PathError::EscapesThrough { link, through, .. }
+                if link == "passwd" && through.starts_with(root)),
+            "{err}"
+        );
+        assert!(err.to_string().contains("symlink passwd ->"), "{err}");
+        // Without the climbing link the same target is a plain path inside.
+        assert!(links(&[("passwd", &passwd)]).check().is_ok());
+    }
+
+    #[test]
+    fn chains_inside_the_tree_and_dangling_links_pass() {
+        let ok = links(&[
+            ("top", "."),
+            ("a/up", ".."),
+            ("a/b/l", "../up/top/a/b/x"),
+            ("x", "a/b/l"),
+            ("dangling", "no/such/thing"),
+            ("a/sib", "../a/b/../up"),
+        ]);
+        assert_eq!(ok.check(), Ok(()));
+    }
+
+    #[test]
+    fn loops_and_long_chains_are_refused_and_absolute_targets_too() {
+        let err = links(&[("a", "b"), ("b", "a")]).check().unwrap_err();
+        assert!(matches!(err, PathError::SymlinkLoop { .. }), "{err}");
+        let mut long = TreeLinks::new();
+        for i in 0..MAX_SYMLINK_HOPS + 1 {
+            long.insert(&SitePath::new(&format!("l{i}")).unwrap(), &format!("l{}", i + 1));
+        }
+        assert!(matches!(long.check(), Err(PathError::SymlinkLoop { .. })));
+        assert!(matches!(links(&[("a", "/etc")]).check(), Err(PathError::Absolute { .. })));
+        // Climbing through a symlink that itself leads to the parent of a deep directory.
+        let err = links(&[("d/e/up", "../.."), ("d/x", "e/up/../y")]).check().unwrap_err();
+        assert!(matches!(err, PathError::EscapesThrough { .. }), "{err}");
+    }
+
+    #[test]
+    fn removed_trees_take_their_symlinks_with_them() {
+        let mut t = links(&[("a/up", "../.."), ("a/b/c", "x"), ("ab", "y"), ("passwd", "a/up/etc/passwd")]);
+        assert!(t.check().is_err());
+        t.remove_tree(&SitePath::new("a").unwrap());
+        assert_eq!(t.len(), 2, "{t:?}");
+        assert_eq!(t.check(), Ok(()));
     }
 }

@@ -1233,7 +1233,10 @@ impl Run {
                 }
             }
             Wave::Abort => {
-                self.failed = self.plan.targets.clone();
+                // The servers that did not build the release: those that did
+                // held it and were told to discard it, which is no failure of theirs.
+                let built = self.succeeded(&self.plan.targets, Wave::Content);
+                self.failed = others(&built);
                 self.end(RunState::Failed);
             }
         }

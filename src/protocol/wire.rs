@@ -51,9 +51,27 @@
 //! from the future) and, per sender, a sliding window of sequence numbers as
 //! in IPsec.
 //!
+//! Given the source address ([`ReplayGuard::check_from`]), the guard also
+//! keeps one sender id to one node: the window belongs to the address it
+//! was established by, and datagrams of the same id from another address
+//! (a second node with a copied config), or from the same address numbered
+//! far below the window (an older process, beyond [`STREAM_SPAN`]), are
+//! refused as [`WireError::Duplicate`] without touching it, as long as the
+//! established one was heard within `takeover_ms`. Only once it has been
+//! silent that long does the newcomer take over (a node restarted on
+//! another port). The same address numbering far above is a restart and
+//! goes on at once (a second process on one address and port, which only
+//! shared ports allow, is not told apart from one). So a duplicate can
+//! neither flip the node's identity nor push its window past the genuine
+//! node's numbers and lock it out.
+//!
 //! [`DatagramCodec`] is the `tokio-util` codec over this envelope, for
 //! `UdpFramed`. It yields every datagram, authenticated or not, as a
 //! [`Received`] so the driver can count rejections without ending the stream.
+
+// Sizes and counts here come from the network or the disk: no silent
+// truncation (tests may build what they like).
+#![cfg_attr(not(test), warn(clippy::cast_possible_truncation))]
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -154,6 +172,15 @@ pub enum WireError {
         /// How old.
         age_ms: u64,
     },
+    /// Stamped before the receiver started: a capture replayed to a
+    /// restarted node, whose windows are new.
+    #[error("datagram from {sender} was sent {early_ms} ms before this node started")]
+    BeforeStart {
+        /// Sender.
+        sender: NodeId,
+        /// How long before the start.
+        early_ms: u64,
+    },
     /// Timestamp further in the future than clock skew allows.
     #[error("datagram from {sender} is {ahead_ms} ms in the future")]
     FromFuture {
@@ -170,6 +197,19 @@ pub enum WireError {
         /// Its sequence number.
         seq: u64,
     },
+    /// A second node (or process) sends as `sender`, which another one at
+    /// `established` is: the established one is kept.
+    #[error(
+        "node id {sender} is used twice: by {established} (kept) and by {other} (refused); give each node its own node.id"
+    )]
+    Duplicate {
+        /// The id both use.
+        sender: NodeId,
+        /// Where the node that keeps the id sends from.
+        established: std::net::SocketAddr,
+        /// Where the other one sends from.
+        other: std::net::SocketAddr,
+    },
 }
 
 /// Datagrams dropped, by reason: what a driver exposes so that operators and
@@ -180,12 +220,14 @@ pub struct RejectCounts {
     pub malformed: u64,
     /// Tag did not verify (wrong secret, wrong channel, tampering).
     pub bad_tag: u64,
-    /// Timestamp older than the replay window.
+    /// Timestamp older than the replay window, or from before this node started.
     pub stale: u64,
     /// Timestamp too far in the future.
     pub from_future: u64,
     /// Sequence number already seen or behind the window.
     pub replayed: u64,
+    /// From a second node using a sender id another one holds.
+    pub duplicate: u64,
 }
 
 impl RejectCounts {
@@ -198,16 +240,17 @@ impl RejectCounts {
             | WireError::TooLarge(_)
             | WireError::WrongKey { .. } => &mut self.malformed,
             WireError::BadTag => &mut self.bad_tag,
-            WireError::Stale { .. } => &mut self.stale,
+            WireError::Stale { .. } | WireError::BeforeStart { .. } => &mut self.stale,
             WireError::FromFuture { .. } => &mut self.from_future,
             WireError::Replayed { .. } => &mut self.replayed,
+            WireError::Duplicate { .. } => &mut self.duplicate,
         };
         *counter += 1;
     }
 
     /// All rejections.
     pub fn total(&self) -> u64 {
-        self.malformed + self.bad_tag + self.stale + self.from_future + self.replayed
+        self.malformed + self.bad_tag + self.stale + self.from_future + self.replayed + self.duplicate
     }
 }
 
@@ -221,7 +264,7 @@ fn header(env: &Envelope, payload_len: usize) -> [u8; HEADER_LEN] {
     h[4..12].copy_from_slice(&env.sender.0.to_le_bytes());
     h[12..20].copy_from_slice(&env.seq.to_le_bytes());
     h[20..28].copy_from_slice(&env.timestamp_ms.to_le_bytes());
-    h[28..30].copy_from_slice(&(payload_len as u16).to_le_bytes());
+    h[28..30].copy_from_slice(&u16::try_from(payload_len).unwrap_or(u16::MAX).to_le_bytes());
     h
 }
 
@@ -230,7 +273,8 @@ fn header(env: &Envelope, payload_len: usize) -> [u8; HEADER_LEN] {
 fn nonce(env: &Envelope) -> [u8; DATAGRAM_NONCE_LEN] {
     let mut n = [0u8; DATAGRAM_NONCE_LEN];
     n[..8].copy_from_slice(&env.seq.to_le_bytes());
-    n[8..].copy_from_slice(&(env.timestamp_ms as u32).to_le_bytes());
+    // The low 32 bits of the timestamp.
+    n[8..].copy_from_slice(&env.timestamp_ms.to_le_bytes()[..4]);
     n
 }
 
@@ -446,13 +490,22 @@ pub struct ReplayLimits {
     /// Most senders tracked; beyond this the least recently seen is forgotten
     /// (its old datagrams are still stopped by the timestamp window).
     pub max_senders: usize,
+    /// How long a sender id stays with the node that holds it after that
+    /// node was last heard: another node using the id is refused until then
+    /// (see [`ReplayGuard::check_from`]). Drivers give the membership timeout.
+    pub takeover_ms: u64,
 }
 
 impl Default for ReplayLimits {
     fn default() -> Self {
-        ReplayLimits { max_age_ms: 30_000, max_future_ms: 5_000, max_senders: 4096 }
+        ReplayLimits { max_age_ms: 30_000, max_future_ms: 5_000, max_senders: 4096, takeover_ms: 6_000 }
     }
 }
+
+/// Sequence numbers of one sender stay within this of each other (a node
+/// numbers its datagrams one by one from its start-up time in µs): a
+/// datagram further from the window's highest comes from another process.
+pub const STREAM_SPAN: u64 = 1 << 24;
 
 #[derive(Debug, Clone, Copy)]
 struct Window {
@@ -460,6 +513,8 @@ struct Window {
     /// Bit i set: `highest - i` was seen.
     seen: u64,
     last_ms: u64,
+    /// Where the sender holding the window sends from, when known.
+    from: Option<std::net::SocketAddr>,
 }
 
 /// Drops datagrams that are too old, from the future, or seen before.
@@ -467,17 +522,43 @@ struct Window {
 pub struct ReplayGuard {
     limits: ReplayLimits,
     windows: HashMap<NodeId, Window>,
+    /// Datagrams stamped earlier are refused (see [`ReplayGuard::refuse_before`]).
+    floor_ms: u64,
 }
 
 impl ReplayGuard {
     /// A guard with these limits.
     pub fn new(limits: ReplayLimits) -> Self {
-        ReplayGuard { limits, windows: HashMap::new() }
+        ReplayGuard { limits, windows: HashMap::new(), floor_ms: 0 }
+    }
+
+    /// Refuses datagrams stamped before `floor_ms` (Unix ms). A driver
+    /// passes its start-up time: its windows start empty, so without the
+    /// floor a datagram captured before a restart would pass again for the
+    /// whole timestamp window. (A sender whose clock runs ahead by up to the
+    /// allowed skew keeps that much of an opening; one that runs behind has
+    /// its first datagrams after the start refused for as long.)
+    pub fn refuse_before(&mut self, floor_ms: u64) {
+        self.floor_ms = floor_ms;
     }
 
     /// Accepts `env` (and remembers it) or says why not. `now_ms` is the
     /// receiver's wall clock in Unix milliseconds.
     pub fn check(&mut self, now_ms: u64, env: &Envelope) -> Result<(), WireError> {
+        self.check_from(now_ms, env, None)
+    }
+
+    /// [`ReplayGuard::check`] for a datagram that came from `from`: one
+    /// from another address than the sender's established one, or far
+    /// outside its run of numbers, is a [`WireError::Duplicate`] while the
+    /// established one was heard within `takeover_ms`; after that it takes
+    /// the window over.
+    pub fn check_from(
+        &mut self,
+        now_ms: u64,
+        env: &Envelope,
+        from: Option<std::net::SocketAddr>,
+    ) -> Result<(), WireError> {
         let sender = env.sender;
         if env.timestamp_ms > now_ms.saturating_add(self.limits.max_future_ms) {
             return Err(WireError::FromFuture { sender, ahead_ms: env.timestamp_ms - now_ms });
@@ -485,13 +566,33 @@ impl ReplayGuard {
         if env.timestamp_ms.saturating_add(self.limits.max_age_ms) < now_ms {
             return Err(WireError::Stale { sender, age_ms: now_ms - env.timestamp_ms });
         }
+        if env.timestamp_ms < self.floor_ms {
+            return Err(WireError::BeforeStart { sender, early_ms: self.floor_ms - env.timestamp_ms });
+        }
         let replayed = WireError::Replayed { sender, seq: env.seq };
+        if let (Some(w), Some(other)) = (self.windows.get(&sender), from) {
+            let established = w.from.unwrap_or(other);
+            let behind = env.seq.saturating_add(STREAM_SPAN) < w.highest;
+            let ahead = env.seq > w.highest.saturating_add(STREAM_SPAN);
+            if established != other || behind {
+                if now_ms < w.last_ms.saturating_add(self.limits.takeover_ms) {
+                    return Err(WireError::Duplicate { sender, established, other });
+                }
+                // The holder has been silent: the newcomer takes the id over.
+                self.windows.remove(&sender);
+            } else if ahead {
+                // The same address numbering far above: the node restarted
+                // (its numbers start at its start-up time). It goes on at once.
+                self.windows.remove(&sender);
+            }
+        }
         match self.windows.get_mut(&sender) {
             Some(w) if env.seq > w.highest => {
                 let shift = env.seq - w.highest;
                 w.seen = if shift >= 64 { 1 } else { (w.seen << shift) | 1 };
                 w.highest = env.seq;
                 w.last_ms = now_ms;
+                w.from = w.from.or(from);
             }
             Some(w) => {
                 let back = w.highest - env.seq;
@@ -508,7 +609,7 @@ impl ReplayGuard {
                         self.windows.remove(&id);
                     }
                 }
-                self.windows.insert(sender, Window { highest: env.seq, seen: 1, last_ms: now_ms });
+                self.windows.insert(sender, Window { highest: env.seq, seen: 1, last_ms: now_ms, from });
             }
         }
         Ok(())
@@ -720,6 +821,69 @@ mod tests {
         assert!(g.check(now, &env(12, now)).is_err(), "too far behind the window");
         assert!(matches!(g.check(now, &env(300, now - 31_000)), Err(WireError::Stale { .. })));
         assert!(matches!(g.check(now, &env(301, now + 6_000)), Err(WireError::FromFuture { .. })));
+    }
+
+    /// Issue 15 item 7: a restarted node's windows start empty; a datagram
+    /// captured before the restart (inside the 30 s timestamp window) used
+    /// to pass again.
+    #[test]
+    fn a_capture_from_before_the_receiver_started_is_refused() {
+        let (sent, started) = (100_000, 110_000);
+        let capture = env(1_000, sent);
+        let mut before = ReplayGuard::new(ReplayLimits::default());
+        before.check(sent, &capture).unwrap();
+        let mut restarted = ReplayGuard::new(ReplayLimits::default());
+        restarted.refuse_before(started);
+        assert_eq!(
+            restarted.check(started + 5, &capture),
+            Err(WireError::BeforeStart { sender: NodeId(9), early_ms: 10_000 })
+        );
+        restarted.check(started + 5, &env(1_001, started + 4)).unwrap();
+        let mut counts = RejectCounts::default();
+        counts.record(&WireError::BeforeStart { sender: NodeId(9), early_ms: 1 });
+        assert_eq!(counts.stale, 1);
+    }
+
+    /// Issue 15 item 2: a second agent with the same node id (a copied
+    /// config) is refused while the established one lives, and never moves
+    /// its window (its higher numbers used to lock the genuine node out).
+    #[test]
+    fn a_second_node_with_the_same_id_is_refused_and_never_locks_the_first_out() {
+        let limits = ReplayLimits::default();
+        let mut g = ReplayGuard::new(limits);
+        let (a, b): (std::net::SocketAddr, std::net::SocketAddr) =
+            ("10.0.0.1:7400".parse().unwrap(), "10.0.0.2:7400".parse().unwrap());
+        // The genuine node started first (lower numbers), the copy later.
+        let (genuine, copy) = (1_700_000_000_000_000u64, 1_700_000_060_000_000u64);
+        let mut now = 100_000;
+        for i in 0..50 {
+            now += 200;
+            g.check_from(now, &env(genuine + i, now), Some(a)).unwrap();
+            let dup = g.check_from(now, &env(copy + i, now), Some(b));
+            assert_eq!(dup, Err(WireError::Duplicate { sender: NodeId(9), established: a, other: b }));
+        }
+        // The same address numbered far below (an older second process): refused too.
+        let older = genuine - 2 * STREAM_SPAN;
+        assert!(matches!(g.check_from(now, &env(older, now), Some(a)), Err(WireError::Duplicate { .. })));
+        g.check_from(now, &env(genuine + 50, now), Some(a)).unwrap();
+        // The genuine node restarted at its address (numbers from its new
+        // start-up time): heard at once, not after takeover_ms.
+        let restarted = genuine + 5_000_000_000;
+        g.check_from(now, &env(restarted, now), Some(a)).unwrap();
+        assert!(
+            matches!(g.check_from(now, &env(genuine + 51, now), Some(a)), Err(WireError::Duplicate { .. })),
+            "the old numbers are gone with the old process"
+        );
+        // The genuine node stops; once silent for takeover_ms the other takes over.
+        now += limits.takeover_ms - 1;
+        assert!(g.check_from(now, &env(copy + 60, now), Some(b)).is_err());
+        now += 1;
+        g.check_from(now, &env(copy + 61, now), Some(b)).unwrap();
+        // A restart on the same address (higher numbers) after a silence is accepted.
+        now += limits.takeover_ms;
+        g.check_from(now, &env(copy + 10_000_000_000, now), Some(b)).unwrap();
+        let text = WireError::Duplicate { sender: NodeId(9), established: a, other: b }.to_string();
+        assert!(text.contains("10.0.0.1:7400") && text.contains("10.0.0.2:7400"), "{text}");
     }
 
     proptest! {

@@ -6,6 +6,10 @@
 //! then does it return. Sections are read later with positioned reads, one
 //! chunk in memory at a time.
 
+// Sizes and counts here come from the network or the disk: no silent
+// truncation (tests may build what they like).
+#![cfg_attr(not(test), warn(clippy::cast_possible_truncation))]
+
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
@@ -88,7 +92,7 @@ pub struct FileRange<'a> {
 
 impl Read for FileRange<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = (self.end - self.pos).min(buf.len() as u64) as usize;
+        let want = usize::try_from(self.end - self.pos).unwrap_or(usize::MAX).min(buf.len());
         if want == 0 {
             return Ok(0);
         }
@@ -117,9 +121,10 @@ impl AssignmentFile {
             return Err(format(FormatError::Length { expected: header.total_len(), actual: len }));
         }
         // Bounded by MAX_BODY_LEN in Header::decode.
-        let mut body = vec![0u8; header.body_len as usize + TRAILER_LEN];
+        let body_len = usize::try_from(header.body_len).unwrap_or(usize::MAX);
+        let mut body = vec![0u8; body_len.saturating_add(TRAILER_LEN)];
         file.read_exact_at(&mut body, header.body_offset()).map_err(io)?;
-        let (body, trailer) = body.split_at(header.body_len as usize);
+        let (body, trailer) = body.split_at(body_len);
         let commands = decode_body(&header, &head, body, trailer).map_err(format)?;
         let cipher = match cipher_for(&header, key) {
             Ok(c) => c,

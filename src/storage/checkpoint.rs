@@ -24,6 +24,10 @@
 //! decompressed stream and entry count are bounded by the record and by
 //! [`Limits`]. On any error the destination is left empty.
 
+// Sizes and counts here come from the network or the disk: no silent
+// truncation (tests may build what they like).
+#![cfg_attr(not(test), warn(clippy::cast_possible_truncation))]
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt, PermissionsExt};

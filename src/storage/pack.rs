@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use thiserror::Error;
 
-use super::tree::{hash_file, scan, ScanError, TreeFilter};
+use super::tree::{check_links, hash_file, scan, ScanError, TreeFilter};
 use crate::protocol::assignment::{AssignmentWriter, Command, FileMeta, NewAssignment};
 use crate::protocol::crypto::{ContentKey, Digest, Sha256};
 use crate::protocol::delta::{self, EntryKind, Manifest, Side};
@@ -232,6 +232,7 @@ pub fn pack(old: &Path, new: &Path, out: &Path, opts: &PackOptions) -> Result<Pa
     }
     let old_m = scan(old, &opts.filter)?;
     let new_m = scan(new, &opts.filter)?;
+    check_links(new, &new_m)?;
     let base_serial = if old_m.is_empty() { AssignmentSerial(0) } else { opts.base_serial };
     if !old_m.is_empty() && (base_serial.0 == 0 || base_serial >= opts.serial) {
         return Err(PackError::Options(format!(

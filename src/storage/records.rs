@@ -473,11 +473,15 @@ pub enum HistoryKind {
     JobChanged,
     /// A job was deleted.
     JobDeleted,
+    /// A server's catch-up backs off after a failure.
+    CatchUpBackoff,
+    /// A segment stopped reporting: its servers count as offline.
+    SegmentSilent,
 }
 
 impl HistoryKind {
     /// Every kind.
-    pub const ALL: [HistoryKind; 33] = [
+    pub const ALL: [HistoryKind; 35] = [
         HistoryKind::RunStarted,
         HistoryKind::RunResumed,
         HistoryKind::CancelRequested,
@@ -511,6 +515,8 @@ impl HistoryKind {
         HistoryKind::JobCreated,
         HistoryKind::JobChanged,
         HistoryKind::JobDeleted,
+        HistoryKind::CatchUpBackoff,
+        HistoryKind::SegmentSilent,
     ];
 
     /// Its name, as the API, the UI and the logs say it.
@@ -549,6 +555,8 @@ impl HistoryKind {
             HistoryKind::JobCreated => "job_created",
             HistoryKind::JobChanged => "job_changed",
             HistoryKind::JobDeleted => "job_deleted",
+            HistoryKind::CatchUpBackoff => "catch_up_backoff",
+            HistoryKind::SegmentSilent => "segment_silent",
         }
     }
 }

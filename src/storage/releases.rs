@@ -15,7 +15,9 @@
 //! links, and every command that writes a file writes a *new* file beside
 //! its target and renames it over the link, so no inode shared with a live release is ever modified. Before
 //! anything is written the assignment is verified (hashes, paths, key), its
-//! base is checked against `live`, and the free disk space is checked. While
+//! base is checked against `live`, every symlink of the release it builds
+//! (the base's that stay, and its own) is checked to resolve inside it, and
+//! the free disk space is checked. While
 //! building, no path is resolved through a symlink. On any failure the
 //! half-built release is deleted and `live` is as it was.
 //!
@@ -23,6 +25,10 @@
 //! `live` atomically: a new symlink is renamed over the old one, so a reader
 //! sees the old release or the new one, never a mix. Rolling back swaps
 //! `live` to the newest older release.
+
+// Sizes and counts here come from the network or the disk: no silent
+// truncation (tests may build what they like).
+#![cfg_attr(not(test), warn(clippy::cast_possible_truncation))]
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -36,11 +42,11 @@ use thiserror::Error;
 
 use super::assignment_file::{AssignmentError, AssignmentFile};
 use super::tree::hash_file;
-use crate::protocol::assignment::{Command, FileMeta, Kind};
+use crate::protocol::assignment::{links_after, Command, FileMeta, Kind};
 use crate::protocol::crypto::{Digest, Sha256};
 use crate::protocol::delta::{self, DeltaError};
 use crate::protocol::ids::AssignmentSerial;
-use crate::protocol::paths::SitePath;
+use crate::protocol::paths::{PathError, SitePath, TreeLinks};
 
 /// Name of the live symlink.
 pub const LIVE: &str = "live";
@@ -95,6 +101,18 @@ pub enum ReleaseError {
         /// Bytes available.
         available: u64,
     },
+    /// The sizes an assignment declares add up past what a `u64` holds.
+    #[error(
+        "assignment {serial} declares files that add up to more than {} bytes: no disk under {root} holds \
+         that; the assignment is rejected and nothing was written",
+        u64::MAX
+    )]
+    TooLarge {
+        /// The assignment.
+        serial: AssignmentSerial,
+        /// The site root.
+        root: PathBuf,
+    },
     /// A path would be resolved through a symlink or a non-directory.
     #[error("unsafe path {path}: {reason}; the assignment is rejected")]
     Unsafe {
@@ -102,6 +120,19 @@ pub enum ReleaseError {
         path: String,
         /// Why.
         reason: String,
+    },
+    /// A symlink of the release the assignment would build leads outside it.
+    #[error(
+        "assignment {serial} is rejected, nothing was written under {root}: {source}. \
+         Fix the symlink in the staging tree and publish again"
+    )]
+    Symlink {
+        /// The assignment.
+        serial: AssignmentSerial,
+        /// The site root.
+        root: PathBuf,
+        /// Which symlink, and why.
+        source: PathError,
     },
     /// Content does not have the hash the assignment says.
     #[error("{what} {path} has SHA-256 {actual}, the assignment expects {expected}")]
@@ -393,6 +424,7 @@ impl SiteRoot {
         if fs::symlink_metadata(&target).is_ok() {
             return Err(ReleaseError::Exists { serial: h.serial, root: self.root.clone() });
         }
+        self.check_links(a, base.as_deref())?;
         self.check_space(a, base.as_deref())?;
 
         for dir in [RELEASES, INCOMING] {
@@ -444,10 +476,29 @@ impl SiteRoot {
         }
     }
 
+    /// Checks, before anything is written, that every symlink of the release
+    /// `a` builds resolves inside it: the base release's symlinks that stay,
+    /// with the assignment's own, followed wherever they chain.
+    fn check_links(&self, a: &AssignmentFile, base: Option<&Path>) -> Result<(), ReleaseError> {
+        let base_links = match base {
+            Some(b) => links_in(b)?,
+            None => TreeLinks::new(),
+        };
+        links_after(base_links, &a.commands).check().map_err(|source| ReleaseError::Symlink {
+            serial: a.header.serial,
+            root: self.root.clone(),
+            source,
+        })
+    }
+
     fn check_space(&self, a: &AssignmentFile, base: Option<&Path>) -> Result<(), ReleaseError> {
-        let mut needed = 4096 * (a.commands.len() as u64 + 1);
+        // The sizes are the assignment's word: summed with checks, since a
+        // total that wrapped round would pass any free-space check.
+        let too_large = || ReleaseError::TooLarge { serial: a.header.serial, root: self.root.clone() };
+        let commands = u64::try_from(a.commands.len()).map_err(|_| too_large())?;
+        let mut needed = commands.checked_add(1).and_then(|n| n.checked_mul(4096)).ok_or_else(too_large)?;
         for c in &a.commands {
-            needed += match c {
+            let more = match c {
                 Command::PutFile { size, .. } | Command::PatchFile { size, .. } => *size,
                 // A mode change of a file shared with the base release copies it.
                 Command::SetMode { path, .. } => base
@@ -456,6 +507,7 @@ impl SiteRoot {
                     .map_or(0, |m| m.len()),
                 _ => 0,
             };
+            needed = needed.checked_add(more).ok_or_else(too_large)?;
         }
         let mut probe = self.root.as_path();
         while fs::symlink_metadata(probe).is_err() {
@@ -578,15 +630,43 @@ impl SiteRoot {
                 remove_any(&self.incoming_dir(s))?;
             }
         }
-        // Builds a crash interrupted.
+        self.discard_interrupted_builds()?;
+        Ok(pruned)
+    }
+
+    /// Deletes the `incoming/N.building` directories a crash left behind (a
+    /// build is never resumed: the assignment is applied again from its
+    /// start). An agent calls it at start, before any assignment. Answers
+    /// the directories deleted.
+    pub fn discard_interrupted_builds(&self) -> Result<Vec<PathBuf>, ReleaseError> {
         let incoming = self.root.join(INCOMING);
+        let mut removed = Vec::new();
         for e in fs::read_dir(&incoming).into_iter().flatten().flatten() {
             if e.file_name().to_str().is_some_and(|n| n.ends_with(".building")) {
                 remove_any(&e.path())?;
+                removed.push(e.path());
             }
         }
-        Ok(pruned)
+        Ok(removed)
     }
+}
+
+/// The symlinks of the release at `dir`.
+fn links_in(dir: &Path) -> Result<TreeLinks, ReleaseError> {
+    let mut links = TreeLinks::new();
+    for entry in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
+        let entry = entry.map_err(|e| io_err("read", dir)(e.into()))?;
+        if !entry.file_type().is_symlink() {
+            continue;
+        }
+        let rel = entry.path().strip_prefix(dir).unwrap_or(entry.path());
+        let target = fs::read_link(entry.path()).map_err(io_err("read", entry.path()))?;
+        let not_utf8 =
+            || unsafe_path(&rel.to_string_lossy(), "the base release has a name that is not UTF-8");
+        let path = SitePath::from_relative(rel).map_err(|_| not_utf8())?;
+        links.insert(&path, target.to_str().ok_or_else(not_utf8)?);
+    }
+    Ok(links)
 }
 
 /// Deletes a file, symlink or directory tree; absent is fine. Never follows symlinks.
@@ -807,7 +887,7 @@ impl Builder<'_> {
             fs::rename(&tmp, target).map_err(io_err("move into place", target))?;
             self.written.push(target.to_owned());
             self.report.files_written += 1;
-            self.report.bytes_written += size;
+            self.report.bytes_written = self.report.bytes_written.saturating_add(size);
             Ok(())
         })();
         if result.is_err() {
@@ -964,6 +1044,21 @@ mod tests {
     /// DESIGN §4 "Only targets": a commit switches only a server that built
     /// the run's release. On a server that never got the content (not a
     /// target) the commit is refused and the site directory is not created.
+    #[test]
+    fn builds_a_crash_interrupted_are_deleted_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("www");
+        fs::create_dir_all(root.join("incoming/7.building/sub")).unwrap();
+        fs::write(root.join("incoming/7.building/sub/f"), b"half").unwrap();
+        fs::create_dir_all(root.join("incoming/6")).unwrap();
+        let removed = site(&root).discard_interrupted_builds().unwrap();
+        assert_eq!(removed, vec![root.join("incoming/7.building")]);
+        assert!(!root.join("incoming/7.building").exists());
+        assert!(root.join("incoming/6").is_dir(), "a complete release waiting for its commit stays");
+        // A site with no incoming directory at all is fine.
+        assert!(site(&dir.path().join("new")).discard_interrupted_builds().unwrap().is_empty());
+    }
+
     #[test]
     fn only_targets_a_commit_without_a_built_release_is_refused_and_creates_nothing() {
         let dir = tempfile::tempdir().unwrap();

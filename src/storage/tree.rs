@@ -2,7 +2,9 @@
 //! patterns, and hashing its files.
 //!
 //! Symlinks are recorded, never followed; a symlink whose target leaves the
-//! tree is an error, since no server would accept it. Sockets, FIFOs and
+//! tree is an error, since no server would accept it. [`check_links`] adds
+//! the check that needs the whole tree: no symlink leaves it by climbing
+//! through another one. Sockets, FIFOs and
 //! devices are skipped with a warning. Names must be UTF-8.
 
 use std::fs;
@@ -16,7 +18,7 @@ use thiserror::Error;
 use crate::protocol::assignment::{FileMeta, Mtime, MODE_MASK};
 use crate::protocol::crypto::{Digest, Sha256};
 use crate::protocol::delta::{EntryKind, Manifest};
-use crate::protocol::paths::{check_symlink_target, PathError, SitePath};
+use crate::protocol::paths::{check_symlink_target, PathError, SitePath, TreeLinks};
 
 /// Why a tree could not be read.
 #[derive(Debug, Error)]
@@ -44,6 +46,14 @@ pub enum ScanError {
         path: PathBuf,
         /// Its target.
         target: String,
+    },
+    /// A symlink leaves the tree through another symlink (or loops).
+    #[error("in {root}: {source}; servers would refuse the release. Change the symlink, or exclude it with content.exclude")]
+    SymlinkChain {
+        /// The tree.
+        root: PathBuf,
+        /// Which symlink, and why.
+        source: PathError,
     },
     /// A pattern is not a glob.
     #[error("pattern {pattern:?} is not a glob: {message}")]
@@ -182,6 +192,19 @@ pub fn scan(root: &Path, filter: &TreeFilter) -> Result<Manifest, ScanError> {
         prune_unincluded_dirs(&mut out, filter);
     }
     Ok(out)
+}
+
+/// Checks that every symlink of the tree `m` (read from `root`) resolves
+/// inside it when every symlink on its way is followed: what a server
+/// checks before it applies the release built from it.
+pub fn check_links(root: &Path, m: &Manifest) -> Result<(), ScanError> {
+    let mut links = TreeLinks::new();
+    for (path, kind) in m {
+        if let EntryKind::Symlink { target } = kind {
+            links.insert(path, target);
+        }
+    }
+    links.check().map_err(|source| ScanError::SymlinkChain { root: root.to_owned(), source })
 }
 
 /// Drops directories that neither match an include pattern nor lead to an entry that was taken.

@@ -16,6 +16,21 @@ pub fn any_local_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
+/// Writes a secret file as `cmover keygen` does: readable by its owner only
+/// (the agents and the CCM refuse a secret file others may read).
+pub fn write_secret(path: &Path, contents: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    f.write_all(contents.as_bytes()).unwrap();
+}
+
 /// An agent `id` named `web-{id}` with its data and sites under `dir`, the
 /// cluster secret in `secret_file`, its node HTTP server and data socket on
 /// any 127.0.0.1 port; otherwise the defaults.

@@ -108,7 +108,11 @@ impl FakeCcm {
     pub async fn start(secret: &[u8], dir: &Path) -> FakeCcm {
         std::fs::create_dir_all(dir).unwrap();
         let state = Arc::new(Mutex::new(CcmState { dir: dir.to_owned(), ..CcmState::default() }));
-        let auth = web::Data::new(NodeAuth::from_secret(secret, Duration::from_secs(30)));
+        let auth = web::Data::new(NodeAuth::from_secret(
+            secret,
+            cmover::protocol::api::CCM_NODE,
+            Duration::from_secs(30),
+        ));
         let data = web::Data::new(state.clone());
         let server = HttpServer::new(move || {
             App::new()

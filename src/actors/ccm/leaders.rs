@@ -104,15 +104,19 @@ impl Ccm {
         let client = self.client.clone();
         let segment = target.segment.clone();
         tracing::info!(event = "notify", run = id.0, assignment = notify.assignment.id.0, segment = %segment, leader = target.leader.0, from = "ccm");
-        async move { client.post_json::<_, serde_json::Value>(&target.url, "/node/v1/notify", &notify).await }
-            .into_actor(self)
-            .map(move |res: Result<serde_json::Value, ClientError>, act, ctx| {
-                if let Err(e) = res {
-                    tracing::warn!(event = "notify_failed", run = id.0, segment = %segment, error = %e);
-                    act.feed(id, ctx, |run, now| run.handle_notify_failed(now, &segment, &e.to_string()));
-                }
-            })
-            .spawn(ctx);
+        async move {
+            client
+                .post_json::<_, serde_json::Value>(target.leader, &target.url, "/node/v1/notify", &notify)
+                .await
+        }
+        .into_actor(self)
+        .map(move |res: Result<serde_json::Value, ClientError>, act, ctx| {
+            if let Err(e) = res {
+                tracing::warn!(event = "notify_failed", run = id.0, segment = %segment, error = %e);
+                act.feed(id, ctx, |run, now| run.handle_notify_failed(now, &segment, &e.to_string()));
+            }
+        })
+        .spawn(ctx);
     }
 }
 
@@ -165,6 +169,10 @@ impl Handler<SegmentReported> for Ccm {
                 run.handle_leader_seen(now, &report.segment, report.leader, &url, report.incarnation)
             });
         }
+        if self.fresh.insert(report.segment.clone()) {
+            self.release_held(false, ctx);
+        }
+        self.watch_silence(report.segment.clone(), ctx);
         Ok(())
     }
 }

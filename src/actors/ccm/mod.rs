@@ -11,7 +11,11 @@
 //!
 //! Every change to a run is written to the database, and flushed before it
 //! is acknowledged to a client or a peer. On start the actor recovers runs
-//! in flight through [`Run::recover`].
+//! in flight through [`Run::recover`]. A recovered run sends nothing until
+//! every segment it concerns has reported since the start (its leader may
+//! be back on another address), or [`RECOVERY_HOLD`] has passed; a new run
+//! that conflicts with a recovered one waits for it to close (at most
+//! [`RECOVERY_WAIT`]) instead of being refused at once.
 
 mod checkpoint;
 mod error;
@@ -127,6 +131,14 @@ pub struct Shutdown;
 #[rtype(result = "Option<PathBuf>")]
 pub struct AssignmentPath(pub AssignmentId);
 
+/// How long a recovered run waits for fresh segment reports before it
+/// sends its closing wave to the leaders the database knows.
+pub const RECOVERY_HOLD: Duration = Duration::from_secs(20);
+
+/// How long a new run that conflicts with a recovered one (still closing)
+/// waits for it to end before it is refused (less than a client's 30 s).
+pub const RECOVERY_WAIT: Duration = Duration::from_secs(25);
+
 /// A run being driven.
 struct Driven {
     run: Run,
@@ -137,6 +149,10 @@ struct Driven {
     /// The wave's assignment.
     assignment: Option<AssignmentRecord>,
     timer: Option<SpawnHandle>,
+    /// Recovered after a restart and not ended yet.
+    recovered: bool,
+    /// Recovered, and waiting for fresh segment reports before it sends.
+    held: bool,
 }
 
 /// The actor. See the module docs.
@@ -153,6 +169,10 @@ pub struct Ccm {
     began: Vec<Recipient<RunBegan>>,
     /// Told of every run that ends (scheduler, load balancer, caches).
     ended: Vec<Recipient<RunEnded>>,
+    /// Segments that reported since this start.
+    fresh: BTreeSet<String>,
+    /// New runs waiting for a recovered run to end.
+    closing: HashMap<RunId, Vec<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl Ccm {
@@ -180,6 +200,8 @@ impl Ccm {
             by_assignment: HashMap::new(),
             began: Vec::new(),
             ended: Vec::new(),
+            fresh: BTreeSet::new(),
+            closing: HashMap::new(),
         }
     }
 
@@ -302,7 +324,16 @@ impl Ccm {
         let record = new_record(id, &job, reason, &plan);
         let what = describe(&job, &plan);
         let run = Run::start(id, plan, self.run_config());
-        let mut d = Driven { run, record, written: None, job, assignment: None, timer: None };
+        let mut d = Driven {
+            run,
+            record,
+            written: None,
+            job,
+            assignment: None,
+            timer: None,
+            recovered: false,
+            held: false,
+        };
         sync(&mut d);
         if !d.run.state().is_final() {
             // A run the API acknowledges is on disk.
@@ -332,6 +363,9 @@ impl Ccm {
     fn process(&mut self, id: RunId, ctx: &mut Context<Self>) {
         loop {
             let Some(d) = self.runs.get_mut(&id) else { return };
+            if d.held {
+                return;
+            }
             let Some(action) = d.run.poll_action() else { break };
             match action {
                 Action::Save { durable } => {
@@ -473,6 +507,91 @@ impl Ccm {
         for o in &self.ended {
             o.do_send(RunEnded(run.clone()));
         }
+        for waiting in self.closing.remove(&id).unwrap_or_default() {
+            let _ = waiting.send(());
+        }
+    }
+
+    /// Marks the servers of `segment` offline if it has not reported within
+    /// `ccm.segment_silence` from now (checked then; every report re-arms it).
+    pub(super) fn watch_silence(&mut self, segment: String, ctx: &mut Context<Self>) {
+        let silence = self.config.ccm.segment_silence;
+        ctx.run_later(silence + Duration::from_millis(10), move |act, _| {
+            let silence_ms = u64::try_from(silence.as_millis()).unwrap_or(u64::MAX);
+            match store::mark_silent(&act.db, &segment, unix_ms(), silence_ms) {
+                Ok(gone) if !gone.is_empty() => {
+                    let ids = crate::protocol::ids::join(&gone);
+                    tracing::warn!(event = "segment_silent", segment = %segment, servers = %ids);
+                    act.history(
+                        HistoryKind::SegmentSilent,
+                        format!(
+                            "segment {segment} has not reported for {}: servers {ids} count as offline",
+                            humantime::format_duration(silence)
+                        ),
+                        None,
+                        None,
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(segment = %segment, error = %e, "cannot mark a silent segment"),
+            }
+        });
+    }
+
+    /// Lets held recovered runs send once every segment they concern has
+    /// reported since the start (or, with `all`, whatever has reported).
+    fn release_held(&mut self, all: bool, ctx: &mut Context<Self>) {
+        let ready: Vec<RunId> = self
+            .runs
+            .iter()
+            .filter(|(_, d)| {
+                d.held && (all || d.run.plan().segments.values().all(|s| self.fresh.contains(s)))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            if let Some(d) = self.runs.get_mut(&id) {
+                d.held = false;
+                tracing::info!(event = "run_recovery_released", run = id.0, fresh = !all);
+            }
+            self.process(id, ctx);
+        }
+    }
+
+    /// Starts a run of `job`; if a run recovered after a restart stands in
+    /// its way, waits for that one to close (until `deadline`) and tries again.
+    fn start_or_wait(
+        &mut self,
+        job: JobId,
+        reason: String,
+        deadline: actix::clock::Instant,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<RunId, CcmError>> {
+        match self.start_run(job, &reason, ctx) {
+            Err(CcmError::RunInProgress { run, .. })
+                if self.runs.get(&run).is_some_and(|d| d.recovered)
+                    && actix::clock::Instant::now() < deadline =>
+            {
+                tracing::info!(event = "run_waits_for_recovery", job = job.0, run = run.0);
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.closing.entry(run).or_default().push(tx);
+                Box::pin(
+                    async move {
+                        let _ = tokio::time::timeout_at(deadline, rx).await;
+                    }
+                    .into_actor(self)
+                    .then(move |(), act, ctx| {
+                        if actix::clock::Instant::now() >= deadline {
+                            // One last try: refused as before if still in the way.
+                            Box::pin(actix::fut::ready(act.start_run(job, &reason, ctx)))
+                        } else {
+                            act.start_or_wait(job, reason, deadline, ctx)
+                        }
+                    }),
+                )
+            }
+            other => Box::pin(actix::fut::ready(other)),
+        }
     }
 
     /// Restart: every run that was in flight goes on through [`Run::recover`].
@@ -511,8 +630,17 @@ impl Ccm {
             let assignment = record
                 .content_assignment
                 .and_then(|a| table::<AssignmentRecord>(&self.db).get(&a).ok().flatten());
-            self.runs.insert(id, Driven { run, record, written: None, job, assignment, timer: None });
-            self.process(id, ctx);
+            // Held until its leaders report: they may be back on new addresses.
+            let held = !run.state().is_final();
+            let d =
+                Driven { run, record, written: None, job, assignment, timer: None, recovered: true, held };
+            self.runs.insert(id, d);
+            if !held {
+                self.process(id, ctx);
+            }
+        }
+        if self.runs.values().any(|d| d.held) {
+            ctx.run_later(RECOVERY_HOLD, |act, ctx| act.release_held(true, ctx));
         }
     }
 }
@@ -522,14 +650,20 @@ impl Actor for Ccm {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.recover(ctx);
+        // Segments silent since before this start go offline too.
+        let known = table::<crate::storage::records::SegmentRecord>(&self.db).all().unwrap_or_default();
+        for s in known {
+            self.watch_silence(s.name, ctx);
+        }
     }
 }
 
 impl Handler<RunJob> for Ccm {
-    type Result = Result<RunId, CcmError>;
+    type Result = ResponseActFuture<Self, Result<RunId, CcmError>>;
 
     fn handle(&mut self, msg: RunJob, ctx: &mut Context<Self>) -> Self::Result {
-        self.start_run(msg.job, &msg.reason, ctx)
+        let deadline = actix::clock::Instant::now() + RECOVERY_WAIT;
+        self.start_or_wait(msg.job, msg.reason, deadline, ctx)
     }
 }
 

@@ -166,9 +166,67 @@ pub fn record_segment(db: &Db, report: &SegmentReport) -> Result<(bool, Vec<(Nod
     Ok((old.as_ref().map(|o| o.leader) != Some(report.leader), discovered))
 }
 
+/// Segment `segment` is silent at `now_ms` when its last report is older
+/// than `silence_ms`: its servers still listed online are marked offline.
+/// Answers them (none when it reported in time, or is unknown).
+pub fn mark_silent(db: &Db, segment: &str, now_ms: u64, silence_ms: u64) -> Result<Vec<NodeId>, DbError> {
+    let Some(seg) = table::<SegmentRecord>(db).get(&segment.to_owned())? else {
+        return Ok(Vec::new());
+    };
+    if now_ms < seg.updated_ms.saturating_add(silence_ms) {
+        return Ok(Vec::new());
+    }
+    let servers = table::<ServerRecord>(db);
+    let mut gone = Vec::new();
+    for s in servers.all()? {
+        if s.segment == segment && s.online {
+            gone.push(s.id);
+            servers.put(&ServerRecord { online: false, ..s })?;
+        }
+    }
+    if !gone.is_empty() {
+        db.flush()?;
+    }
+    Ok(gone)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 15 item 8: a segment whose only agent stopped no longer shows
+    /// its server online (it did 86 s later): silent for `segment_silence`,
+    /// its servers are offline until it reports again.
+    #[test]
+    fn a_silent_segment_s_servers_go_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let report = SegmentReport {
+            segment: "seg-2".into(),
+            leader: NodeId(3),
+            leader_http: "127.0.0.1:1".into(),
+            incarnation: 1,
+            location: String::new(),
+            cpus: 1,
+            disk_free: 0,
+            members: vec![MemberReport {
+                id: NodeId(3),
+                name: "web-3".into(),
+                http: String::new(),
+                live: Default::default(),
+            }],
+        };
+        record_segment(&db, &report).unwrap();
+        let at = table::<SegmentRecord>(&db).get(&"seg-2".to_owned()).unwrap().unwrap().updated_ms;
+        assert_eq!(mark_silent(&db, "seg-2", at + 59_999, 60_000).unwrap(), vec![], "not silent yet");
+        assert!(table::<ServerRecord>(&db).get(&NodeId(3)).unwrap().unwrap().online);
+        assert_eq!(mark_silent(&db, "seg-2", at + 60_000, 60_000).unwrap(), vec![NodeId(3)]);
+        assert!(!table::<ServerRecord>(&db).get(&NodeId(3)).unwrap().unwrap().online);
+        assert_eq!(mark_silent(&db, "seg-2", at + 90_000, 60_000).unwrap(), vec![], "once");
+        assert_eq!(mark_silent(&db, "nope", at + 90_000, 60_000).unwrap(), vec![]);
+        record_segment(&db, &report).unwrap();
+        assert!(table::<ServerRecord>(&db).get(&NodeId(3)).unwrap().unwrap().online, "back when it reports");
+    }
 
     /// Issue 14 defect 2: a hot release reported by a server stays hot.
     #[test]

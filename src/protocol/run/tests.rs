@@ -249,7 +249,18 @@ fn without_quorum_every_target_is_sent_an_abort() {
     assert!(d.seen.contains(&Action::MakeAssignment(Wave::Abort)));
     assert!(!d.seen.iter().any(|a| matches!(a, Action::RecordLive { .. })), "nothing went live");
     assert!(d.run.error().unwrap().contains("2: disk full"));
-    assert_eq!(d.run.failed(), n(&[1, 2, 4]));
+    assert_eq!(d.run.failed(), n(&[2]), "only 2 failed: 1 and 4 held the release");
+}
+
+/// Issue 15 item 8: a run aborted for want of a quorum names as failed only
+/// the servers that did not build the release (it named all 6 when 5 held it).
+#[test]
+fn an_abort_names_as_failed_only_the_servers_that_did_not_build_the_release() {
+    let p = plan(&job(JobKind::Publish), &site(3), &group(&[1, 2, 3, 4, 5, 6]), &servers(&[3; 6])).unwrap();
+    let mut d = Driver::new(p, server_2_fails);
+    d.go();
+    assert_eq!(d.run.state(), RunState::Failed);
+    assert_eq!(d.run.failed(), n(&[2]));
 }
 
 /// With a quorum below all, the commit names only the servers that built it.
