@@ -74,7 +74,7 @@ fn fig5_three_agents_in_multicast_mode_elect_one_leader_in_a_network_namespace()
             return false;
         };
         let f = &v["fields"];
-        let num = |k: &str| f[k].as_str().and_then(|s| s.parse::<u64>().ok());
+        let num = |k: &str| f[k].as_u64();
         match f["event"].as_str() {
             Some("leader_elected") => leader[id as usize] = num("leader"),
             Some("leader_lost") => leader[id as usize] = None,
