@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use cmover::http::admin_client::{AdminClient, AdminError};
 use cmover::protocol::api::ServerOutcome;
+use cmover::protocol::ids::join;
 use cmover::storage::records::{RunRecord, RunState};
 
 /// Where the CCM is and how to authenticate, as given after a client
@@ -490,10 +491,6 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn when(ms: &Value) -> String {
-    local_v(ms)
-}
-
 /// A quorum as the API writes it, for people: `all`, `3`, `75%`.
 fn quorum_text(q: &Value) -> String {
     match (q["type"].as_str(), &q["value"]) {
@@ -603,7 +600,7 @@ async fn job(c: &AdminClient, json_out: bool, cmd: JobCmd) -> Result<()> {
                         s(&x["site"]),
                         s(&x["group"]),
                         s(&x["schedule"]["type"]),
-                        when(&x["next_run_ms"]),
+                        local_v(&x["next_run_ms"]),
                         x["runs"].as_array().map_or(0, Vec::len).to_string(),
                         match &x["last_run"] {
                             Value::Null => "never".into(),
@@ -661,7 +658,7 @@ fn run_row(x: &Value) -> Vec<String> {
         s(&x["site"]),
         s(&x["serial"]),
         s(&x["state"]),
-        when(&x["started_ms"]),
+        local_v(&x["started_ms"]),
         failed.to_string(),
         x["error"].as_str().unwrap_or("").chars().take(60).collect(),
     ]
@@ -789,11 +786,6 @@ fn progress_words(r: &RunRecord) -> String {
         bytesize::ByteSize::b(size),
         r.segments.len()
     )
-}
-
-/// Ids for people: `1, 2, 4` or `none`.
-fn join<T: std::fmt::Display>(items: &[T]) -> String {
-    cmover::protocol::ids::join(items)
 }
 
 /// A time for people, in the local time zone: `2026-12-02 13:04:05`.
@@ -1075,7 +1067,7 @@ async fn checkpoint(c: &AdminClient, json_out: bool, cmd: CheckpointCmd) -> Resu
                     s(&x["serial"]),
                     s(&x["files"]),
                     s(&x["bytes"]),
-                    when(&x["created_ms"]),
+                    local_v(&x["created_ms"]),
                 ]
             })
             .await?;
@@ -1103,7 +1095,13 @@ async fn segments(c: &AdminClient, json_out: bool) -> Result<()> {
     list(c, json_out, "/api/v1/segments", &["segment", "leader", "leader http", "servers", "reported"], |x| {
         let members: Vec<String> =
             x["members"].as_array().into_iter().flatten().map(|m| s(&m["id"])).collect();
-        vec![s(&x["name"]), s(&x["leader"]), s(&x["leader_http"]), members.join(","), when(&x["updated_ms"])]
+        vec![
+            s(&x["name"]),
+            s(&x["leader"]),
+            s(&x["leader_http"]),
+            members.join(","),
+            local_v(&x["updated_ms"]),
+        ]
     })
     .await
 }
@@ -1168,7 +1166,7 @@ async fn user(c: &AdminClient, json_out: bool, cmd: UserCmd) -> Result<()> {
         }
         UserCmd::List => {
             list(c, json_out, "/api/v1/users", &["user", "created"], |x| {
-                vec![s(&x["name"]), when(&x["created_ms"])]
+                vec![s(&x["name"]), local_v(&x["created_ms"])]
             })
             .await?;
         }
