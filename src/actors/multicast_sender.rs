@@ -68,6 +68,14 @@ pub struct PassCounters {
     pub active: AtomicU32,
 }
 
+impl PassCounters {
+    fn set(&self, pass: u32, missing: u32, active: usize) {
+        self.pass.store(pass, Ordering::Relaxed);
+        self.missing.store(missing, Ordering::Relaxed);
+        self.active.store(active as u32, Ordering::Relaxed);
+    }
+}
+
 /// Registers a member's unicast address for fan-out and unicast messages (command).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -265,8 +273,7 @@ impl MulticastSender {
                     self.current = Some((session, assignment));
                     if let Some(p) = self.progress.get(&assignment) {
                         p.frames.store(frames, Ordering::Relaxed);
-                        p.missing.store(frames, Ordering::Relaxed);
-                        p.active.store(targets as u32, Ordering::Relaxed);
+                        p.set(0, frames, targets);
                     }
                     tracing::info!(
                         event = "mctp_start",
@@ -280,9 +287,7 @@ impl MulticastSender {
                 SenderEvent::PassEnded { session, pass, sent, missing, active, rate } => {
                     let current = self.current.filter(|(s, _)| *s == session).map(|(_, a)| a);
                     if let Some(p) = current.and_then(|a| self.progress.get(&a)) {
-                        p.pass.store(pass, Ordering::Relaxed);
-                        p.missing.store(missing, Ordering::Relaxed);
-                        p.active.store(active as u32, Ordering::Relaxed);
+                        p.set(pass, missing, active);
                     }
                     tracing::info!(
                         event = "mctp_pass",
@@ -321,10 +326,7 @@ impl MulticastSender {
                     }
                     self.files.remove(&o.assignment);
                     if let Some(p) = self.progress.remove(&o.assignment) {
-                        p.pass.store(o.passes, Ordering::Relaxed);
-                        p.active.store(0, Ordering::Relaxed);
-                        let missing = o.laggards.iter().map(|(_, m)| *m).max().unwrap_or(0);
-                        p.missing.store(missing, Ordering::Relaxed);
+                        p.set(o.passes, o.laggards.iter().map(|(_, m)| *m).max().unwrap_or(0), 0);
                     }
                     self.current = None;
                     if let Some(r) = &self.sent_to {
